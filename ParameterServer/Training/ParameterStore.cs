@@ -1,0 +1,60 @@
+using System.Collections.Concurrent;
+using Cluster.Protos;
+using Cluster.Shared.Optimizers;
+
+namespace Cluster.ParameterServer.Training;
+
+/// <summary>The jobs this server holds parameters for, by job id.</summary>
+public sealed class ParameterStore
+{
+    /// <summary>Largest model one job may hold, in float32 elements (2 GiB of weights).</summary>
+    public const long ElementsMax = int.MaxValue / sizeof(float);
+
+    private readonly ConcurrentDictionary<string, JobParameters> _jobs = new();
+
+    public JobParameters? Find(string jobId) => _jobs.GetValueOrDefault(jobId);
+
+    public IReadOnlyCollection<JobParameters> Jobs => (IReadOnlyCollection<JobParameters>)_jobs.Values;
+
+    /// <summary>Element count the layout describes, after checking every shape.</summary>
+    public static long ElementCount(TensorLayout layout)
+    {
+        if (layout.Tensors.Count == 0)
+            throw new ArgumentException("layout: no tensors; expected at least one parameter");
+        long total = 0;
+        foreach (var tensor in layout.Tensors)
+        {
+            if (tensor.Dtype != DType.Float32)
+                throw new ArgumentException($"layout.{tensor.Name}.dtype: {tensor.Dtype}; expected DTYPE_FLOAT32");
+            long count = 1;
+            foreach (long dimension in tensor.Shape)
+            {
+                if (dimension <= 0 || dimension > ElementsMax)
+                    throw new ArgumentException($"layout.{tensor.Name}.shape: dimension {dimension}; expected 1 to {ElementsMax}");
+                count *= dimension;
+                if (count > ElementsMax) break;
+            }
+            total += count;
+            if (total > ElementsMax)
+                throw new ArgumentException($"layout: more than {ElementsMax} elements; expected a model of at most {ElementsMax * sizeof(float)} bytes");
+        }
+        return total;
+    }
+
+    /// <summary>Creates the job unless it exists; returns it and whether this call created it.</summary>
+    public (JobParameters Job, bool Created) GetOrCreate(InitializeHeader header, byte[] initialWeights)
+    {
+        var created = false;
+        var job = _jobs.GetOrAdd(header.JobId, _ =>
+        {
+            created = true;
+            return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer), initialWeights);
+        });
+        if (!created && job.ElementCount * (long)sizeof(float) != initialWeights.Length)
+            throw new ArgumentException(
+                $"job {header.JobId}: already holds {job.ElementCount} elements; this Initialize sent {initialWeights.Length / sizeof(float)}");
+        return (job, created);
+    }
+
+    public bool Remove(string jobId) => _jobs.TryRemove(jobId, out _);
+}

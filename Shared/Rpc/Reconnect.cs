@@ -1,0 +1,36 @@
+using Grpc.Core;
+
+namespace Cluster.Shared.Rpc;
+
+/// <summary>Retries a first call to a peer until it answers or a deadline passes.</summary>
+public static class Reconnect
+{
+    private static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>
+    /// Calls <paramref name="call"/> (given the overall deadline) until it succeeds; transport
+    /// failures are retried until <paramref name="timeout"/>, then reported naming
+    /// <paramref name="peer"/> and <paramref name="address"/>.
+    /// </summary>
+    public static async Task<T> UntilAsync<T>(string peer, string address, TimeSpan timeout, Func<DateTime, Task<T>> call, CancellationToken cancellationToken)
+    {
+        var giveUpAt = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            try
+            {
+                return await call(giveUpAt);
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
+            {
+                if (DateTime.UtcNow + RetryDelay >= giveUpAt)
+                    throw new PeerUnreachableException(
+                        $"{peer} at {address} is not reachable: no answer within {timeout.TotalSeconds:0.#} s ({e.Status.Detail})", e);
+                await Task.Delay(RetryDelay, cancellationToken);
+            }
+        }
+    }
+}
+
+/// <summary>A peer of the cluster could not be reached before its deadline.</summary>
+public sealed class PeerUnreachableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -1,0 +1,51 @@
+using System.Runtime.InteropServices;
+using Cluster.Protos;
+using Google.Protobuf;
+
+namespace Cluster.Shared.Wire;
+
+/// <summary>
+/// Moves flat float32 vectors to and from <see cref="TensorChunk"/>s. Sending wraps slices of
+/// the caller's buffer without copying (the buffer must stay unchanged until the write has
+/// completed); receiving copies each chunk straight into place after checking its bounds.
+/// </summary>
+public static class TensorWire
+{
+    /// <summary>Largest chunk payload: well under gRPC's 4 MB message limit.</summary>
+    public const int ChunkBytesMax = 1 << 20;
+
+    private const int ElementBytes = sizeof(float);
+
+    /// <summary>The chunks of <paramref name="elements"/>, wrapping (not copying) the buffer.</summary>
+    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements)
+    {
+        for (int offset = 0; offset < elements.Length; offset += ChunkBytesMax)
+        {
+            int length = Math.Min(ChunkBytesMax, elements.Length - offset);
+            yield return new TensorChunk
+            {
+                OffsetElements = offset / ElementBytes,
+                Data = UnsafeByteOperations.UnsafeWrap(elements.Slice(offset, length)),
+            };
+        }
+    }
+
+    /// <summary>Copies a received chunk into <paramref name="destination"/>; returns the elements written.</summary>
+    public static int CopyChunk(TensorChunk chunk, Span<byte> destination)
+    {
+        var data = chunk.Data.Span;
+        long elementCount = destination.Length / ElementBytes;
+        if (data.Length % ElementBytes != 0)
+            throw new InvalidDataException($"chunk.data: {data.Length} bytes is not a whole number of float32 elements");
+        if (data.Length > ChunkBytesMax)
+            throw new InvalidDataException($"chunk.data: {data.Length} bytes exceeds the chunk limit of {ChunkBytesMax} bytes");
+        if (chunk.OffsetElements < 0 || chunk.OffsetElements + data.Length / ElementBytes > elementCount)
+            throw new InvalidDataException(
+                $"chunk.offset_elements: {chunk.OffsetElements} with {data.Length / ElementBytes} elements runs outside the vector of {elementCount} elements");
+        data.CopyTo(destination[(int)(chunk.OffsetElements * ElementBytes)..]);
+        return data.Length / ElementBytes;
+    }
+
+    /// <summary>A float view of a byte buffer.</summary>
+    public static Span<float> AsFloats(Span<byte> bytes) => MemoryMarshal.Cast<byte, float>(bytes);
+}

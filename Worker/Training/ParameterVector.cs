@@ -1,0 +1,116 @@
+using Cluster.Protos;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Cluster.Worker.Training;
+
+/// <summary>
+/// A model's parameters and gradients as one flat float32 byte buffer, in named_parameters()
+/// order. On CPU, copies go straight between the buffer and each tensor's memory through
+/// <c>Tensor.bytes</c> (no managed per-element loop); on CUDA they go through one CPU staging
+/// tensor per parameter.
+/// </summary>
+public sealed class ParameterVector : IDisposable
+{
+    private readonly (string Name, Tensor Parameter, long Offset, long Bytes)[] _entries;
+    private readonly Tensor[]? _staging;
+
+    public ParameterVector(nn.Module module)
+    {
+        long offset = 0;
+        var entries = new List<(string, Tensor, long, long)>();
+        foreach (var (name, parameter) in module.named_parameters())
+        {
+            long bytes = parameter.numel() * sizeof(float);
+            if (parameter.dtype != ScalarType.Float32)
+                throw new NotSupportedException($"parameter {name}: dtype {parameter.dtype}; only float32 parameters are supported");
+            entries.Add((name, parameter, offset, bytes));
+            offset += bytes;
+        }
+        if (offset > int.MaxValue)
+            throw new NotSupportedException($"model: {offset} bytes of parameters exceed the {int.MaxValue}-byte flat buffer");
+        _entries = entries.ToArray();
+        ByteCount = (int)offset;
+        if (_entries.Length > 0 && _entries[0].Parameter.device_type != DeviceType.CPU)
+            _staging = _entries.Select(e => torch.empty(e.Parameter.shape, ScalarType.Float32)).ToArray();
+    }
+
+    public int ByteCount { get; }
+    public int ElementCount => ByteCount / sizeof(float);
+
+    /// <summary>Names and shapes, as the parameter server's Initialize expects them.</summary>
+    public TensorLayout Layout()
+    {
+        var layout = new TensorLayout();
+        foreach (var (name, parameter, _, _) in _entries)
+        {
+            var spec = new TensorSpec { Name = name, Dtype = DType.Float32 };
+            spec.Shape.AddRange(parameter.shape);
+            layout.Tensors.Add(spec);
+        }
+        return layout;
+    }
+
+    /// <summary>Copies the parameters into <paramref name="destination"/>.</summary>
+    public void ReadParameters(Span<byte> destination) => Read(destination, gradients: false);
+
+    /// <summary>Copies the gradients into <paramref name="destination"/>; a parameter without a gradient reads as zeros.</summary>
+    public void ReadGradients(Span<byte> destination) => Read(destination, gradients: true);
+
+    /// <summary>Overwrites the parameters with <paramref name="source"/>.</summary>
+    public void WriteParameters(ReadOnlySpan<byte> source)
+    {
+        CheckLength(source.Length);
+        using var noGrad = torch.no_grad();
+        for (int i = 0; i < _entries.Length; i++)
+        {
+            var (_, parameter, offset, bytes) = _entries[i];
+            var slice = source.Slice((int)offset, (int)bytes);
+            if (_staging is null)
+            {
+                slice.CopyTo(parameter.bytes);
+            }
+            else
+            {
+                slice.CopyTo(_staging[i].bytes);
+                parameter.copy_(_staging[i]);
+            }
+        }
+    }
+
+    private void Read(Span<byte> destination, bool gradients)
+    {
+        CheckLength(destination.Length);
+        for (int i = 0; i < _entries.Length; i++)
+        {
+            var (_, parameter, offset, bytes) = _entries[i];
+            var slice = destination.Slice((int)offset, (int)bytes);
+            var source = gradients ? parameter.grad : parameter;
+            if (source is null)
+            {
+                slice.Clear();
+            }
+            else if (_staging is null)
+            {
+                source.bytes.CopyTo(slice);
+            }
+            else
+            {
+                _staging[i].copy_(source);
+                _staging[i].bytes.CopyTo(slice);
+            }
+        }
+    }
+
+    private void CheckLength(int length)
+    {
+        if (length != ByteCount)
+            throw new ArgumentException($"buffer: {length} bytes; the model's parameters take {ByteCount}");
+    }
+
+    public void Dispose()
+    {
+        if (_staging is null) return;
+        foreach (var tensor in _staging) tensor.Dispose();
+    }
+}

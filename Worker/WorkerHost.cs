@@ -1,0 +1,133 @@
+using Cluster.Protos;
+using Cluster.Shared.Rpc;
+using Cluster.Worker.Training;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Worker;
+
+/// <summary>
+/// A worker process's life: register with the coordinator, heartbeat, wait for a job, train it,
+/// report, and wait for the next. Exits with an error when the coordinator cannot be reached.
+/// </summary>
+public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFactory)
+{
+    private readonly ILogger _logger = loggerFactory.CreateLogger("Cluster.Worker");
+    private readonly object _gate = new();
+    private string? _currentJobId;
+    private CancellationTokenSource? _currentJob;
+
+    public async Task RunAsync(CancellationToken cancellationToken)
+    {
+        if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
+        using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl);
+        var coordinator = new Coordinator.CoordinatorClient(channel);
+        var registration = await RegisterAsync(coordinator, cancellationToken);
+        WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
+
+        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var heartbeats = HeartbeatLoopAsync(coordinator, registration, stopping);
+        try
+        {
+            do
+            {
+                var reply = await coordinator.GetAssignmentAsync(
+                    new GetAssignmentRequest { WorkerId = registration.WorkerId, WaitMillis = 5000 },
+                    deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: stopping.Token);
+                if (reply.Assignment is null) continue;
+                await RunJobAsync(coordinator, reply.Assignment, stopping.Token);
+            }
+            while (!options.SingleJob);
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            // The heartbeat loop lost the coordinator; it recorded why.
+        }
+        catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
+        {
+            throw new PeerUnreachableException($"coordinator at {options.CoordinatorUrl} did not answer ({e.StatusCode}: {e.Status.Detail})", e);
+        }
+        finally
+        {
+            await stopping.CancelAsync();
+            await heartbeats;
+        }
+        if (_coordinatorLost is not null) throw _coordinatorLost;
+    }
+
+    private PeerUnreachableException? _coordinatorLost;
+
+    private async Task RunJobAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment, CancellationToken cancellationToken)
+    {
+        using var job = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        lock (_gate) (_currentJobId, _currentJob) = (assignment.JobId, job);
+        try
+        {
+            await new ParameterServerTrainer(assignment, coordinator, options, _logger).RunAsync(job.Token);
+            WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
+        }
+        catch (OperationCanceledException) when (job.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            WorkerLog.JobAborted(_logger, assignment.JobId);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            string reason = e is RpcException rpc ? $"{rpc.StatusCode}: {rpc.Status.Detail}" : e.Message;
+            WorkerLog.JobFailed(_logger, assignment.JobId, assignment.Rank, reason);
+            await coordinator.ReportFailureAsync(
+                new ReportFailureRequest { JobId = assignment.JobId, Rank = assignment.Rank, Message = $"rank {assignment.Rank}: {reason}" },
+                deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        }
+        finally
+        {
+            lock (_gate) (_currentJobId, _currentJob) = (null, null);
+        }
+    }
+
+    private Task<RegisterWorkerReply> RegisterAsync(Coordinator.CoordinatorClient coordinator, CancellationToken cancellationToken)
+    {
+        var request = new RegisterWorkerRequest
+        {
+            Host = Environment.MachineName, Device = options.Device ?? "auto", ProcessId = Environment.ProcessId,
+        };
+        return Reconnect.UntilAsync("coordinator", options.CoordinatorUrl, options.ConnectTimeout,
+            deadline => coordinator.RegisterWorkerAsync(request, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
+            cancellationToken);
+    }
+
+    private async Task HeartbeatLoopAsync(Coordinator.CoordinatorClient coordinator, RegisterWorkerReply registration, CancellationTokenSource stopping)
+    {
+        var interval = TimeSpan.FromMilliseconds(Math.Max(100, registration.HeartbeatIntervalMillis));
+        var lastAnswer = DateTime.UtcNow;
+        while (!stopping.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(interval, stopping.Token);
+                var reply = await coordinator.HeartbeatAsync(
+                    new HeartbeatRequest { WorkerId = registration.WorkerId },
+                    deadline: DateTime.UtcNow + interval * 3, cancellationToken: stopping.Token);
+                lastAnswer = DateTime.UtcNow;
+                if (reply.AbortJobId.Length > 0)
+                    lock (_gate)
+                        if (reply.AbortJobId == _currentJobId) _currentJob?.Cancel();
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (RpcException) when (DateTime.UtcNow - lastAnswer < options.CoordinatorLostTimeout)
+            {
+                // Missed heartbeats are tolerated until CoordinatorLostTimeout.
+            }
+            catch (RpcException e)
+            {
+                _coordinatorLost = new PeerUnreachableException(
+                    $"coordinator at {options.CoordinatorUrl} lost: no heartbeat answer for {options.CoordinatorLostTimeout.TotalSeconds:0.#} s ({e.Status.Detail})", e);
+                await stopping.CancelAsync();
+                return;
+            }
+        }
+    }
+}

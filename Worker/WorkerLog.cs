@@ -1,0 +1,22 @@
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Worker;
+
+/// <summary>The worker's log messages (source-generated).</summary>
+internal static partial class WorkerLog
+{
+    [LoggerMessage(Level = LogLevel.Information, Message = "Registered with coordinator {Coordinator} as {WorkerId} (device {Device})")]
+    public static partial void Registered(ILogger logger, string coordinator, string workerId, string device);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank} of {WorldSize} on {Device}, {ElementCount} parameters")]
+    public static partial void JobStarted(ILogger logger, string jobId, int rank, int worldSize, string device, int elementCount);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank} finished")]
+    public static partial void JobFinished(ILogger logger, string jobId, int rank);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Job {JobId}: rank {Rank} failed: {Reason}")]
+    public static partial void JobFailed(ILogger logger, string jobId, int rank, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: aborted by the coordinator")]
+    public static partial void JobAborted(ILogger logger, string jobId);
+}

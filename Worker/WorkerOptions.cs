@@ -1,0 +1,32 @@
+namespace Cluster.Worker;
+
+/// <summary>Settings of one worker process, with their units and defaults in one place.</summary>
+public sealed record WorkerOptions
+{
+    /// <summary>gRPC address of the coordinator.</summary>
+    public required string CoordinatorUrl { get; init; }
+    /// <summary>Device to train on; null: what the job asks for.</summary>
+    public string? Device { get; init; }
+    /// <summary>libtorch intra-op threads; 0: libtorch's default.</summary>
+    public int Threads { get; init; }
+    /// <summary>How long to keep trying to reach the coordinator at start.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>How long the coordinator may stay silent before the worker gives up.</summary>
+    public TimeSpan CoordinatorLostTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Deadline of one plain RPC.</summary>
+    public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Deadline of a push or pull, which waits for the slowest worker of the step.</summary>
+    public TimeSpan BarrierTimeout { get; init; } = TimeSpan.FromMinutes(5);
+    /// <summary>Exit after one job instead of waiting for the next.</summary>
+    public bool SingleJob { get; init; }
+
+    public IEnumerable<string> Validate()
+    {
+        if (!Uri.TryCreate(CoordinatorUrl, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            yield return $"coordinator: '{CoordinatorUrl}' is not an address; expected http://HOST:PORT or https://HOST:PORT";
+        if (Device is not null && !Shared.Jobs.DeviceNames.IsValid(Device))
+            yield return $"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N";
+        if (Threads < 0)
+            yield return $"threads: {Threads} is out of range; expected 0 (default) or more";
+    }
+}
