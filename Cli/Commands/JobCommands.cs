@@ -1,0 +1,92 @@
+using System.CommandLine;
+using Cluster.Cli.Api;
+using Cluster.Cli.Local;
+using Cluster.Cli.Watching;
+using Cluster.Coordinator.Api;
+using Spectre.Console;
+
+namespace Cluster.Cli.Commands;
+
+/// <summary>`cluster local`, `cluster submit` and `cluster status`.</summary>
+public static class JobCommands
+{
+    private static readonly Option<string> Output = new("--output") { Description = "text, or json: the final result as one JSON document on stdout", DefaultValueFactory = _ => "text" };
+    private static readonly Option<string> ApiUrl = new("--api") { Description = "Coordinator's JSON API, e.g. http://10.0.0.1:5080", Required = true };
+
+    /// <summary>With no arguments, `cluster` runs this with its defaults: the main job.</summary>
+    public static Command Local()
+    {
+        var job = new JobOptions();
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output };
+        job.AddTo(command);
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            bool json = ReadOutput(parse);
+            var console = ProgressConsole(json);
+            var result = await new LocalCluster(console).RunAsync(job.Read(parse), cancellationToken);
+            return Report(result, json, console);
+        });
+        return command;
+    }
+
+    public static Command Submit()
+    {
+        var job = new JobOptions();
+        var wait = new Option<bool>("--wait") { Description = "Follow the job until it ends and print its metrics" };
+        var command = new Command("submit", "Submit a job to a running coordinator") { ApiUrl, wait, Output };
+        job.AddTo(command);
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            bool json = ReadOutput(parse);
+            var console = ProgressConsole(json);
+            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, TimeSpan.FromSeconds(30));
+            var submitted = await api.SubmitAsync(job.Read(parse), cancellationToken);
+            if (!parse.GetValue(wait))
+            {
+                if (json) ResultPrinter.PrintJson(submitted);
+                else console.WriteLine($"Submitted {submitted.Id} ({submitted.State})");
+                return 0;
+            }
+            var result = await new JobWatcher(api, console, []).WatchAsync(submitted.Id, cancellationToken);
+            return Report(result, json, console);
+        });
+        return command;
+    }
+
+    public static Command Status()
+    {
+        var jobId = new Argument<string?>("job") { Description = "Job id (default: list all jobs)", Arity = ArgumentArity.ZeroOrOne };
+        var command = new Command("status", "Show one job, or all jobs, of a running coordinator") { ApiUrl, Output, jobId };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            bool json = ReadOutput(parse);
+            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, TimeSpan.FromSeconds(30));
+            var jobs = parse.GetValue(jobId) is { } id ? [await api.GetJobAsync(id, cancellationToken)] : await api.ListJobsAsync(cancellationToken);
+            foreach (var job in jobs)
+            {
+                if (json) ResultPrinter.PrintJson(job);
+                else ResultPrinter.PrintTable(AnsiConsole.Console, job);
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    private static bool ReadOutput(ParseResult parse) => parse.GetValue(Output) switch
+    {
+        "json" => true,
+        "text" => false,
+        var other => throw new CliException($"output: '{other}' is not a format; expected text or json", exitCode: 2),
+    };
+
+    /// <summary>Progress goes to stderr when stdout carries JSON.</summary>
+    private static IAnsiConsole ProgressConsole(bool json) =>
+        json ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }) : AnsiConsole.Console;
+
+    private static int Report(JobView result, bool json, IAnsiConsole console)
+    {
+        if (json) ResultPrinter.PrintJson(result);
+        else ResultPrinter.PrintTable(console, result);
+        return result.State == "succeeded" ? 0 : 1;
+    }
+}

@@ -1,0 +1,92 @@
+using System.CommandLine;
+using Cluster.Cli.Local;
+using Cluster.Coordinator;
+using Cluster.ParameterServer;
+using Cluster.Worker;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Cli.Commands;
+
+/// <summary>`cluster coordinator`, `cluster ps` and `cluster worker`: one role in this process.</summary>
+public static class RoleCommands
+{
+    private static readonly Option<int?> ParentPid = new("--parent-pid") { Description = "Exit when this process is gone (set by `cluster local`)", Hidden = true };
+    private static readonly Option<string> Bind = new("--bind") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
+    private static readonly Option<int> Port = new("--port") { Description = "gRPC port (0: any free port)", DefaultValueFactory = _ => 0 };
+    private static readonly Option<string> CoordinatorUrl = new("--coordinator") { Description = "Coordinator's gRPC address, e.g. http://10.0.0.1:5000", Required = true };
+    private static readonly Option<double> ConnectTimeout = new("--connect-timeout") { Description = "Seconds to keep trying to reach the coordinator", DefaultValueFactory = _ => 15.0 };
+
+    public static Command Coordinator()
+    {
+        var httpPort = new Option<int>("--http-port") { Description = "JSON API port (0: any free port)", DefaultValueFactory = _ => 0 };
+        var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, ParentPid };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            WatchParent(parse);
+            var options = new CoordinatorOptions
+            {
+                BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
+                HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
+            };
+            await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
+            await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");
+            await host.WaitForShutdownAsync(cancellationToken);
+            return 0;
+        });
+        return command;
+    }
+
+    public static Command ParameterServer()
+    {
+        var advertise = new Option<string?>("--advertise") { Description = "URL workers use to reach this server (default: the bound address)" };
+        var command = new Command("ps", "Run a parameter server") { CoordinatorUrl, Bind, Port, advertise, ConnectTimeout, ParentPid };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            WatchParent(parse);
+            var options = new ParameterServerOptions
+            {
+                CoordinatorUrl = parse.GetValue(CoordinatorUrl), BindAddress = parse.GetValue(Bind)!, Port = parse.GetValue(Port),
+                AdvertiseUrl = parse.GetValue(advertise), ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
+            };
+            await using var host = await ParameterServerHost.StartAsync(options, cancellationToken);
+            await Ready($"grpc={host.Url}");
+            await host.WaitForShutdownAsync(cancellationToken);
+            return 0;
+        });
+        return command;
+    }
+
+    public static Command Worker()
+    {
+        var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
+        var threads = new Option<int>("--threads") { Description = "libtorch threads (0: libtorch's default)", DefaultValueFactory = _ => 0 };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, ConnectTimeout, ParentPid };
+        command.SetAction(async (parse, cancellationToken) =>
+        {
+            WatchParent(parse);
+            var options = new WorkerOptions
+            {
+                CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads),
+                ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
+            };
+            var errors = options.Validate().ToList();
+            if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);
+            using var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; }));
+            await new WorkerHost(options, logging).RunAsync(cancellationToken);
+            return 0;
+        });
+        return command;
+    }
+
+    private static void WatchParent(ParseResult parse)
+    {
+        if (parse.GetValue(ParentPid) is { } pid) ParentWatch.Start(pid);
+    }
+
+    private static async Task Ready(string addresses)
+    {
+        await Console.Out.WriteLineAsync($"{RoleProcess.ReadyMarker} {addresses}");
+        await Console.Out.FlushAsync();
+    }
+}

@@ -1,0 +1,44 @@
+using System.CommandLine;
+using Cluster.Cli.Api;
+using Cluster.Cli.Commands;
+using Cluster.Shared.Rpc;
+
+// `cluster`: every role of the system and the commands that drive it.
+//   cluster                   the main job: `cluster local` with its defaults
+//   cluster local             a whole cluster on this machine, one process per role
+//   cluster coordinator|ps|worker   one role, for clusters spread over machines
+//   cluster submit|status     jobs on a running coordinator
+var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
+var local = JobCommands.Local();
+root.Subcommands.Add(local);
+root.Subcommands.Add(RoleCommands.Coordinator());
+root.Subcommands.Add(RoleCommands.ParameterServer());
+root.Subcommands.Add(RoleCommands.Worker());
+root.Subcommands.Add(JobCommands.Submit());
+root.Subcommands.Add(JobCommands.Status());
+
+var parse = root.Parse(args.Length == 0 ? ["local"] : args);
+try
+{
+    return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+}
+catch (CliException e)
+{
+    await Console.Error.WriteLineAsync($"error: {e.Message}");
+    return e.ExitCode;
+}
+catch (PeerUnreachableException e)
+{
+    await Console.Error.WriteLineAsync($"error: {e.Message}");
+    return 1;
+}
+catch (Exception e) when (e is ArgumentException or FileNotFoundException or InvalidDataException)
+{
+    await Console.Error.WriteLineAsync($"error: {e.Message}");
+    return 2;
+}
+catch (OperationCanceledException)
+{
+    await Console.Error.WriteLineAsync("cancelled");
+    return 130;
+}

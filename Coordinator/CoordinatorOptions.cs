@@ -1,0 +1,26 @@
+namespace Cluster.Coordinator;
+
+/// <summary>Settings of the coordinator process, with units and defaults in one place.</summary>
+public sealed record CoordinatorOptions
+{
+    /// <summary>Address to bind; loopback by default.</summary>
+    public string BindAddress { get; init; } = "127.0.0.1";
+    /// <summary>gRPC (HTTP/2) port for cluster members; 0 picks a free one.</summary>
+    public int GrpcPort { get; init; }
+    /// <summary>HTTP/1.1 port of the JSON API; 0 picks a free one.</summary>
+    public int HttpPort { get; init; }
+    /// <summary>How often workers send heartbeats.</summary>
+    public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>Silence after which a worker is declared dead.</summary>
+    public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(15);
+
+    public IEnumerable<string> Validate()
+    {
+        if (!System.Net.IPAddress.TryParse(BindAddress, out _))
+            yield return $"bind: '{BindAddress}' is not an IP address";
+        if (GrpcPort is < 0 or > 65535) yield return $"port: {GrpcPort} is out of range; expected 0 to 65535";
+        if (HttpPort is < 0 or > 65535) yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
+        if (HeartbeatTimeout <= HeartbeatInterval * 2)
+            yield return $"heartbeat-timeout: {HeartbeatTimeout.TotalSeconds} s; expected more than twice the heartbeat interval ({HeartbeatInterval.TotalSeconds} s)";
+    }
+}

@@ -1,0 +1,215 @@
+using System.Threading.Channels;
+using Cluster.Coordinator.Membership;
+using Cluster.Protos;
+using Cluster.Shared.Jobs;
+
+namespace Cluster.Coordinator.Jobs;
+
+/// <summary>
+/// The coordinator's state machine: members, the FIFO job queue, assignment of queued jobs to
+/// idle workers, and each running job's lifecycle. One lock guards everything; nothing here
+/// is on the training hot path. Plain class: tested without a network.
+/// </summary>
+public sealed class JobBoard(TimeProvider time)
+{
+    private readonly object _gate = new();
+    private readonly MemberRegistry _members = new();
+    private readonly Dictionary<string, JobRecord> _jobs = [];
+    private readonly LinkedList<JobRecord> _queue = new();
+    private readonly List<(WorkerMember Worker, TaskCompletionSource<Assignment> Reply)> _waiting = [];
+    private readonly Dictionary<string, string> _pendingAborts = [];
+    private readonly Channel<JobRecord> _finished = Channel.CreateUnbounded<JobRecord>();
+    private int _nextJob;
+
+    /// <summary>Jobs that just ended, for releasing their parameter-server state.</summary>
+    public ChannelReader<JobRecord> FinishedJobs => _finished.Reader;
+
+    public JobRecord Submit(JobSpecification spec)
+    {
+        var errors = spec.Validate();
+        if (errors.Count > 0) throw new JobRejectedException(errors);
+        lock (_gate)
+        {
+            var job = new JobRecord($"job-{++_nextJob}", spec, time.GetUtcNow());
+            _jobs.Add(job.Id, job);
+            _queue.AddLast(job);
+            Schedule();
+            return job;
+        }
+    }
+
+    public WorkerMember RegisterWorker(string host, string device, int processId)
+    {
+        lock (_gate) return _members.AddWorker(host, device, processId, time.GetUtcNow());
+    }
+
+    public ParameterServerMember RegisterServer(string address)
+    {
+        lock (_gate)
+        {
+            var server = _members.AddServer(address, time.GetUtcNow());
+            Schedule();
+            return server;
+        }
+    }
+
+    /// <summary>Records a heartbeat; returns whether the worker is known and a job it must abort.</summary>
+    public (bool Known, string? AbortJobId) Heartbeat(string workerId)
+    {
+        lock (_gate)
+        {
+            var worker = _members.FindWorker(workerId);
+            if (worker is null || !worker.Alive) return (false, null);
+            worker.LastHeartbeat = time.GetUtcNow();
+            return _pendingAborts.Remove(workerId, out string? abort) ? (true, abort) : (true, null);
+        }
+    }
+
+    /// <summary>Waits up to <paramref name="wait"/> for this worker to be given a job.</summary>
+    public async Task<Assignment?> WaitForAssignmentAsync(string workerId, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        TaskCompletionSource<Assignment> reply;
+        lock (_gate)
+        {
+            var worker = _members.FindWorker(workerId) ?? throw new ArgumentException($"worker_id: '{workerId}' is not registered");
+            // Asking for work means the worker is done with its previous job (its part of it).
+            worker.JobId = null;
+            _waiting.RemoveAll(w => w.Worker == worker);
+            reply = new TaskCompletionSource<Assignment>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiting.Add((worker, reply));
+            Schedule();
+        }
+        try { await Task.WhenAny(reply.Task, Task.Delay(wait, time, cancellationToken)); }
+        finally
+        {
+            lock (_gate) _waiting.RemoveAll(w => w.Reply == reply);
+        }
+        return reply.Task.IsCompletedSuccessfully ? reply.Task.Result : null;
+    }
+
+    public (int[] SampleIndices, int[] StepOffsets) Shard(string jobId, int rank, int epoch, int trainSampleCount)
+    {
+        lock (_gate)
+        {
+            var job = RunningJob(jobId, rank);
+            return job.Plan(epoch, trainSampleCount, time.GetUtcNow()).Shard(rank);
+        }
+    }
+
+    public void Progress(ReportProgressRequest report)
+    {
+        lock (_gate)
+        {
+            var job = RunningJob(report.JobId, report.Rank);
+            job.RecordProgress(report.Rank, report.Epoch, report.StepsDone, report.StepsTotal, report.LossSum, report.SampleCount, time.GetUtcNow());
+        }
+    }
+
+    public void Evaluation(ReportEvaluationRequest report)
+    {
+        lock (_gate)
+        {
+            var job = RunningJob(report.JobId, report.Rank);
+            bool epochDone = job.RecordEvaluation(report.Rank, report.Epoch, report.ClassCount, report.Confusion, report.LossSum, time.GetUtcNow());
+            if (epochDone && job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
+        }
+    }
+
+    public void Fail(string jobId, string message)
+    {
+        lock (_gate)
+        {
+            if (_jobs.TryGetValue(jobId, out var job) && !job.IsFinished) End(job, JobState.Failed, message);
+        }
+    }
+
+    /// <summary>Cancels a queued or running job; returns false when it is unknown or already over.</summary>
+    public bool Cancel(string jobId)
+    {
+        lock (_gate)
+        {
+            if (!_jobs.TryGetValue(jobId, out var job) || job.IsFinished) return false;
+            End(job, JobState.Cancelled, "cancelled by the user");
+            return true;
+        }
+    }
+
+    /// <summary>Declares silent workers dead and fails the jobs they were training.</summary>
+    public void ExpireWorkers(TimeSpan heartbeatTimeout)
+    {
+        lock (_gate)
+        {
+            foreach (var worker in _members.ExpireWorkers(time.GetUtcNow(), heartbeatTimeout))
+            {
+                _waiting.RemoveAll(w => w.Worker == worker);
+                if (worker.JobId is not null && _jobs.TryGetValue(worker.JobId, out var job) && !job.IsFinished)
+                    End(job, JobState.Failed,
+                        $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s");
+            }
+        }
+    }
+
+    public T Read<T>(Func<IReadOnlyDictionary<string, JobRecord>, MemberRegistry, T> view)
+    {
+        lock (_gate) return view(_jobs, _members);
+    }
+
+    private void Schedule()
+    {
+        while (_queue.First is { } head && _members.Servers.Count > 0)
+        {
+            var job = head.Value;
+            var idle = _waiting.Where(w => w.Worker.Alive && w.Worker.JobId is null).Take(job.Spec.Workers).ToList();
+            if (idle.Count < job.Spec.Workers) return;
+            _queue.RemoveFirst();
+            job.State = JobState.Running;
+            job.StartedAt = time.GetUtcNow();
+            job.ParameterServers.Add(_members.Servers[0].Address);
+            for (int rank = 0; rank < idle.Count; rank++)
+            {
+                var (worker, reply) = idle[rank];
+                worker.JobId = job.Id;
+                job.Ranks.Add(worker.Id);
+                _waiting.RemoveAll(w => w.Worker == worker);
+                var assignment = new Assignment { JobId = job.Id, Rank = rank, WorldSize = idle.Count, Spec = job.Spec.ToProto() };
+                assignment.ParameterServers.AddRange(job.ParameterServers);
+                reply.TrySetResult(assignment);
+            }
+        }
+    }
+
+    private void End(JobRecord job, JobState state, string? error)
+    {
+        bool wasQueued = job.State == JobState.Queued;
+        job.State = state;
+        job.Error = error;
+        job.FinishedAt = time.GetUtcNow();
+        if (wasQueued) _queue.Remove(job);
+        foreach (string workerId in job.Ranks)
+        {
+            var worker = _members.FindWorker(workerId);
+            if (worker is null || worker.JobId != job.Id) continue;
+            worker.JobId = null;
+            if (state != JobState.Succeeded) _pendingAborts[workerId] = job.Id;
+        }
+        if (!wasQueued) _finished.Writer.TryWrite(job);
+        Schedule();
+    }
+
+    private JobRecord RunningJob(string jobId, int rank)
+    {
+        if (!_jobs.TryGetValue(jobId, out var job))
+            throw new ArgumentException($"job_id: '{jobId}' is not a job of this coordinator");
+        if (job.State != JobState.Running)
+            throw new InvalidOperationException($"job {jobId} is {job.State.ToString().ToLowerInvariant()}{(job.Error is null ? "" : ": " + job.Error)}");
+        if (rank < 0 || rank >= job.Ranks.Count)
+            throw new ArgumentException($"rank: {rank} is out of range; job {jobId} has ranks 0 to {job.Ranks.Count - 1}");
+        return job;
+    }
+}
+
+/// <summary>A job spec with invalid fields; each message names the field, value and expectation.</summary>
+public sealed class JobRejectedException(IReadOnlyList<string> errors) : Exception(string.Join("; ", errors))
+{
+    public IReadOnlyList<string> Errors { get; } = errors;
+}

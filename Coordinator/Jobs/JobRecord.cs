@@ -1,0 +1,125 @@
+using Cluster.Shared.Evaluation;
+using Cluster.Shared.Jobs;
+using Cluster.Shared.Sharding;
+
+namespace Cluster.Coordinator.Jobs;
+
+public enum JobState { Queued, Running, Succeeded, Failed, Cancelled }
+
+/// <summary>Results of one finished epoch.</summary>
+public sealed record EpochResult(
+    int Epoch, double TrainLoss, double TestLoss, double Accuracy, double Precision, double Recall, double F1,
+    double SamplesPerSecond, double Seconds);
+
+/// <summary>
+/// A job's state at the coordinator: its ranks, epoch plans, progress reports and the
+/// evaluations merged across ranks. Not thread-safe: <see cref="JobBoard"/> guards it.
+/// </summary>
+public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset submittedAt)
+{
+    private readonly Dictionary<int, EpochPlan> _plans = [];
+    private readonly Dictionary<int, EpochProgress> _epochs = [];
+
+    public string Id { get; } = id;
+    public JobSpecification Spec { get; } = spec;
+    public JobState State { get; set; } = JobState.Queued;
+    public string? Error { get; set; }
+    public DateTimeOffset SubmittedAt { get; } = submittedAt;
+    public DateTimeOffset? StartedAt { get; set; }
+    public DateTimeOffset? FinishedAt { get; set; }
+    /// <summary>Worker id of each rank.</summary>
+    public List<string> Ranks { get; } = [];
+    public List<string> ParameterServers { get; } = [];
+    public List<EpochResult> Results { get; } = [];
+    public int? TrainSampleCount { get; private set; }
+    public bool IsFinished => State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
+
+    /// <summary>The epoch plan, after checking that the rank agrees on the training-set size.</summary>
+    public EpochPlan Plan(int epoch, int trainSampleCount, DateTimeOffset now)
+    {
+        if (epoch < 0 || epoch >= Spec.Epochs)
+            throw new ArgumentException($"epoch: {epoch} is out of range; job {Id} has epochs 0 to {Spec.Epochs - 1}");
+        if (trainSampleCount <= 0)
+            throw new ArgumentException($"train_sample_count: {trainSampleCount}; expected a positive count");
+        TrainSampleCount ??= trainSampleCount;
+        if (TrainSampleCount != trainSampleCount)
+            throw new ArgumentException($"train_sample_count: {trainSampleCount} differs from the {TrainSampleCount} other ranks loaded; check every worker has the same dataset");
+        if (!_plans.TryGetValue(epoch, out var plan))
+        {
+            plan = new EpochPlan(trainSampleCount, Spec.Seed, epoch, Spec.Workers, Spec.BatchSize);
+            _plans[epoch] = plan;
+            _plans.Remove(epoch - 2);
+        }
+        Epoch(epoch).StartedAt ??= now;
+        return plan;
+    }
+
+    public void RecordProgress(int rank, int epoch, int stepsDone, int stepsTotal, double lossSum, long sampleCount, DateTimeOffset now)
+    {
+        var progress = Epoch(epoch);
+        progress.StartedAt ??= now;
+        progress.StepsDone[rank] = stepsDone;
+        progress.StepsTotal = stepsTotal;
+        progress.LossSum += lossSum;
+        progress.SampleCount += sampleCount;
+        if (sampleCount > 0) progress.RecentLoss = lossSum / sampleCount;
+        if (progress.StepsDone.Values.All(s => s == stepsTotal) && progress.StepsDone.Count == Spec.Workers)
+            progress.TrainedAt ??= now;
+    }
+
+    /// <summary>Adds one rank's evaluation; returns true when it completed the epoch.</summary>
+    public bool RecordEvaluation(int rank, int epoch, int classCount, IReadOnlyList<long> confusion, double lossSum, DateTimeOffset now)
+    {
+        var progress = Epoch(epoch);
+        if (classCount <= 0 || classCount > 1000 || confusion.Count != classCount * classCount)
+            throw new ArgumentException($"confusion: {confusion.Count} cells for class_count {classCount}; expected class_count squared");
+        if (!progress.EvaluatedRanks.Add(rank)) return false;
+        progress.Confusion ??= new long[classCount * classCount];
+        if (progress.Confusion.Length != confusion.Count)
+            throw new ArgumentException($"class_count: {classCount} differs from other ranks' evaluation");
+        for (int i = 0; i < confusion.Count; i++) progress.Confusion[i] += confusion[i];
+        progress.TestLossSum += lossSum;
+        if (progress.EvaluatedRanks.Count < Spec.Workers) return false;
+
+        var metrics = ClassificationMetrics.FromConfusion(progress.Confusion, classCount, progress.TestLossSum);
+        var trainedAt = progress.TrainedAt ?? now;
+        double seconds = (trainedAt - (progress.StartedAt ?? trainedAt)).TotalSeconds;
+        Results.Add(new EpochResult(
+            epoch, progress.SampleCount == 0 ? 0 : progress.LossSum / progress.SampleCount, metrics.Loss,
+            metrics.Accuracy, metrics.Precision, metrics.Recall, metrics.F1,
+            seconds > 0 ? progress.SampleCount / seconds : 0, seconds));
+        return true;
+    }
+
+    /// <summary>The live view of the newest epoch with any progress.</summary>
+    public (int Epoch, int StepsDone, int StepsTotal, double RecentLoss, double SamplesPerSecond)? Live(DateTimeOffset now)
+    {
+        if (_epochs.Count == 0) return null;
+        int epoch = _epochs.Keys.Max();
+        var progress = _epochs[epoch];
+        int stepsDone = progress.StepsDone.Count == 0 ? 0 : progress.StepsDone.Values.Min();
+        double seconds = ((progress.TrainedAt ?? now) - (progress.StartedAt ?? now)).TotalSeconds;
+        return (epoch, stepsDone, progress.StepsTotal, progress.RecentLoss, seconds > 0 ? progress.SampleCount / seconds : 0);
+    }
+
+    private EpochProgress Epoch(int epoch)
+    {
+        if (!_epochs.TryGetValue(epoch, out var progress))
+            _epochs[epoch] = progress = new EpochProgress();
+        return progress;
+    }
+
+    private sealed class EpochProgress
+    {
+        public DateTimeOffset? StartedAt { get; set; }
+        public DateTimeOffset? TrainedAt { get; set; }
+        public Dictionary<int, int> StepsDone { get; } = [];
+        public int StepsTotal { get; set; }
+        public double LossSum { get; set; }
+        public long SampleCount { get; set; }
+        public double RecentLoss { get; set; }
+        public HashSet<int> EvaluatedRanks { get; } = [];
+        public long[]? Confusion { get; set; }
+        public double TestLossSum { get; set; }
+    }
+}

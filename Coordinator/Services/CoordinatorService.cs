@@ -1,0 +1,82 @@
+using Cluster.Coordinator.Jobs;
+using Cluster.Protos;
+using Grpc.Core;
+
+namespace Cluster.Coordinator.Services;
+
+/// <summary>gRPC adapter over <see cref="JobBoard"/> (see coordinator.proto for the sequence).</summary>
+public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options) : Protos.Coordinator.CoordinatorBase
+{
+    private static readonly TimeSpan AssignmentWaitMax = TimeSpan.FromSeconds(30);
+
+    public override Task<RegisterParameterServerReply> RegisterParameterServer(RegisterParameterServerRequest request, ServerCallContext context)
+    {
+        if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            throw Invalid($"address: '{request.Address}' is not an address; expected http://HOST:PORT or https://HOST:PORT");
+        return Task.FromResult(new RegisterParameterServerReply { ServerId = board.RegisterServer(request.Address).Id });
+    }
+
+    public override Task<RegisterWorkerReply> RegisterWorker(RegisterWorkerRequest request, ServerCallContext context)
+    {
+        var worker = board.RegisterWorker(request.Host, request.Device, request.ProcessId);
+        return Task.FromResult(new RegisterWorkerReply
+        {
+            WorkerId = worker.Id,
+            HeartbeatIntervalMillis = (int)options.HeartbeatInterval.TotalMilliseconds,
+        });
+    }
+
+    public override Task<HeartbeatReply> Heartbeat(HeartbeatRequest request, ServerCallContext context)
+    {
+        var (known, abortJobId) = board.Heartbeat(request.WorkerId);
+        return Task.FromResult(new HeartbeatReply { Known = known, AbortJobId = abortJobId ?? "" });
+    }
+
+    public override async Task<GetAssignmentReply> GetAssignment(GetAssignmentRequest request, ServerCallContext context)
+    {
+        var wait = TimeSpan.FromMilliseconds(Math.Clamp(request.WaitMillis, 0, (int)AssignmentWaitMax.TotalMilliseconds));
+        Assignment? assignment;
+        try { assignment = await board.WaitForAssignmentAsync(request.WorkerId, wait, context.CancellationToken); }
+        catch (ArgumentException e) { throw Invalid(e.Message); }
+        return new GetAssignmentReply { Assignment = assignment };
+    }
+
+    public override Task<GetShardReply> GetShard(GetShardRequest request, ServerCallContext context)
+    {
+        var (indices, offsets) = Guard(() => board.Shard(request.JobId, request.Rank, request.Epoch, request.TrainSampleCount));
+        var reply = new GetShardReply();
+        reply.SampleIndices.AddRange(indices);
+        reply.StepOffsets.AddRange(offsets);
+        return Task.FromResult(reply);
+    }
+
+    public override Task<ReportProgressReply> ReportProgress(ReportProgressRequest request, ServerCallContext context)
+    {
+        Guard(() => board.Progress(request));
+        return Task.FromResult(new ReportProgressReply());
+    }
+
+    public override Task<ReportEvaluationReply> ReportEvaluation(ReportEvaluationRequest request, ServerCallContext context)
+    {
+        Guard(() => board.Evaluation(request));
+        return Task.FromResult(new ReportEvaluationReply());
+    }
+
+    public override Task<ReportFailureReply> ReportFailure(ReportFailureRequest request, ServerCallContext context)
+    {
+        board.Fail(request.JobId, request.Message);
+        return Task.FromResult(new ReportFailureReply());
+    }
+
+    /// <summary>Maps the board's errors to gRPC statuses: bad arguments, and calls for jobs that are over.</summary>
+    private static T Guard<T>(Func<T> action)
+    {
+        try { return action(); }
+        catch (ArgumentException e) { throw Invalid(e.Message); }
+        catch (InvalidOperationException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+    }
+
+    private static void Guard(Action action) => Guard(() => { action(); return 0; });
+
+    private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+}
