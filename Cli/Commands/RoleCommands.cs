@@ -61,13 +61,14 @@ public static class RoleCommands
     {
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
         var threads = new Option<int>("--threads") { Description = "libtorch threads (0: libtorch's default)", DefaultValueFactory = _ => 0 };
-        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, ConnectTimeout, ParentPid };
+        var once = new Option<bool>("--once") { Description = "Exit after one job instead of waiting for the next" };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, ParentPid };
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
             var options = new WorkerOptions
             {
-                CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads),
+                CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
                 ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
             };
             var errors = options.Validate().ToList();

@@ -68,8 +68,9 @@ public sealed class JobWatcher(CoordinatorApi api, IAnsiConsole console, IReadOn
     private static double Fraction(JobView job)
     {
         if (job.State == "succeeded") return 1;
-        if (job.Progress is not { StepsTotal: > 0 } p) return 0;
-        return Math.Clamp((p.Epoch + (double)p.StepsDone / p.StepsTotal) / p.Epochs, 0, 1);
+        if (job.Progress is not { } p) return 0;
+        double epochFraction = p.StepsTotal > 0 ? (double)p.StepsDone / p.StepsTotal : 0;
+        return Math.Clamp((p.Epoch + epochFraction) / p.Epochs, 0, 1);
     }
 
     private static string Describe(JobView job)
