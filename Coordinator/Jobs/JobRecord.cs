@@ -37,8 +37,7 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
     /// <summary>The epoch plan, after checking that the rank agrees on the training-set size.</summary>
     public EpochPlan Plan(int epoch, int trainSampleCount, DateTimeOffset now)
     {
-        if (epoch < 0 || epoch >= Spec.Epochs)
-            throw new ArgumentException($"epoch: {epoch} is out of range; job {Id} has epochs 0 to {Spec.Epochs - 1}");
+        CheckEpoch(epoch);
         if (trainSampleCount <= 0)
             throw new ArgumentException($"train_sample_count: {trainSampleCount}; expected a positive count");
         TrainSampleCount ??= trainSampleCount;
@@ -56,6 +55,11 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
 
     public void RecordProgress(int rank, int epoch, int stepsDone, int stepsTotal, double lossSum, long sampleCount, DateTimeOffset now)
     {
+        CheckEpoch(epoch);
+        if (stepsTotal < 0 || stepsDone < 0 || stepsDone > stepsTotal)
+            throw new ArgumentException($"steps_done: {stepsDone} of steps_total {stepsTotal}; expected 0 <= steps_done <= steps_total");
+        if (sampleCount < 0 || !double.IsFinite(lossSum))
+            throw new ArgumentException($"loss_sum: {lossSum} over sample_count {sampleCount}; expected a finite sum over a count >= 0");
         var progress = Epoch(epoch);
         progress.StartedAt ??= now;
         progress.StepsDone[rank] = stepsDone;
@@ -70,6 +74,11 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
     /// <summary>Adds one rank's evaluation; returns true when it completed the epoch.</summary>
     public bool RecordEvaluation(int rank, int epoch, int classCount, IReadOnlyList<long> confusion, double lossSum, DateTimeOffset now)
     {
+        CheckEpoch(epoch);
+        if (!double.IsFinite(lossSum))
+            throw new ArgumentException($"loss_sum: {lossSum}; expected a finite number");
+        if (confusion.Any(cell => cell < 0))
+            throw new ArgumentException("confusion: negative cell; expected counts >= 0");
         var progress = Epoch(epoch);
         if (classCount <= 0 || classCount > 1000 || confusion.Count != classCount * classCount)
             throw new ArgumentException($"confusion: {confusion.Count} cells for class_count {classCount}; expected class_count squared");
@@ -100,6 +109,12 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
         int stepsDone = progress.StepsDone.Count == 0 ? 0 : progress.StepsDone.Values.Min();
         double seconds = ((progress.TrainedAt ?? now) - (progress.StartedAt ?? now)).TotalSeconds;
         return (epoch, stepsDone, progress.StepsTotal, progress.RecentLoss, seconds > 0 ? progress.SampleCount / seconds : 0);
+    }
+
+    private void CheckEpoch(int epoch)
+    {
+        if (epoch < 0 || epoch >= Spec.Epochs)
+            throw new ArgumentException($"epoch: {epoch} is out of range; job {Id} has epochs 0 to {Spec.Epochs - 1}");
     }
 
     private EpochProgress Epoch(int epoch)

@@ -47,9 +47,11 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         var job = store.Find(header.JobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{header.JobId}' is not initialised on this server"));
         if (header.Dtype != DType.Float32) throw Invalid($"dtype: {header.Dtype}; expected DTYPE_FLOAT32");
         if (header.SampleCount < 0) throw Invalid($"sample_count: {header.SampleCount}; expected 0 or more");
+        Memory<byte> buffer;
+        try { buffer = job.BeginPush(header.Rank, header.Step); }
+        catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
         try
         {
-            var buffer = job.BeginPush(header.Rank, header.Step);
             long received = await ReadChunksAsync(requestStream, m => m.Chunk, buffer, context);
             if (received != job.ElementCount)
                 throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
@@ -57,7 +59,13 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         }
         catch (PushRejectedException e)
         {
+            job.AbortPush(header.Rank);
             throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message));
+        }
+        catch
+        {
+            job.AbortPush(header.Rank);
+            throw;
         }
     }
 
@@ -102,7 +110,7 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         while (await stream.MoveNext(context.CancellationToken))
         {
             var next = chunk(stream.Current) ?? throw Invalid("stream: a second header; expected chunks after the header");
-            try { received += TensorWire.CopyChunk(next, destination.Span); }
+            try { received = TensorWire.CopyNextChunk(next, destination.Span, received); }
             catch (InvalidDataException e) { throw Invalid(e.Message); }
         }
         return received;

@@ -19,6 +19,7 @@ public sealed class JobParameters
     private readonly float[] _combinedGradient;
     private readonly StepAggregator _aggregator;
     private readonly IOptimizer _optimizer;
+    private readonly bool[] _receiving;
     private TaskCompletionSource _nextVersion = NewSignal();
 
     public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, byte[] initialWeights)
@@ -30,6 +31,7 @@ public sealed class JobParameters
         _combinedGradient = new float[ElementCount];
         _aggregator = new StepAggregator(worldSize, ElementCount);
         _optimizer = optimizer.Create(ElementCount);
+        _receiving = new bool[worldSize];
     }
 
     public string JobId { get; }
@@ -54,8 +56,18 @@ public sealed class JobParameters
                 throw new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
             if (_aggregator.HasArrived(rank))
                 throw new PushRejectedException($"rank: {rank} already pushed step {step} of job {JobId}");
+            if (_receiving[rank])
+                throw new PushRejectedException($"rank: {rank} is already pushing step {step} of job {JobId} on another call");
+            _receiving[rank] = true;
             return _aggregator.BufferFor(rank);
         }
+    }
+
+    /// <summary>Releases a rank's buffer after a push that failed before <see cref="CompletePush"/>.</summary>
+    public void AbortPush(int rank)
+    {
+        lock (_gate)
+            if (rank >= 0 && rank < WorldSize) _receiving[rank] = false;
     }
 
     /// <summary>Records a fully received push; applies the optimizer when it completes the step. Returns the version after.</summary>
@@ -64,6 +76,7 @@ public sealed class JobParameters
         lock (_gate)
         {
             CheckRank(rank);
+            _receiving[rank] = false;
             if (step != Version || _aggregator.HasArrived(rank))
                 throw new PushRejectedException($"step: {step} of rank {rank} is no longer open in job {JobId} (version {Version})");
             var gradient = MemoryMarshal.Cast<byte, float>(_aggregator.BufferFor(rank).Span);

@@ -39,22 +39,26 @@ public sealed class AdamOptimizer : IOptimizer
         double biasCorrection2 = 1 - Math.Pow(_beta2, StepCount);
 
         if (_weightDecay != 0)
-            TensorPrimitives.MultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
+            TensorPrimitives.FusedMultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
 
+        // The order of every operation follows libtorch's CPU kernels (add_ with alpha is fused,
+        // addcmul_ and addcdiv_ are not), so that results agree to the last bits.
         // m = beta1 * m + (1 - beta1) * g
         TensorPrimitives.Multiply(_firstMoment, (float)_beta1, _firstMoment);
-        TensorPrimitives.MultiplyAdd(gradient, (float)(1 - _beta1), _firstMoment, _firstMoment);
-        // v = beta2 * v + (1 - beta2) * g * g
+        TensorPrimitives.FusedMultiplyAdd(gradient, (float)(1 - _beta1), _firstMoment, _firstMoment);
+        // v = beta2 * v + ((1 - beta2) * g) * g
         TensorPrimitives.Multiply(_secondMoment, (float)_beta2, _secondMoment);
-        TensorPrimitives.Multiply(gradient, gradient, gradient);
-        TensorPrimitives.MultiplyAdd(gradient, (float)(1 - _beta2), _secondMoment, _secondMoment);
+        TensorPrimitives.Multiply(gradient, (float)(1 - _beta2), _scratch);
+        TensorPrimitives.FusedMultiplyAdd(_scratch, gradient, _secondMoment, _secondMoment);
         // denom = sqrt(v) / sqrt(bc2) + eps
         Span<float> denominator = _scratch;
         TensorPrimitives.Sqrt(_secondMoment, denominator);
         TensorPrimitives.Divide(denominator, (float)Math.Sqrt(biasCorrection2), denominator);
         TensorPrimitives.Add(denominator, (float)_epsilon, denominator);
-        // p += -(lr / bc1) * m / denom
-        TensorPrimitives.Divide(_firstMoment, denominator, denominator);
-        TensorPrimitives.MultiplyAdd(denominator, (float)(-_learningRate / biasCorrection1), parameters, parameters);
+        // p = p + ((-lr / bc1) * m) / denom; the gradient buffer is free scratch by now.
+        Span<float> update = gradient;
+        TensorPrimitives.Multiply(_firstMoment, (float)(-_learningRate / biasCorrection1), update);
+        TensorPrimitives.Divide(update, denominator, update);
+        TensorPrimitives.Add(parameters, update, parameters);
     }
 }

@@ -27,7 +27,7 @@ public sealed class SgdOptimizer : IOptimizer
             throw new ArgumentException($"SGD got parameters {parameters.Length}, gradient {gradient.Length} elements of different lengths");
         StepCount++;
         if (_weightDecay != 0)
-            TensorPrimitives.MultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
+            TensorPrimitives.FusedMultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
 
         Span<float> direction = gradient;
         if (_momentumBuffer is not null)
@@ -39,13 +39,13 @@ public sealed class SgdOptimizer : IOptimizer
             else
             {
                 TensorPrimitives.Multiply(_momentumBuffer, (float)_momentum, _momentumBuffer);
-                TensorPrimitives.MultiplyAdd(gradient, (float)(1 - _dampening), _momentumBuffer, _momentumBuffer);
+                TensorPrimitives.FusedMultiplyAdd(gradient, (float)(1 - _dampening), _momentumBuffer, _momentumBuffer);
             }
             if (_nesterov)
-                TensorPrimitives.MultiplyAdd(_momentumBuffer, (float)_momentum, gradient, gradient);
+                TensorPrimitives.FusedMultiplyAdd(_momentumBuffer, (float)_momentum, gradient, gradient);
             else
                 direction = _momentumBuffer;
         }
-        TensorPrimitives.MultiplyAdd(direction, (float)-_learningRate, parameters, parameters);
+        TensorPrimitives.FusedMultiplyAdd(direction, (float)-_learningRate, parameters, parameters);
     }
 }

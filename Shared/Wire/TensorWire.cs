@@ -30,6 +30,19 @@ public static class TensorWire
         }
     }
 
+    /// <summary>
+    /// Copies the next chunk of a stream into <paramref name="destination"/> after checking that it
+    /// starts where the previous one ended (<paramref name="receivedElements"/>), so that a stream
+    /// whose element count adds up also covers every element exactly once. Returns the new count.
+    /// </summary>
+    public static long CopyNextChunk(TensorChunk chunk, Span<byte> destination, long receivedElements)
+    {
+        if (chunk.OffsetElements != receivedElements)
+            throw new InvalidDataException(
+                $"chunk.offset_elements: {chunk.OffsetElements}; expected {receivedElements} (chunks arrive in order, without gaps or repeats)");
+        return receivedElements + CopyChunk(chunk, destination);
+    }
+
     /// <summary>Copies a received chunk into <paramref name="destination"/>; returns the elements written.</summary>
     public static int CopyChunk(TensorChunk chunk, Span<byte> destination)
     {
@@ -39,7 +52,7 @@ public static class TensorWire
             throw new InvalidDataException($"chunk.data: {data.Length} bytes is not a whole number of float32 elements");
         if (data.Length > ChunkBytesMax)
             throw new InvalidDataException($"chunk.data: {data.Length} bytes exceeds the chunk limit of {ChunkBytesMax} bytes");
-        if (chunk.OffsetElements < 0 || chunk.OffsetElements + data.Length / ElementBytes > elementCount)
+        if (chunk.OffsetElements < 0 || chunk.OffsetElements > elementCount - data.Length / ElementBytes)
             throw new InvalidDataException(
                 $"chunk.offset_elements: {chunk.OffsetElements} with {data.Length / ElementBytes} elements runs outside the vector of {elementCount} elements");
         data.CopyTo(destination[(int)(chunk.OffsetElements * ElementBytes)..]);

@@ -70,7 +70,7 @@ public sealed class ParameterServerClient : IDisposable
                     $"parameter server {Address}: holds {header.ElementCount} elements for job {jobId}; this model has {destination.Length / sizeof(float)}");
             long received = 0;
             while (await stream.MoveNext(cancellationToken))
-                received += TensorWire.CopyChunk(stream.Current.Chunk, destination.Span);
+                received = TensorWire.CopyNextChunk(stream.Current.Chunk, destination.Span, received);
             if (received != header.ElementCount)
                 throw new InvalidDataException($"parameter server {Address}: sent {received} of {header.ElementCount} elements");
             return header.Version;
