@@ -58,6 +58,22 @@ public sealed class ClusterCommand : IDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Waits for a line of stdout that starts with <paramref name="prefix"/> and returns the rest of it.</summary>
+    public async Task<string> WaitForLineAsync(string prefix, TimeSpan timeout)
+    {
+        var giveUpAt = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < giveUpAt)
+        {
+            string? line = Stdout.Split('\n').Select(l => l.TrimEnd('\r')).FirstOrDefault(l => l.StartsWith(prefix, StringComparison.Ordinal));
+            if (line is not null) return line[prefix.Length..].Trim();
+            if (_process.HasExited) break;
+            await Task.Delay(100);
+        }
+        Kill();
+        Assert.Fail($"no line starting with '{prefix}' within {timeout.TotalSeconds:0} s.\nstdout:\n{Stdout}\nstderr:\n{Stderr}");
+        return "";
+    }
+
     /// <summary>Runs to completion and returns (exit code, stdout, stderr).</summary>
     public static async Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(TimeSpan timeout, params string[] arguments)
     {
