@@ -16,9 +16,11 @@ public sealed class ParameterServerClient : IDisposable
     private readonly ParameterServer.ParameterServerClient _client;
     private readonly TimeSpan _callTimeout;
     private readonly TimeSpan _barrierTimeout;
+    private readonly TimeSpan _connectTimeout;
 
-    public ParameterServerClient(string address, TimeSpan callTimeout, TimeSpan barrierTimeout)
+    public ParameterServerClient(string address, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
     {
+        _connectTimeout = connectTimeout;
         Address = address;
         _channel = GrpcChannel.ForAddress(address);
         _client = new ParameterServer.ParameterServerClient(_channel);
@@ -27,31 +29,33 @@ public sealed class ParameterServerClient : IDisposable
 
     public string Address { get; }
 
-    public async Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<byte> parameters, CancellationToken cancellationToken)
-    {
-        using var call = _client.Initialize(deadline: Deadline(_callTimeout), cancellationToken: cancellationToken);
-        await Guard(async () =>
+    /// <summary>The first call to the server: retried until <c>connectTimeout</c> while the server is not up yet.</summary>
+    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<byte> parameters, CancellationToken cancellationToken) =>
+        Reconnect.UntilAsync("parameter server", Address, _connectTimeout, async deadline =>
         {
-            await call.RequestStream.WriteAsync(new InitializeMessage { Header = header }, cancellationToken);
-            foreach (var chunk in TensorWire.Chunks(parameters))
-                await call.RequestStream.WriteAsync(new InitializeMessage { Chunk = chunk }, cancellationToken);
-            await call.RequestStream.CompleteAsync();
-        });
-        return await Guard(() => call.ResponseAsync);
-    }
+            using var call = _client.Initialize(deadline: Min(deadline, Deadline(_callTimeout)), cancellationToken: cancellationToken);
+            await SendAsync(call.RequestStream, new InitializeMessage { Header = header }, chunk => new InitializeMessage { Chunk = chunk }, parameters, cancellationToken);
+            return await call.ResponseAsync;
+        }, cancellationToken);
 
     public async Task<long> PushAsync(PushHeader header, ReadOnlyMemory<byte> gradient, CancellationToken cancellationToken)
     {
         using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
-        await Guard(async () =>
-        {
-            await call.RequestStream.WriteAsync(new PushMessage { Header = header }, cancellationToken);
-            foreach (var chunk in TensorWire.Chunks(gradient))
-                await call.RequestStream.WriteAsync(new PushMessage { Chunk = chunk }, cancellationToken);
-            await call.RequestStream.CompleteAsync();
-        });
+        await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, gradient, cancellationToken));
         return (await Guard(() => call.ResponseAsync)).Version;
     }
+
+    /// <summary>A client stream of one header message, then the buffer as chunks (wrapped, not copied).</summary>
+    private static async Task SendAsync<TMessage>(
+        IClientStreamWriter<TMessage> stream, TMessage header, Func<TensorChunk, TMessage> wrap, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
+    {
+        await stream.WriteAsync(header, cancellationToken);
+        foreach (var chunk in TensorWire.Chunks(buffer))
+            await stream.WriteAsync(wrap(chunk), cancellationToken);
+        await stream.CompleteAsync();
+    }
+
+    private static DateTime Min(DateTime a, DateTime b) => a < b ? a : b;
 
     /// <summary>Waits for version >= <paramref name="minVersion"/> and copies it into <paramref name="destination"/>; returns its version.</summary>
     public async Task<long> PullAsync(string jobId, long minVersion, Memory<byte> destination, CancellationToken cancellationToken)

@@ -77,6 +77,22 @@ public sealed class SpreadClusterTests
         Assert.Empty(ProcessTable.WithCommandLineContaining($"--parent-pid {local.ProcessId}"));
     }
 
+    [Fact]
+    public async Task A_parameter_server_that_cannot_be_reached_fails_the_job_with_its_address()
+    {
+        const string deadServer = "http://127.0.0.1:9";
+        await using var coordinator = await Coordinator.CoordinatorHost.StartAsync(new Coordinator.CoordinatorOptions(), CancellationToken.None);
+        coordinator.Board.RegisterServer(deadServer);
+        using var worker = ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--once", "--connect-timeout", "2");
+
+        var job = coordinator.Board.Submit(new Shared.Jobs.JobSpecification { Model = "mlp", Workers = 1, Epochs = 1, TrainLimit = 640, TestLimit = 100 });
+        Assert.Equal(0, await worker.WaitAsync(TimeSpan.FromSeconds(60)));
+
+        var (state, error) = coordinator.Board.Read((jobs, _) => (jobs[job.Id].State, jobs[job.Id].Error));
+        Assert.Equal(Coordinator.Jobs.JobState.Failed, state);
+        Assert.Contains($"parameter server at {deadServer} is not reachable", error, StringComparison.Ordinal);
+    }
+
     /// <summary>`cluster local` prints its API address on its first lines.</summary>
     private static async Task<string> WaitForApiAsync(ClusterCommand local)
     {
