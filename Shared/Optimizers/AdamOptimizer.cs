@@ -1,28 +1,28 @@
-using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace Cluster.Shared.Optimizers;
 
 /// <summary>
-/// Adam with the exact semantics of TorchSharp's <c>torch.optim.Adam</c>: L2 weight decay added
-/// to the gradient, bias-corrected moments, <c>denom = sqrt(v) / sqrt(1 - beta2^t) + eps</c>,
-/// <c>p -= lr / (1 - beta1^t) * m / denom</c>. All math is SIMD over flat spans.
+/// Adam and AdamW with the semantics of TorchSharp's <c>torch.optim.Adam</c> / <c>AdamW</c>:
+/// Adam adds L2 weight decay to the gradient, AdamW shrinks the weights by <c>1 - lr * wd</c>
+/// first; then bias-corrected moments, <c>denom = sqrt(v) / sqrt(1 - beta2^t) + eps</c>,
+/// <c>p += (-lr / (1 - beta1^t)) * m / denom</c>. One fused SIMD pass over the four arrays;
+/// the order of operations (which multiply-adds are fused) follows libtorch's CPU kernels.
 /// </summary>
-public sealed class AdamOptimizer : IOptimizer
+public sealed class AdamOptimizer : FlatOptimizer
 {
     private readonly float[] _firstMoment;
     private readonly float[] _secondMoment;
-    private readonly float[] _scratch;
     private readonly double _learningRate, _beta1, _beta2, _epsilon, _weightDecay;
+    private readonly bool _decoupledWeightDecay;
 
-    public AdamOptimizer(int elementCount, double learningRate, double beta1, double beta2, double epsilon, double weightDecay)
+    public AdamOptimizer(int elementCount, double learningRate, double beta1, double beta2, double epsilon, double weightDecay, bool decoupledWeightDecay = false)
+        : base(elementCount)
     {
         _firstMoment = new float[elementCount];
         _secondMoment = new float[elementCount];
-        _scratch = new float[elementCount];
-        (_learningRate, _beta1, _beta2, _epsilon, _weightDecay) = (learningRate, beta1, beta2, epsilon, weightDecay);
+        (_learningRate, _beta1, _beta2, _epsilon, _weightDecay, _decoupledWeightDecay) = (learningRate, beta1, beta2, epsilon, weightDecay, decoupledWeightDecay);
     }
-
-    public long StepCount { get; private set; }
 
     /// <summary>First moment (exp_avg), for checkpoints and tests.</summary>
     public ReadOnlySpan<float> FirstMoment => _firstMoment;
@@ -30,35 +30,54 @@ public sealed class AdamOptimizer : IOptimizer
     /// <summary>Second moment (exp_avg_sq), for checkpoints and tests.</summary>
     public ReadOnlySpan<float> SecondMoment => _secondMoment;
 
-    public void Step(Span<float> parameters, Span<float> gradient)
+    public override void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step)
     {
-        if (parameters.Length != _firstMoment.Length || gradient.Length != _firstMoment.Length)
-            throw new ArgumentException($"Adam holds {_firstMoment.Length} elements; got parameters {parameters.Length}, gradient {gradient.Length}");
-        StepCount++;
-        double biasCorrection1 = 1 - Math.Pow(_beta1, StepCount);
-        double biasCorrection2 = 1 - Math.Pow(_beta2, StepCount);
+        CheckRange(offset, parameters.Length, gradient.Length);
+        var c = new Coefficients(
+            L2: _decoupledWeightDecay ? 0f : (float)_weightDecay,
+            Decay: _decoupledWeightDecay ? (float)(1 - _learningRate * _weightDecay) : 1f,
+            Beta1: (float)_beta1, OneMinusBeta1: (float)(1 - _beta1),
+            Beta2: (float)_beta2, OneMinusBeta2: (float)(1 - _beta2),
+            BiasCorrection2Sqrt: (float)Math.Sqrt(1 - Math.Pow(_beta2, step)),
+            Epsilon: (float)_epsilon,
+            StepSize: (float)(-_learningRate / (1 - Math.Pow(_beta1, step))));
+        var m = _firstMoment.AsSpan(offset, parameters.Length);
+        var v = _secondMoment.AsSpan(offset, parameters.Length);
 
-        if (_weightDecay != 0)
-            TensorPrimitives.FusedMultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= parameters.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+                UpdateVector(parameters[i..], gradient[i..], m[i..], v[i..], c);
+        for (; i < parameters.Length; i++)
+            (parameters[i], m[i], v[i]) = UpdateScalar(parameters[i], gradient[i], m[i], v[i], c);
+    }
 
-        // The order of every operation follows libtorch's CPU kernels (add_ with alpha is fused,
-        // addcmul_ and addcdiv_ are not), so that results agree to the last bits.
-        // m = beta1 * m + (1 - beta1) * g
-        TensorPrimitives.Multiply(_firstMoment, (float)_beta1, _firstMoment);
-        TensorPrimitives.FusedMultiplyAdd(gradient, (float)(1 - _beta1), _firstMoment, _firstMoment);
-        // v = beta2 * v + ((1 - beta2) * g) * g
-        TensorPrimitives.Multiply(_secondMoment, (float)_beta2, _secondMoment);
-        TensorPrimitives.Multiply(gradient, (float)(1 - _beta2), _scratch);
-        TensorPrimitives.FusedMultiplyAdd(_scratch, gradient, _secondMoment, _secondMoment);
-        // denom = sqrt(v) / sqrt(bc2) + eps
-        Span<float> denominator = _scratch;
-        TensorPrimitives.Sqrt(_secondMoment, denominator);
-        TensorPrimitives.Divide(denominator, (float)Math.Sqrt(biasCorrection2), denominator);
-        TensorPrimitives.Add(denominator, (float)_epsilon, denominator);
-        // p = p + ((-lr / bc1) * m) / denom; the gradient buffer is free scratch by now.
-        Span<float> update = gradient;
-        TensorPrimitives.Multiply(_firstMoment, (float)(-_learningRate / biasCorrection1), update);
-        TensorPrimitives.Divide(update, denominator, update);
-        TensorPrimitives.Add(parameters, update, parameters);
+    private readonly record struct Coefficients(
+        float L2, float Decay, float Beta1, float OneMinusBeta1, float Beta2, float OneMinusBeta2,
+        float BiasCorrection2Sqrt, float Epsilon, float StepSize);
+
+    private static void UpdateVector(Span<float> p, Span<float> g, Span<float> m, Span<float> v, in Coefficients c)
+    {
+        var parameter = Vector256.Create((ReadOnlySpan<float>)p);
+        var gradient = Vector256.Create((ReadOnlySpan<float>)g);
+        if (c.L2 != 0) gradient = Vector256.FusedMultiplyAdd(parameter, Vector256.Create(c.L2), gradient);
+        if (c.Decay != 1f) parameter *= Vector256.Create(c.Decay);
+        var first = Vector256.FusedMultiplyAdd(gradient, Vector256.Create(c.OneMinusBeta1), Vector256.Create((ReadOnlySpan<float>)m) * c.Beta1);
+        var second = Vector256.FusedMultiplyAdd(gradient * c.OneMinusBeta2, gradient, Vector256.Create((ReadOnlySpan<float>)v) * c.Beta2);
+        var denominator = Vector256.Sqrt(second) / Vector256.Create(c.BiasCorrection2Sqrt) + Vector256.Create(c.Epsilon);
+        parameter += first * c.StepSize / denominator;
+        parameter.CopyTo(p);
+        first.CopyTo(m);
+        second.CopyTo(v);
+    }
+
+    private static (float P, float M, float V) UpdateScalar(float p, float g, float m, float v, in Coefficients c)
+    {
+        if (c.L2 != 0) g = MathF.FusedMultiplyAdd(p, c.L2, g);
+        if (c.Decay != 1f) p *= c.Decay;
+        m = MathF.FusedMultiplyAdd(g, c.OneMinusBeta1, m * c.Beta1);
+        v = MathF.FusedMultiplyAdd(g * c.OneMinusBeta2, g, v * c.Beta2);
+        float denominator = MathF.Sqrt(v) / c.BiasCorrection2Sqrt + c.Epsilon;
+        return (p + m * c.StepSize / denominator, m, v);
     }
 }

@@ -13,12 +13,13 @@ public sealed record OptimizerSettings
     public double Dampening { get; init; }
     public bool Nesterov { get; init; }
 
-    public static readonly IReadOnlyList<string> Kinds = ["adam", "sgd"];
+    public static readonly IReadOnlyList<string> Kinds = ["adam", "adamw", "sgd"];
 
     /// <summary>Builds the optimizer for a vector of <paramref name="elementCount"/> parameters.</summary>
     public IOptimizer Create(int elementCount) => Kind switch
     {
         "adam" => new AdamOptimizer(elementCount, LearningRate, Beta1, Beta2, Epsilon, WeightDecay),
+        "adamw" => new AdamOptimizer(elementCount, LearningRate, Beta1, Beta2, Epsilon, WeightDecay, decoupledWeightDecay: true),
         "sgd" => new SgdOptimizer(elementCount, LearningRate, Momentum, Dampening, WeightDecay, Nesterov),
         _ => throw new ArgumentException($"optimizer: '{Kind}' is not a known optimizer; expected one of {string.Join(", ", Kinds)}"),
     };

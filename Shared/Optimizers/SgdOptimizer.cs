@@ -1,51 +1,61 @@
-using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace Cluster.Shared.Optimizers;
 
 /// <summary>
-/// SGD with optional momentum, dampening, Nesterov and L2 weight decay, with the exact
-/// semantics of TorchSharp's <c>torch.optim.SGD</c> (the first step seeds the momentum
-/// buffer with the gradient itself).
+/// SGD with optional momentum, dampening, Nesterov and L2 weight decay, with the semantics of
+/// TorchSharp's <c>torch.optim.SGD</c> (the first step seeds the momentum buffer with the
+/// gradient itself). One fused SIMD pass.
 /// </summary>
-public sealed class SgdOptimizer : IOptimizer
+public sealed class SgdOptimizer : FlatOptimizer
 {
     private readonly float[]? _momentumBuffer;
-    private readonly double _learningRate, _momentum, _dampening, _weightDecay;
+    private readonly float _learningRate, _momentum, _dampening, _weightDecay;
     private readonly bool _nesterov;
 
     public SgdOptimizer(int elementCount, double learningRate, double momentum, double dampening, double weightDecay, bool nesterov)
+        : base(elementCount)
     {
-        (_learningRate, _momentum, _dampening, _weightDecay, _nesterov) = (learningRate, momentum, dampening, weightDecay, nesterov);
+        (_learningRate, _momentum, _dampening, _weightDecay, _nesterov) = ((float)learningRate, (float)momentum, (float)(1 - dampening), (float)weightDecay, nesterov);
         _momentumBuffer = momentum != 0 ? new float[elementCount] : null;
     }
 
-    public long StepCount { get; private set; }
-
-    public void Step(Span<float> parameters, Span<float> gradient)
+    public override void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step)
     {
-        if (parameters.Length != gradient.Length || (_momentumBuffer is not null && _momentumBuffer.Length != parameters.Length))
-            throw new ArgumentException($"SGD got parameters {parameters.Length}, gradient {gradient.Length} elements of different lengths");
-        StepCount++;
-        if (_weightDecay != 0)
-            TensorPrimitives.FusedMultiplyAdd(parameters, (float)_weightDecay, gradient, gradient);
-
-        Span<float> direction = gradient;
-        if (_momentumBuffer is not null)
+        CheckRange(offset, parameters.Length, gradient.Length);
+        var buffer = _momentumBuffer is null ? Span<float>.Empty : _momentumBuffer.AsSpan(offset, parameters.Length);
+        bool first = step == 1;
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+            for (; i <= parameters.Length - Vector256<float>.Count; i += Vector256<float>.Count)
+                UpdateVector(parameters[i..], gradient[i..], buffer.IsEmpty ? buffer : buffer[i..], first);
+        for (; i < parameters.Length; i++)
         {
-            if (StepCount == 1)
+            float g = gradient[i];
+            if (_weightDecay != 0) g = MathF.FusedMultiplyAdd(parameters[i], _weightDecay, g);
+            if (!buffer.IsEmpty)
             {
-                gradient.CopyTo(_momentumBuffer);
+                float b = first ? g : MathF.FusedMultiplyAdd(g, _dampening, buffer[i] * _momentum);
+                buffer[i] = b;
+                g = _nesterov ? MathF.FusedMultiplyAdd(b, _momentum, g) : b;
             }
-            else
-            {
-                TensorPrimitives.Multiply(_momentumBuffer, (float)_momentum, _momentumBuffer);
-                TensorPrimitives.FusedMultiplyAdd(gradient, (float)(1 - _dampening), _momentumBuffer, _momentumBuffer);
-            }
-            if (_nesterov)
-                TensorPrimitives.FusedMultiplyAdd(_momentumBuffer, (float)_momentum, gradient, gradient);
-            else
-                direction = _momentumBuffer;
+            parameters[i] = MathF.FusedMultiplyAdd(g, -_learningRate, parameters[i]);
         }
-        TensorPrimitives.FusedMultiplyAdd(direction, (float)-_learningRate, parameters, parameters);
+    }
+
+    private void UpdateVector(Span<float> p, Span<float> g, Span<float> buffer, bool first)
+    {
+        var parameter = Vector256.Create((ReadOnlySpan<float>)p);
+        var gradient = Vector256.Create((ReadOnlySpan<float>)g);
+        if (_weightDecay != 0) gradient = Vector256.FusedMultiplyAdd(parameter, Vector256.Create(_weightDecay), gradient);
+        if (!buffer.IsEmpty)
+        {
+            var momentum = first
+                ? gradient
+                : Vector256.FusedMultiplyAdd(gradient, Vector256.Create(_dampening), Vector256.Create((ReadOnlySpan<float>)buffer) * _momentum);
+            momentum.CopyTo(buffer);
+            gradient = _nesterov ? Vector256.FusedMultiplyAdd(momentum, Vector256.Create(_momentum), gradient) : momentum;
+        }
+        Vector256.FusedMultiplyAdd(gradient, Vector256.Create(-_learningRate), parameter).CopyTo(p);
     }
 }

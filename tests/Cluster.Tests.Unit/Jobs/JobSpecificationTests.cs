@@ -89,7 +89,7 @@ public sealed class JobSpecificationTests
     {
         var error = Assert.Throws<ArgumentException>(() => new OptimizerSettings { Kind = "adagrad" }.Create(10));
 
-        Assert.StartsWith("optimizer: 'adagrad' is not a known optimizer; expected one of adam, sgd", error.Message, StringComparison.Ordinal);
+        Assert.StartsWith("optimizer: 'adagrad' is not a known optimizer; expected one of adam, adamw, sgd", error.Message, StringComparison.Ordinal);
     }
 
     [Theory]

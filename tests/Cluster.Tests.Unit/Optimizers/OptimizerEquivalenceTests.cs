@@ -19,6 +19,7 @@ public sealed class OptimizerEquivalenceTests
     [
         new OptimizerSettings { Kind = "adam", LearningRate = 1e-3 },
         new OptimizerSettings { Kind = "adam", LearningRate = 3e-3, Beta1 = 0.8, Beta2 = 0.99, Epsilon = 1e-6, WeightDecay = 0.01 },
+        new OptimizerSettings { Kind = "adamw", LearningRate = 1e-3, WeightDecay = 0.01 },
         new OptimizerSettings { Kind = "sgd", LearningRate = 0.05 },
         new OptimizerSettings { Kind = "sgd", LearningRate = 0.01, Momentum = 0.9 },
         new OptimizerSettings { Kind = "sgd", LearningRate = 0.01, Momentum = 0.9, Dampening = 0.1, WeightDecay = 1e-3 },
@@ -68,9 +69,33 @@ public sealed class OptimizerEquivalenceTests
         Assert.NotEqual(initial, ours);
     }
 
+    [Theory]
+    [MemberData(nameof(Settings))]
+    public void Stepping_partition_by_partition_equals_stepping_the_whole_vector(OptimizerSettings settings)
+    {
+        var random = new Random(3);
+        float[] whole = Enumerable.Range(0, 1000).Select(_ => (float)random.NextDouble()).ToArray();
+        float[] partitioned = (float[])whole.Clone();
+        var wholeOptimizer = settings.Create(whole.Length);
+        var partitionedOptimizer = settings.Create(whole.Length);
+        const int partition = 300; // the last partition is shorter, and not a multiple of the SIMD width
+        for (long step = 1; step <= 20; step++)
+        {
+            float[] gradient = Enumerable.Range(0, whole.Length).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray();
+            wholeOptimizer.Step(whole, (float[])gradient.Clone());
+            for (int offset = 0; offset < whole.Length; offset += partition)
+            {
+                int length = Math.Min(partition, whole.Length - offset);
+                partitionedOptimizer.StepRange(offset, partitioned.AsSpan(offset, length), gradient.AsSpan(offset, length), step);
+            }
+        }
+        Assert.Equal(whole, partitioned);
+    }
+
     private static optim.Optimizer CreateTorchOptimizer(OptimizerSettings s, TorchSharp.Modules.Parameter parameter) => s.Kind switch
     {
         "adam" => torch.optim.Adam([parameter], s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
+        "adamw" => torch.optim.AdamW([parameter], s.LearningRate, s.Beta1, s.Beta2, s.Epsilon, s.WeightDecay),
         _ => torch.optim.SGD([parameter], s.LearningRate, s.Momentum, s.Dampening, s.WeightDecay, s.Nesterov),
     };
 }
