@@ -15,7 +15,7 @@ public sealed class JobOptions
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Passes over the training set", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Samples per worker per step", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<int> Workers { get; } = new("--workers") { Description = "Number of workers", DefaultValueFactory = _ => Defaults.Workers };
-    public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
+    public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam, adamw or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
     public Option<double> LearningRate { get; } = new("--lr") { Description = "Learning rate", DefaultValueFactory = _ => Defaults.Optimizer.LearningRate };
     public Option<double> Momentum { get; } = new("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.0 };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "L2 penalty", DefaultValueFactory = _ => 0.0 };
@@ -23,10 +23,13 @@ public sealed class JobOptions
     public Option<string> Device { get; } = new("--device") { Description = "auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => Defaults.Device };
     public Option<int> TrainLimit { get; } = new("--train-limit") { Description = "Train on the first N samples only (0: all)", DefaultValueFactory = _ => 0 };
     public Option<int> TestLimit { get; } = new("--test-limit") { Description = "Evaluate on the first N test samples only (0: all)", DefaultValueFactory = _ => 0 };
+    public Option<int> ParameterServers { get; } = new("--ps") { Description = "Parameter-server shards the model is cut across", DefaultValueFactory = _ => 1 };
+    public Option<string> WireDtype { get; } = new("--wire-dtype") { Description = "Gradients and parameters on the wire: float32, bfloat16 or float16", DefaultValueFactory = _ => "float32" };
+    public Option<double> TopK { get; } = new("--topk") { Description = "Send only this fraction of each gradient partition (largest first, error feedback); 0: off", DefaultValueFactory = _ => 0.0 };
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK })
             command.Options.Add(option);
     }
 
@@ -49,5 +52,8 @@ public sealed class JobOptions
         Device = parse.GetValue(Device)!,
         TrainLimit = parse.GetValue(TrainLimit),
         TestLimit = parse.GetValue(TestLimit),
+        ParameterServers = parse.GetValue(ParameterServers),
+        WireDtype = parse.GetValue(WireDtype)!,
+        TopKRatio = parse.GetValue(TopK),
     };
 }

@@ -24,13 +24,15 @@ public sealed class LocalCluster(IAnsiConsole console)
         {
             var coordinator = Start(roles, "coordinator", ["coordinator", "--port", "0", "--http-port", "0"], logDirectory);
             var urls = ParseUrls(await coordinator.WaitReadyAsync(ReadyTimeout, cancellationToken));
-            var server = Start(roles, "parameter server", ["ps", "--coordinator", urls["grpc"]], logDirectory);
-            await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
+            var servers = Enumerable.Range(0, spec.ParameterServers)
+                .Select(k => Start(roles, $"parameter server {k}", ["ps", "--coordinator", urls["grpc"]], logDirectory))
+                .ToList();
+            foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
             for (int i = 0; i < spec.Workers; i++)
                 Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString()], logDirectory);
             console.MarkupLineInterpolated(
-                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), 1 parameter server, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {spec.ParameterServers} parameter server(s), {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
 
             using var api = new CoordinatorApi(urls["http"], TimeSpan.FromSeconds(30));
             var job = await api.SubmitAsync(spec, cancellationToken);

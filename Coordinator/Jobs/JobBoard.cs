@@ -20,6 +20,7 @@ public sealed class JobBoard(TimeProvider time)
     private readonly Dictionary<string, string> _pendingAborts = [];
     private readonly Channel<JobRecord> _finished = Channel.CreateUnbounded<JobRecord>();
     private int _nextJob;
+    private int _nextServer;
 
     /// <summary>Jobs that just ended, for releasing their parameter-server state.</summary>
     public ChannelReader<JobRecord> FinishedJobs => _finished.Reader;
@@ -156,7 +157,7 @@ public sealed class JobBoard(TimeProvider time)
 
     private void Schedule()
     {
-        while (_queue.First is { } head && _members.Servers.Count > 0)
+        while (_queue.First is { } head && _members.Servers.Count >= head.Value.Spec.ParameterServers)
         {
             var job = head.Value;
             var idle = _waiting.Where(w => w.Worker.Alive && w.Worker.JobId is null).Take(job.Spec.Workers).ToList();
@@ -164,7 +165,10 @@ public sealed class JobBoard(TimeProvider time)
             _queue.RemoveFirst();
             job.State = JobState.Running;
             job.StartedAt = time.GetUtcNow();
-            job.ParameterServers.Add(_members.Servers[0].Address);
+            // Spread jobs over the servers: each job starts where the previous one ended.
+            for (int k = 0; k < job.Spec.ParameterServers; k++)
+                job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
+            _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
             for (int rank = 0; rank < idle.Count; rank++)
             {
                 var (worker, reply) = idle[rank];

@@ -35,6 +35,14 @@ public sealed record JobSpecification
     public int TestLimit { get; init; }
     /// <summary>"auto" (CUDA when present), "cpu", "cuda" or "cuda:N".</summary>
     public string Device { get; init; } = "auto";
+    /// <summary>Parameter-server shards the model is cut across.</summary>
+    public int ParameterServers { get; init; } = 1;
+    /// <summary>Element type of gradients and parameters on the wire: float32, bfloat16 or float16.</summary>
+    public string WireDtype { get; init; } = "float32";
+    /// <summary>Top-k sparsification of pushed gradients (fraction sent per partition, with error feedback); 0: off.</summary>
+    public double TopKRatio { get; init; }
+
+    public const int ParameterServersMax = 256;
 
     /// <summary>Every problem with this job, each naming the field, the value and what was expected.</summary>
     public IReadOnlyList<string> Validate()
@@ -58,6 +66,12 @@ public sealed record JobSpecification
             errors.Add($"train-limit: {TrainLimit} is out of range; expected 0 (all) or a positive count");
         if (TestLimit < 0)
             errors.Add($"test-limit: {TestLimit} is out of range; expected 0 (all) or a positive count");
+        if (ParameterServers is <= 0 or > ParameterServersMax)
+            errors.Add($"ps: {ParameterServers} is out of range; expected 1 to {ParameterServersMax}");
+        if (!Wire.ElementCodec.Names.Contains(WireDtype))
+            errors.Add($"wire-dtype: '{WireDtype}' is not a wire type; expected one of {string.Join(", ", Wire.ElementCodec.Names)}");
+        if (!(TopKRatio >= 0 && TopKRatio < 1))
+            errors.Add($"topk: {TopKRatio} is out of range; expected 0 (off) or a fraction below 1");
         if (!DeviceNames.IsValid(Device))
             errors.Add($"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N");
         errors.AddRange(Optimizer.Validate());
@@ -76,6 +90,9 @@ public sealed record JobSpecification
         TrainLimit = TrainLimit,
         TestLimit = TestLimit,
         Device = Device,
+        WireDtype = WireDtype,
+        TopkRatio = TopKRatio,
+        ParameterServers = ParameterServers,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -91,6 +108,9 @@ public sealed record JobSpecification
         TrainLimit = spec.TrainLimit,
         TestLimit = spec.TestLimit,
         Device = spec.Device,
+        WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
+        TopKRatio = spec.TopkRatio,
+        ParameterServers = Math.Max(1, spec.ParameterServers),
     };
 }
 

@@ -16,15 +16,19 @@ public static class TensorWire
 
     private const int ElementBytes = sizeof(float);
 
-    /// <summary>The chunks of <paramref name="elements"/>, wrapping (not copying) the buffer.</summary>
-    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements)
+    /// <summary>
+    /// The chunks of <paramref name="elements"/> (of <paramref name="elementBytes"/> each, the first
+    /// at element <paramref name="firstElement"/>), wrapping (not copying) the buffer.
+    /// </summary>
+    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements, long firstElement = 0, int elementBytes = ElementBytes)
     {
-        for (int offset = 0; offset < elements.Length; offset += ChunkBytesMax)
+        int step = ChunkBytesMax / elementBytes * elementBytes;
+        for (int offset = 0; offset < elements.Length; offset += step)
         {
-            int length = Math.Min(ChunkBytesMax, elements.Length - offset);
+            int length = Math.Min(step, elements.Length - offset);
             yield return new TensorChunk
             {
-                OffsetElements = offset / ElementBytes,
+                OffsetElements = firstElement + offset / elementBytes,
                 Data = UnsafeByteOperations.UnsafeWrap(elements.Slice(offset, length)),
             };
         }

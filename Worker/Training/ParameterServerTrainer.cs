@@ -36,27 +36,31 @@ public sealed class ParameterServerTrainer(
         using var model = ModelZoo.Create(spec.Model, spec.Seed, train.Height, train.Width, train.ClassCount);
         model.to(device);
         using var vector = new ParameterVector(model);
-        var parameters = new byte[vector.ByteCount];
-        var gradients = new byte[vector.ByteCount];
-        using var server = new ParameterServerClient(assignment.ParameterServers[0], options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout);
+        var parameters = new float[vector.ElementCount];
+        var gradients = new float[vector.ElementCount];
+        using var servers = new ShardedParameterClient(
+            assignment, vector.ElementCount, Shared.Wire.ElementCodec.Parse(spec.WireDtype), spec.TopkRatio, options);
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
-        vector.ReadParameters(parameters);
-        await server.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        vector.ReadParameters(AsBytes(parameters));
+        await servers.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        await servers.PullAsync(0, parameters, cancellationToken);
+        vector.WriteParameters(AsBytes(parameters));
 
         long step = 0;
         for (int epoch = 0; epoch < spec.Epochs; epoch++)
         {
-            step = await TrainEpochAsync(epoch, step, model, trainLoader, vector, server, parameters, gradients, cancellationToken);
-            await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
-            vector.WriteParameters(parameters);
+            // Each step ends with the next version loaded, so the epoch's final version is in the model here.
+            step = await TrainEpochAsync(epoch, step, model, trainLoader, vector, servers, parameters, gradients, cancellationToken);
             await EvaluateAsync(epoch, model, testLoader, train.ClassCount, cancellationToken);
         }
     }
 
+    private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
+
     private async Task<long> TrainEpochAsync(
         int epoch, long step, nn.Module<Tensor, Tensor> model, BatchLoader loader, ParameterVector vector,
-        ParameterServerClient server, byte[] parameters, byte[] gradients, CancellationToken cancellationToken)
+        ShardedParameterClient servers, float[] parameters, float[] gradients, CancellationToken cancellationToken)
     {
         var shard = await coordinator.GetShardAsync(
             new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = loader.Count },
@@ -70,14 +74,12 @@ public sealed class ParameterServerTrainer(
         long sampleCount = 0;
         for (int s = 0; s < stepCount; s++, step++)
         {
-            await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
-            vector.WriteParameters(parameters);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
             lossSum += GradientStep.Compute(model, loader, batch);
             sampleCount += batch.Length;
-            vector.ReadGradients(gradients);
-            var header = new PushHeader { JobId = assignment.JobId, Rank = assignment.Rank, Step = step, SampleCount = batch.Length, Dtype = DType.Float32 };
-            await server.PushAsync(header, gradients, cancellationToken);
+            vector.ReadGradients(AsBytes(gradients));
+            await servers.PushAndPullAsync(step, batch.Length, gradients, parameters, cancellationToken);
+            vector.WriteParameters(AsBytes(parameters));
 
             if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
             {
