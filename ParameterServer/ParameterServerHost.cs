@@ -47,7 +47,12 @@ public sealed class ParameterServerHost : IAsyncDisposable
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.WebHost.ConfigureKestrel(kestrel =>
-            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => listen.Protocols = HttpProtocols.Http2));
+        {
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => listen.Protocols = HttpProtocols.Http2);
+            // Gradients arrive as long streams: flow-control windows of a few MiB keep the socket busy.
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
+        });
         builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = 4 << 20);
         builder.Services.AddSingleton<ParameterStore>();
         var app = builder.Build();

@@ -7,6 +7,9 @@ using Cluster.Protos;
 // bench/run [--quick] [--json PATH]: every figure measured in this one run, side by side
 // with the baseline it is judged against (local training, raw loopback sockets).
 bool quick = args.Contains("--quick");
+int onlyAt = Array.IndexOf(args, "--only");
+string? only = onlyAt >= 0 && onlyAt + 1 < args.Length ? args[onlyAt + 1] : null;
+bool Run(string suite) => only is null || only == suite;
 int jsonAt = Array.IndexOf(args, "--json");
 string? jsonPath = jsonAt >= 0 && jsonAt + 1 < args.Length ? args[jsonAt + 1] : null;
 var results = new List<Measurement>();
@@ -24,7 +27,7 @@ Report(new("loopback", "raw TCP socket, one direction", loopback, "GB/s"));
 int syncElements = quick ? 2_500_000 : 25_000_000;
 int syncSteps = quick ? 3 : 10;
 double? fp32OneWorkerSeconds = null;
-foreach (var (workers, servers, dtype) in new[] { (1, 1, DType.Float32), (1, 1, DType.Bfloat16), (1, 2, DType.Float32), (1, 2, DType.Bfloat16), (2, 1, DType.Float32), (2, 2, DType.Float32), (2, 2, DType.Bfloat16) })
+foreach (var (workers, servers, dtype) in !Run("ps-sync") ? [] : new[] { (1, 1, DType.Float32), (1, 1, DType.Bfloat16), (1, 2, DType.Float32), (1, 2, DType.Bfloat16), (2, 1, DType.Float32), (2, 2, DType.Float32), (2, 2, DType.Bfloat16) })
 {
     var r = await ParameterServerSync.MeasureAsync(syncElements, workers, servers, dtype, syncSteps);
     string name = $"{syncElements * 4 / 1_000_000} MB model, {workers} worker(s), K={servers}, {r.Dtype}";
@@ -36,12 +39,15 @@ foreach (var (workers, servers, dtype) in new[] { (1, 1, DType.Float32), (1, 1, 
 }
 
 // 3. Flatten / unflatten between TorchSharp and the wire buffer.
-var (flatten, unflatten) = Flatten.Measure(quick ? 4_000_000 : 24_000_000, quick ? 5 : 20);
-Report(new("flatten", "gradients -> wire buffer", flatten, "GB/s"));
-Report(new("flatten", "wire buffer -> parameters", unflatten, "GB/s"));
+if (Run("flatten"))
+{
+    var (flatten, unflatten) = Flatten.Measure(quick ? 4_000_000 : 24_000_000, quick ? 5 : 20);
+    Report(new("flatten", "gradients -> wire buffer", flatten, "GB/s"));
+    Report(new("flatten", "wire buffer -> parameters", unflatten, "GB/s"));
+}
 
 // 4. Local single-process training vs a 1-worker cluster on the same batches.
-foreach (var (model, samples) in new[] { ("cnn", quick ? 3200 : 12800), ("mlp", quick ? 6400 : 32000) })
+foreach (var (model, samples) in !Run("local-vs-cluster") ? [] : new[] { ("cnn", quick ? 3200 : 12800), ("mlp", quick ? 6400 : 32000) })
 {
     double local = Training.LocalSamplesPerSecond(model, samples, 64);
     double cluster = await Training.ClusterSamplesPerSecondAsync(model, 1, samples, 64);
@@ -50,7 +56,7 @@ foreach (var (model, samples) in new[] { ("cnn", quick ? 3200 : 12800), ("mlp", 
 }
 
 // 5. Scaling with workers: the cnn is compute-bound, the mlp communication-bound.
-foreach (string model in new[] { "cnn", "mlp" })
+foreach (string model in !Run("scaling") ? [] : new[] { "cnn", "mlp" })
 {
     double? one = null;
     foreach (int workers in quick ? new[] { 1, 2 } : new[] { 1, 2, 4 })
