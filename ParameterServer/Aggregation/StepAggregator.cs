@@ -49,9 +49,16 @@ public sealed class StepAggregator
             if (_sampleCounts[r] == 0 || IsExcluded(excluded, r)) continue;
             var gradient = _rankGradients[r].AsSpan(start, destination.Length);
             float weight = (float)((double)_sampleCounts[r] / total);
-            if (weight == 1f) gradient.CopyTo(destination);
-            else TensorPrimitives.FusedMultiplyAdd(gradient, weight, destination, destination);
+            TensorPrimitives.FusedMultiplyAdd(gradient, weight, destination, destination);
         }
+    }
+
+    /// <summary>True when no rank takes part in the partition (every one excluded).</summary>
+    public bool AllExcluded(ReadOnlySpan<bool> excluded)
+    {
+        for (int r = 0; r < WorldSize; r++)
+            if (!IsExcluded(excluded, r)) return false;
+        return true;
     }
 
     private static bool IsExcluded(ReadOnlySpan<bool> excluded, int rank) => !excluded.IsEmpty && excluded[rank];

@@ -135,7 +135,11 @@ public sealed class JobParameters
         }
     }
 
-    /// <summary>Closes a push that failed; the partitions it delivered stay delivered, so a retry may resend them.</summary>
+    /// <summary>
+    /// Closes a push that failed; the partitions it delivered stay delivered. No worker retries a
+    /// push yet: a retry would have to skip the partitions already delivered rather than write
+    /// them again while they may be being applied.
+    /// </summary>
     public void AbortPush(int rank)
     {
         lock (_gate)
@@ -193,8 +197,13 @@ public sealed class JobParameters
         {
             int start = PartitionStart(partition), length = PartitionLength(partition);
             var combined = _combinedGradient.AsSpan(start, length);
-            _aggregator.Combine(start, combined, _excluded[partition]);
-            _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
+            // A partition that every rank sent with NaN or Inf is not applied at all: not even
+            // weight decay or momentum moves it.
+            if (!_aggregator.AllExcluded(_excluded[partition]))
+            {
+                _aggregator.Combine(start, combined, _excluded[partition]);
+                _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
+            }
             lock (_gate)
             {
                 _partitionVersions[partition]++;

@@ -18,7 +18,7 @@ public static class KeyRanges
 
     /// <summary>The default partition size, made smaller where needed so that every server gets at least one partition.</summary>
     public static int PartitionElementsFor(long elementCount, int serverCount) =>
-        (int)Math.Min(DefaultPartitionElements, (elementCount + serverCount - 1) / serverCount);
+        (int)Math.Clamp(elementCount / serverCount, 1, DefaultPartitionElements);
 
     public static IReadOnlyList<KeyRange> Split(long elementCount, int serverCount, int partitionElements)
     {

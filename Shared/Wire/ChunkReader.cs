@@ -47,21 +47,25 @@ public static class ChunkReader
 
         var run = destination.Slice((int)chunk.OffsetElements, (int)chunk.LengthElements);
         var indices = MemoryMarshal.Cast<byte, uint>(indexBytes);
-        Span<float> values = indices.Length <= 4096 ? stackalloc float[indices.Length] : new float[indices.Length];
-        ElementCodec.Decode(data, values, dtype);
-        run.Clear();
         long previous = -1;
         for (int i = 0; i < indices.Length; i++)
         {
-            uint index = BitConverter.IsLittleEndian ? indices[i] : BinaryPrimitives.ReverseEndianness(indices[i]);
+            uint index = Index(indices, i);
             if (index <= previous || index >= run.Length)
                 throw new InvalidDataException(
                     $"chunk.indices: index {index} at position {i} is not strictly increasing within the run of {run.Length} elements");
-            run[(int)index] = values[i];
             previous = index;
         }
+        // Everything is checked: now the run can be written.
+        Span<float> values = indices.Length <= 4096 ? stackalloc float[indices.Length] : new float[indices.Length];
+        ElementCodec.Decode(data, values, dtype);
+        run.Clear();
+        for (int i = 0; i < indices.Length; i++) run[(int)Index(indices, i)] = values[i];
         return receivedElements + run.Length;
     }
+
+    private static uint Index(ReadOnlySpan<uint> indices, int i) =>
+        BitConverter.IsLittleEndian ? indices[i] : BinaryPrimitives.ReverseEndianness(indices[i]);
 
     private static void CheckRun(TensorChunk chunk, int dataBytes, int elementBytes, int elementCount, long receivedElements, out int count)
     {

@@ -451,4 +451,20 @@ public sealed class JobParametersTests
 
     private static float[] RandomVector(Random random, int length) =>
         [.. Enumerable.Range(0, length).Select(_ => (float)(random.NextDouble() * 2 - 1))];
+
+    [Fact]
+    public async Task A_partition_every_rank_sent_with_nan_is_not_moved_even_by_weight_decay()
+    {
+        var decaying = new OptimizerSettings { Kind = "sgd", LearningRate = 0.1, WeightDecay = 0.5, Momentum = 0.9 };
+        var job = NewJob(worldSize: 2, optimizer: decaying);
+
+        Begin(job, 0, 0, Filled(4, float.NaN), 1);
+        Begin(job, 1, 0, Filled(4, float.PositiveInfinity), 1);
+        job.Received(0, 4);
+        job.Received(1, 4);
+        await Reached(job, 1);
+
+        Assert.Equal(InitialWeights, job.WeightsAsFloats.ToArray());
+        Assert.Equal(2, job.RejectedGradients);
+    }
 }

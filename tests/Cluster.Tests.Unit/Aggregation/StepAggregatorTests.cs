@@ -274,4 +274,20 @@ public sealed class StepAggregatorTests
         for (int i = 0; i < mean.Length; i++) mean[i] /= samples.Length;
         return mean;
     }
+
+    [Fact]
+    public void A_rank_whose_weight_rounds_to_one_does_not_overwrite_the_others()
+    {
+        // Regression: weight 1f once took a copy shortcut that discarded earlier ranks.
+        var aggregator = new StepAggregator(worldSize: 2, elementCount: 1);
+        aggregator.BufferFor(0).Span[0] = 1e6f;
+        aggregator.BufferFor(1).Span[0] = 0f;
+        aggregator.SetSampleCount(0, 1);
+        aggregator.SetSampleCount(1, 100_000_000);
+        var combined = new float[1];
+
+        aggregator.Combine(0, combined);
+
+        Assert.InRange(combined[0], 0.009f, 0.011f);
+    }
 }

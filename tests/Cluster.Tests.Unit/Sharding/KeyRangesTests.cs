@@ -126,4 +126,17 @@ public sealed class KeyRangesTests
         Assert.Equal(serverCount, ranges.Count);
         Assert.All(ranges, range => Assert.True(range.Length > 0));
     }
+
+    [Theory]
+    [InlineData(5, 4)]
+    [InlineData(6, 4)]
+    [InlineData(100, 11)]
+    public void The_default_partition_size_gives_every_server_a_range_even_for_tiny_models(long elementCount, int serverCount)
+    {
+        // Regression: rounding the partition size up left some servers without a partition.
+        var ranges = KeyRanges.Split(elementCount, serverCount, KeyRanges.PartitionElementsFor(elementCount, serverCount));
+
+        Assert.Equal(serverCount, ranges.Count);
+        Assert.Equal(elementCount, ranges.Sum(r => (long)r.Length));
+    }
 }

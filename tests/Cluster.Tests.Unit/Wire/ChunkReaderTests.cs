@@ -266,4 +266,17 @@ public sealed class ChunkReaderTests
         Assert.StartsWith("chunk.offset_elements: 6; expected 4", gap.Message, StringComparison.Ordinal);
         Assert.Equal([1f, 0f, 0f, 0f, 7f, 7f, 7f, 7f], destination);
     }
+
+    [Fact]
+    public void A_sparse_chunk_with_bad_indices_leaves_the_buffer_untouched()
+    {
+        // Regression: the run was cleared before the indices were checked.
+        var destination = Enumerable.Repeat(7f, 4).ToArray();
+        var chunk = Sparse(0, 4, [1, 1], [5f, 6f]);
+
+        var error = Assert.Throws<InvalidDataException>(() => ChunkReader.ReadSparse(chunk, DType.Float32, destination, 0));
+
+        Assert.StartsWith("chunk.indices: index 1 at position 1", error.Message, StringComparison.Ordinal);
+        Assert.Equal([7f, 7f, 7f, 7f], destination);
+    }
 }
