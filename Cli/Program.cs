@@ -8,6 +8,7 @@ using Cluster.Shared.Rpc;
 //   cluster local             a whole cluster on this machine, one process per role
 //   cluster coordinator|ps|worker   one role, for clusters spread over machines
 //   cluster submit|status     jobs on a running coordinator
+//   cluster secret|certs      a cluster secret, development TLS certificates
 var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
 var local = JobCommands.Local();
 root.Subcommands.Add(local);
@@ -16,6 +17,8 @@ root.Subcommands.Add(RoleCommands.ParameterServer());
 root.Subcommands.Add(RoleCommands.Worker());
 root.Subcommands.Add(JobCommands.Submit());
 root.Subcommands.Add(JobCommands.Status());
+root.Subcommands.Add(SecurityCommands.Secret());
+root.Subcommands.Add(SecurityCommands.Certificates());
 
 var parse = root.Parse(args.Length == 0 ? ["local"] : args);
 try

@@ -7,8 +7,11 @@ using Grpc.Core;
 namespace Cluster.ParameterServer.Services;
 
 /// <summary>gRPC adapter over <see cref="ParameterStore"/> (see parameter_server.proto for the sequence).</summary>
-public sealed class ParameterServerService(ParameterStore store) : Protos.ParameterServer.ParameterServerBase
+public sealed class ParameterServerService(ParameterStore store, ParameterServerOptions options) : Protos.ParameterServer.ParameterServerBase
 {
+    private const int LayoutTensorsMax = 1 << 16;
+    private const int NameLengthMax = 1024;
+
     public override async Task<InitializeReply> Initialize(IAsyncStreamReader<InitializeMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == InitializeMessage.BodyOneofCase.Header ? m.Header : null, context);
@@ -17,8 +20,12 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         long elementCount;
         try { elementCount = ParameterStore.ElementCount(header.Layout); }
         catch (ArgumentException e) { throw Invalid(e.Message); }
+        if (elementCount * sizeof(float) > options.ModelBytesMax)
+            throw Exhausted($"layout: {elementCount} float32 elements ({elementCount * sizeof(float)} bytes) exceed this server's limit of {options.ModelBytesMax} bytes per job");
 
         var existing = store.Find(header.JobId);
+        if (existing is null && store.Jobs.Count >= options.JobsMax)
+            throw Exhausted($"job_id: '{header.JobId}' refused; this server already holds {store.Jobs.Count} jobs (the limit)");
         if (existing is not null)
         {
             // Drain the stream: the first Initialize already set the weights.
@@ -46,7 +53,8 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == PushMessage.BodyOneofCase.Header ? m.Header : null, context);
         var job = store.Find(header.JobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{header.JobId}' is not initialised on this server"));
         if (header.Dtype != DType.Float32) throw Invalid($"dtype: {header.Dtype}; expected DTYPE_FLOAT32");
-        if (header.SampleCount < 0) throw Invalid($"sample_count: {header.SampleCount}; expected 0 or more");
+        if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
+            throw Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
         Memory<byte> buffer;
         try { buffer = job.BeginPush(header.Rank, header.Step); }
         catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
@@ -87,8 +95,14 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     private static IEnumerable<string> ValidateHeader(InitializeHeader header)
     {
         if (header.JobId.Length == 0) yield return "job_id: empty; expected the coordinator's job id";
-        if (header.WorldSize <= 0) yield return $"world_size: {header.WorldSize}; expected 1 or more";
+        if (header.JobId.Length > NameLengthMax) yield return $"job_id: {header.JobId.Length} characters; expected at most {NameLengthMax}";
+        if (header.WorldSize is <= 0 or > Shared.Jobs.JobSpecification.WorkersMax)
+            yield return $"world_size: {header.WorldSize}; expected 1 to {Shared.Jobs.JobSpecification.WorkersMax}";
         if (header.Layout is null) yield return "layout: missing";
+        else if (header.Layout.Tensors.Count > LayoutTensorsMax)
+            yield return $"layout: {header.Layout.Tensors.Count} tensors; expected at most {LayoutTensorsMax}";
+        else if (header.Layout.Tensors.Any(t => t.Name.Length > NameLengthMax || t.Shape.Count > 32))
+            yield return $"layout: a tensor name longer than {NameLengthMax} characters or more than 32 dimensions";
         if (header.Dtype != DType.Float32) yield return $"dtype: {header.Dtype}; expected DTYPE_FLOAT32";
         if (header.Optimizer is null) { yield return "optimizer: missing"; yield break; }
         foreach (string error in OptimizerSettings.FromProto(header.Optimizer).Validate()) yield return error;
@@ -117,4 +131,6 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     }
 
     private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+
+    private static RpcException Exhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
 }

@@ -1,5 +1,6 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
 using Cluster.Shared.Wire;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -18,11 +19,11 @@ public sealed class ParameterServerClient : IDisposable
     private readonly TimeSpan _barrierTimeout;
     private readonly TimeSpan _connectTimeout;
 
-    public ParameterServerClient(string address, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
+    public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
     {
         _connectTimeout = connectTimeout;
         Address = address;
-        _channel = GrpcChannel.ForAddress(address);
+        _channel = ClusterTransport.Channel(address, security, "parameter server");
         _client = new ParameterServer.ParameterServerClient(_channel);
         (_callTimeout, _barrierTimeout) = (callTimeout, barrierTimeout);
     }

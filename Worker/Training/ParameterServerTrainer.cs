@@ -38,7 +38,7 @@ public sealed class ParameterServerTrainer(
         using var vector = new ParameterVector(model);
         var parameters = new byte[vector.ByteCount];
         var gradients = new byte[vector.ByteCount];
-        using var server = new ParameterServerClient(assignment.ParameterServers[0], options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout);
+        using var server = new ParameterServerClient(assignment.ParameterServers[0], options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout);
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
         vector.ReadParameters(parameters);
