@@ -65,8 +65,8 @@ public sealed class DistributedEquivalenceTests
     private static async Task<float[]> TrainOnClusterAsync(JobSpecification spec)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
-        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), cancel.Token);
-        await using var server = await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl }, cancel.Token);
+        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, cancel.Token);
+        await using var server = await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl, Security = TestSecurity.Loopback }, cancel.Token);
         var workers = Enumerable.Range(0, spec.Workers)
             .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once"))
             .ToList();
