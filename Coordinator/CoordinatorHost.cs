@@ -42,8 +42,6 @@ public sealed class CoordinatorHost : IAsyncDisposable
         ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            // gRPC lifts this limit per call and bounds each message instead (GrpcMessageBytesMax).
-            kestrel.Limits.MaxRequestBodySize = options.ApiBodyBytesMax;
             kestrel.Listen(bind, options.GrpcPort, listen =>
             {
                 (grpcListen = listen).Protocols = HttpProtocols.Http2;

@@ -30,6 +30,8 @@ public static class JobsApi
     private static async Task<IResult> Submit(HttpRequest request, JobBoard board, CoordinatorOptions options, TimeProvider time)
     {
         byte[] body;
+        if (request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+            limit.MaxRequestBodySize = options.ApiBodyBytesMax;
         try
         {
             using var buffer = new MemoryStream();
