@@ -30,7 +30,7 @@ catch (CliException e)
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return e.ExitCode;
 }
-catch (PeerUnreachableException e)
+catch (Exception e) when (e is PeerUnreachableException or PeerRefusedException)
 {
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return 1;
@@ -39,6 +39,11 @@ catch (Exception e) when (e is ArgumentException or FileNotFoundException or Inv
 {
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return 2;
+}
+catch (Grpc.Core.RpcException e)
+{
+    await Console.Error.WriteLineAsync($"error: a cluster peer answered {e.StatusCode}: {e.Status.Detail}");
+    return 1;
 }
 catch (OperationCanceledException)
 {

@@ -28,9 +28,22 @@ public static class Reconnect
                         $"{peer} at {address} is not reachable: no answer within {timeout.TotalSeconds:0.#} s ({e.Status.Detail})", e);
                 await Task.Delay(RetryDelay, cancellationToken);
             }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated)
+            {
+                throw new PeerRefusedException($"{peer} at {address} refused this member: {e.Status.Detail}; give the cluster's secret", e);
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Internal && e.Status.Detail.StartsWith("Error starting gRPC call", StringComparison.Ordinal))
+            {
+                throw new PeerRefusedException(
+                    $"{peer} at {address} refused the connection ({e.Status.Detail}); with TLS, check that this member's certificate " +
+                    "is signed by the cluster CA and that it trusts that CA (--tls-dir)", e);
+            }
         }
     }
 }
+
+/// <summary>A peer of the cluster answered but refused this member (wrong secret, certificate not of the cluster CA).</summary>
+public sealed class PeerRefusedException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>A peer of the cluster could not be reached before its deadline.</summary>
 public sealed class PeerUnreachableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -39,7 +39,7 @@ public sealed class TlsClusterTests : IDisposable
         File.Copy(Path.Combine(certs, CertificateFactory.AuthorityFile), Path.Combine(rogue, CertificateFactory.AuthorityFile), overwrite: true);
         var (rogueExit, _, rogueErr) = await ClusterCommand.RunAsync(Startup, "worker", "--coordinator", urls["grpc"], "--tls-dir", rogue, "--connect-timeout", "3", "--once");
         Assert.NotEqual(0, rogueExit);
-        Assert.Contains($"coordinator at {urls["grpc"]}", rogueErr, StringComparison.Ordinal);
+        Assert.Contains($"coordinator at {urls["grpc"]} refused the connection", rogueErr, StringComparison.Ordinal);
 
         var (exitCode, stdout, stderr) = await ClusterCommand.RunAsync(TimeSpan.FromMinutes(4),
             "submit", "--api", urls["http"], "--tls-dir", certs, "--wait", "--output", "json",
