@@ -34,6 +34,8 @@ public sealed record ParameterServerOptions
     public int GrpcMessageBytesMax { get; init; } = ClusterTransport.MessageBytesMaxDefault;
     /// <summary>Largest model (this server's key range of it) one job may hold, in bytes of float32 weights.</summary>
     public long ModelBytesMax { get; init; } = ParameterStore.ElementsMax * sizeof(float);
+    /// <summary>Memory one job may take, in bytes: its weights, optimizer state and one gradient buffer per rank.</summary>
+    public long JobMemoryBytesMax { get; init; } = 32L << 30;
     /// <summary>Jobs whose parameters this server holds at once.</summary>
     public int JobsMax { get; init; } = 64;
 
@@ -46,6 +48,7 @@ public sealed record ParameterServerOptions
         if (GrpcMessageBytesMax < 2 << 20) yield return $"grpc-message-bytes-max: {GrpcMessageBytesMax}; expected at least {2 << 20} (a 1 MiB chunk and its framing)";
         if (ModelBytesMax is < 4 or > ParameterStore.ElementsMax * sizeof(float))
             yield return $"model-bytes-max: {ModelBytesMax}; expected 4 to {ParameterStore.ElementsMax * sizeof(float)}";
+        if (JobMemoryBytesMax < ModelBytesMax) yield return $"job-memory-bytes-max: {JobMemoryBytesMax}; expected at least model-bytes-max ({ModelBytesMax})";
         if (JobsMax < 1) yield return $"jobs-max: {JobsMax}; expected 1 or more";
     }
 }

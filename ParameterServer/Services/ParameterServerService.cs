@@ -22,6 +22,9 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
         catch (ArgumentException e) { throw Invalid(e.Message); }
         if (elementCount * sizeof(float) > options.ModelBytesMax)
             throw Exhausted($"layout: {elementCount} float32 elements ({elementCount * sizeof(float)} bytes) exceed this server's limit of {options.ModelBytesMax} bytes per job");
+        // Weights, two optimizer moments, the combined gradient and one receive buffer per rank.
+        if ((double)elementCount * sizeof(float) * (header.WorldSize + 4) > options.JobMemoryBytesMax)
+            throw Exhausted($"world_size: {header.WorldSize} ranks of {elementCount * sizeof(float)} bytes each exceed this server's limit of {options.JobMemoryBytesMax} bytes of memory per job");
 
         var existing = store.Find(header.JobId);
         if (existing is null && store.Jobs.Count >= options.JobsMax)
