@@ -86,3 +86,25 @@ public sealed partial class JobSpecParserFuzzTests
     [GeneratedRegex("^[a-z][a-z0-9-]*: ")]
     private static partial Regex FieldPrefix();
 }
+
+/// <summary>Inputs that crashed or slipped through the parser before it respected nullability.</summary>
+[Trait("Tier", "unit")]
+public sealed class JobSpecParserRegressionTests
+{
+    [Theory]
+    [InlineData("""{"optimizer":null}""", "body: not a job specification")]
+    [InlineData("""{"device":null}""", "body: not a job specification")]
+    [InlineData("""{"model":null}""", "body: not a job specification")]
+    [InlineData("""{"$type":"System.Diagnostics.Process, System"}""", "body: not a job specification")]
+    [InlineData("""{"epochs":1e400}""", "body: not a job specification")]
+    [InlineData("""{"optimizer":{"learningRate":"NaN"}}""", "lr: NaN is out of range; expected a finite number > 0")]
+    [InlineData("""null""", "body: missing")]
+    [InlineData("""{"epochs":0,"workers":5000}""", "epochs: 0 is out of range; expected 1 to 10000")]
+    public void A_bad_body_gets_a_clear_error_naming_what_is_wrong(string json, string expected)
+    {
+        var (spec, errors) = JobSpecJson.Parse(System.Text.Encoding.UTF8.GetBytes(json));
+
+        Assert.Null(spec);
+        Assert.StartsWith(expected, errors[0], StringComparison.Ordinal);
+    }
+}
