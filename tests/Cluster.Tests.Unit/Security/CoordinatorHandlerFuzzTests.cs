@@ -35,7 +35,7 @@ public sealed class CoordinatorHandlerFuzzTests
 
         for (int i = 0; i < 3000; i++)
         {
-            var random = new Random(HashCode.Combine(8, i));
+            var random = new Random(8_000_000 + i);
             string outcome;
             try
             {

@@ -13,7 +13,7 @@ public static class Fuzz
     {
         for (int i = 0; i < cases; i++)
         {
-            var random = new Random(HashCode.Combine(seed, i));
+            var random = new Random(unchecked(seed * 1_000_003 + i));
             try { body(random, i); }
             catch (Exception e)
             {
