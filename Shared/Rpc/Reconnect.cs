@@ -21,6 +21,12 @@ public static class Reconnect
             {
                 return await call(giveUpAt);
             }
+            catch (RpcException e) when (IsTlsRefusal(e))
+            {
+                throw new PeerRefusedException(
+                    $"{peer} at {address} refused the connection ({e.Status.Detail}); with TLS, check that this member's certificate " +
+                    "is signed by the cluster CA and that it trusts that CA (--tls-dir)", e);
+            }
             catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
             {
                 if (DateTime.UtcNow + RetryDelay >= giveUpAt)
@@ -39,6 +45,18 @@ public static class Reconnect
                     "is signed by the cluster CA and that it trusts that CA (--tls-dir)", e);
             }
         }
+    }
+
+    /// <summary>
+    /// A TLS handshake that failed, or a connection the server dropped right after it (how a
+    /// refused client certificate looks under TLS 1.3): a configuration error, not worth retrying.
+    /// </summary>
+    private static bool IsTlsRefusal(RpcException e)
+    {
+        for (var inner = e.Status.DebugException; inner is not null; inner = inner.InnerException)
+            if (inner is System.Security.Authentication.AuthenticationException) return true;
+        return e.Status.Detail.Contains("did not complete the HTTP/2 handshake", StringComparison.Ordinal)
+            || e.Status.Detail.Contains("SSL connection could not be established", StringComparison.Ordinal);
     }
 }
 
