@@ -36,7 +36,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             console.MarkupLineInterpolated(
                 $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), 1 parameter server, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
             console.MarkupLineInterpolated(
-                $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}`");
+                $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}{string.Concat(tlsArguments.Select(a => " " + a))}`");
 
             using var api = new CoordinatorApi(urls["http"], security, TimeSpan.FromSeconds(30));
             var job = await api.SubmitAsync(spec, cancellationToken);

@@ -104,6 +104,20 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
         Assert.True(failures.Count == 0, string.Join(Environment.NewLine, failures));
     }
 
+    [Fact]
+    public async Task A_worker_or_client_with_a_wrong_secret_is_refused_with_a_message_that_says_so()
+    {
+        var wrong = new Dictionary<string, string?> { ["CLUSTER_SECRET"] = Shared.Security.ClusterSecret.Generate().Value };
+        using var worker = ClusterCommand.StartWith(wrong, "worker", "--coordinator", _coordinator.GrpcUrl, "--once");
+        Assert.Equal(1, await worker.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains($"coordinator at {_coordinator.GrpcUrl} refused this member: the cluster secret presented is wrong", worker.Stderr, StringComparison.Ordinal);
+
+        using var status = ClusterCommand.StartWith(wrong, "status", "--api", _coordinator.HttpUrl);
+        Assert.Equal(2, await status.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("authorization: the cluster secret presented is wrong", status.Stderr, StringComparison.Ordinal);
+        Assert.Empty(_coordinator.Board.Read((_, members) => members.Workers.ToList()));
+    }
+
     /// <summary>The coordinator's HTTP routes (not its gRPC methods), with route parameters filled in.</summary>
     private static IEnumerable<(string Method, string Path)> HttpRoutes(IEnumerable<Endpoint> endpoints)
     {
