@@ -3,7 +3,7 @@ using Cluster.ParameterServer.Services;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
-using Grpc.Net.Client;
+using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -28,6 +28,29 @@ public sealed record ParameterServerOptions
     public string? CoordinatorUrl { get; init; }
     /// <summary>How long to keep trying to reach the coordinator at start.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>The cluster secret and TLS settings; required (see SECURITY.md).</summary>
+    public ClusterSecurity? Security { get; init; }
+    /// <summary>Largest gRPC message accepted, in bytes: a 1 MiB chunk plus its framing, or a header with a model's layout.</summary>
+    public int GrpcMessageBytesMax { get; init; } = ClusterTransport.MessageBytesMaxDefault;
+    /// <summary>Largest model (this server's key range of it) one job may hold, in bytes of float32 weights.</summary>
+    public long ModelBytesMax { get; init; } = ParameterStore.ElementsMax * sizeof(float);
+    /// <summary>Memory one job may take, in bytes: its weights, optimizer state and one gradient buffer per rank.</summary>
+    public long JobMemoryBytesMax { get; init; } = 32L << 30;
+    /// <summary>Jobs whose parameters this server holds at once.</summary>
+    public int JobsMax { get; init; } = 64;
+
+    public IEnumerable<string> Validate()
+    {
+        if (!IPAddress.TryParse(BindAddress, out _)) yield return $"bind: '{BindAddress}' is not an IP address";
+        if (Port is < 0 or > 65535) yield return $"port: {Port} is out of range; expected 0 to 65535";
+        if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
+        else foreach (string error in Security.ValidateServing(BindAddress)) yield return error;
+        if (GrpcMessageBytesMax < 2 << 20) yield return $"grpc-message-bytes-max: {GrpcMessageBytesMax}; expected at least {2 << 20} (a 1 MiB chunk and its framing)";
+        if (ModelBytesMax is < 4 or > ParameterStore.ElementsMax * sizeof(float))
+            yield return $"model-bytes-max: {ModelBytesMax}; expected 4 to {ParameterStore.ElementsMax * sizeof(float)}";
+        if (JobMemoryBytesMax < ModelBytesMax) yield return $"job-memory-bytes-max: {JobMemoryBytesMax}; expected at least model-bytes-max ({ModelBytesMax})";
+        if (JobsMax < 1) yield return $"jobs-max: {JobsMax}; expected 1 or more";
+    }
 }
 
 /// <summary>Starts the parameter server's gRPC endpoint and registers it with the coordinator.</summary>
@@ -42,20 +65,33 @@ public sealed class ParameterServerHost : IAsyncDisposable
 
     public ParameterStore Store { get; }
 
+    /// <summary>Every endpoint the server serves, for tests that must cover them all.</summary>
+    public IReadOnlyList<Microsoft.AspNetCore.Http.Endpoint> Endpoints =>
+        _app.Services.GetRequiredService<Microsoft.AspNetCore.Routing.EndpointDataSource>().Endpoints;
+
     public static async Task<ParameterServerHost> StartAsync(ParameterServerOptions options, CancellationToken cancellationToken)
     {
+        var errors = options.Validate().ToList();
+        if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        var security = options.Security!;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => listen.Protocols = HttpProtocols.Http2);
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen =>
+            {
+                listen.Protocols = HttpProtocols.Http2;
+                ClusterEndpoints.Secure(listen, security, memberEndpoint: true);
+            });
             // Gradients arrive as long streams: flow-control windows of a few MiB keep the socket busy.
             kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
             kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
         });
-        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = 4 << 20);
+        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = options.GrpcMessageBytesMax);
+        builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ParameterStore>();
         var app = builder.Build();
+        app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();
         await app.StartAsync(cancellationToken);
 
@@ -72,7 +108,7 @@ public sealed class ParameterServerHost : IAsyncDisposable
 
     private static async Task RegisterAsync(ParameterServerOptions options, string url, CancellationToken cancellationToken)
     {
-        using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl!);
+        using var channel = ClusterTransport.Channel(options.CoordinatorUrl!, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         await Reconnect.UntilAsync("coordinator", options.CoordinatorUrl!, options.ConnectTimeout,
             deadline => coordinator.RegisterParameterServerAsync(

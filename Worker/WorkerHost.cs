@@ -1,8 +1,8 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
 using Cluster.Worker.Training;
 using Grpc.Core;
-using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Worker;
@@ -21,7 +21,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
-        using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl);
+        using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         var registration = await RegisterAsync(coordinator, cancellationToken);
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");

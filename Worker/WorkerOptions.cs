@@ -1,3 +1,5 @@
+using Cluster.Shared.Security;
+
 namespace Cluster.Worker;
 
 /// <summary>Settings of one worker process, with their units and defaults in one place.</summary>
@@ -19,6 +21,8 @@ public sealed record WorkerOptions
     public TimeSpan BarrierTimeout { get; init; } = TimeSpan.FromMinutes(5);
     /// <summary>Exit after one job instead of waiting for the next.</summary>
     public bool SingleJob { get; init; }
+    /// <summary>The cluster secret and TLS settings; required (see SECURITY.md).</summary>
+    public ClusterSecurity? Security { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -26,6 +30,7 @@ public sealed record WorkerOptions
             yield return $"coordinator: '{CoordinatorUrl}' is not an address; expected http://HOST:PORT or https://HOST:PORT";
         if (Device is not null && !Shared.Jobs.DeviceNames.IsValid(Device))
             yield return $"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N";
+        if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
         if (Threads < 0)
             yield return $"threads: {Threads} is out of range; expected 0 (default) or more";
     }

@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Serialization;
 using Cluster.Coordinator.Jobs;
 using Cluster.Shared.Jobs;
 using Microsoft.AspNetCore.Builder;
@@ -29,31 +27,35 @@ public static class JobsApi
         api.MapGet("/cluster", (JobBoard board) => board.Read((_, members) => ClusterView.From(members)));
     }
 
-    private static readonly JsonSerializerOptions SpecJson = new(JsonSerializerDefaults.Web)
+    private static async Task<IResult> Submit(HttpRequest request, JobBoard board, CoordinatorOptions options, TimeProvider time)
     {
-        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
-    };
-
-    private static async Task<IResult> Submit(HttpRequest request, JobBoard board, TimeProvider time)
-    {
-        JobSpecification? spec;
+        byte[] body;
+        if (request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+            limit.MaxRequestBodySize = options.ApiBodyBytesMax;
         try
         {
-            spec = await JsonSerializer.DeserializeAsync<JobSpecification>(request.Body, SpecJson, request.HttpContext.RequestAborted);
+            using var buffer = new MemoryStream();
+            await request.Body.CopyToAsync(buffer, request.HttpContext.RequestAborted);
+            body = buffer.ToArray();
         }
-        catch (JsonException e)
+        catch (BadHttpRequestException e)
         {
-            return Results.BadRequest(new ErrorView([$"body: not a job specification ({e.Message})"]));
+            return Results.Json(new ErrorView([$"body: refused ({e.Message}); a job specification is at most {options.ApiBodyBytesMax} bytes"]), statusCode: e.StatusCode);
         }
-        if (spec is null) return Results.BadRequest(new ErrorView(["body: missing; expected a job specification as JSON"]));
+        var (spec, errors) = JobSpecJson.Parse(body);
+        if (spec is null) return Results.BadRequest(new ErrorView(errors));
         try
         {
-            var job = board.Submit(spec);
+            var job = board.Submit(spec, options.QueuedJobsMax);
             return Results.Created($"/api/jobs/{job.Id}", JobView.From(job, time.GetUtcNow()));
         }
         catch (JobRejectedException e)
         {
             return Results.BadRequest(new ErrorView(e.Errors));
+        }
+        catch (QueueFullException e)
+        {
+            return Results.Json(new ErrorView([e.Message]), statusCode: StatusCodes.Status429TooManyRequests);
         }
     }
 }

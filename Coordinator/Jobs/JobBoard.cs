@@ -25,12 +25,15 @@ public sealed class JobBoard(TimeProvider time)
     /// <summary>Jobs that just ended, for releasing their parameter-server state.</summary>
     public ChannelReader<JobRecord> FinishedJobs => _finished.Reader;
 
-    public JobRecord Submit(JobSpecification spec)
+    /// <summary>Queues a job; refuses it when <paramref name="queuedMax"/> jobs are already waiting.</summary>
+    public JobRecord Submit(JobSpecification spec, int queuedMax = int.MaxValue)
     {
         var errors = spec.Validate();
         if (errors.Count > 0) throw new JobRejectedException(errors);
         lock (_gate)
         {
+            if (_queue.Count >= queuedMax)
+                throw new QueueFullException($"queue: {_queue.Count} jobs are already waiting (the limit); submit again when some have started");
             var job = new JobRecord($"job-{++_nextJob}", spec, time.GetUtcNow());
             _jobs.Add(job.Id, job);
             _queue.AddLast(job);
@@ -39,9 +42,15 @@ public sealed class JobBoard(TimeProvider time)
         }
     }
 
-    public WorkerMember RegisterWorker(string host, string device, int processId)
+    /// <summary>Registers a worker; refuses it when <paramref name="liveMax"/> live workers are registered.</summary>
+    public WorkerMember RegisterWorker(string host, string device, int processId, int liveMax = int.MaxValue)
     {
-        lock (_gate) return _members.AddWorker(host, device, processId, time.GetUtcNow());
+        lock (_gate)
+        {
+            if (_members.Workers.Count(w => w.Alive) >= liveMax)
+                throw new QueueFullException($"workers: {liveMax} live workers are registered (the limit); this worker is refused");
+            return _members.AddWorker(host, device, processId, time.GetUtcNow());
+        }
     }
 
     public ParameterServerMember RegisterServer(string address)
@@ -217,3 +226,6 @@ public sealed class JobRejectedException(IReadOnlyList<string> errors) : Excepti
 {
     public IReadOnlyList<string> Errors { get; } = errors;
 }
+
+/// <summary>A bounded collection of the coordinator (job queue, members) is full.</summary>
+public sealed class QueueFullException(string message) : Exception(message);

@@ -8,15 +8,26 @@ using Grpc.Core;
 namespace Cluster.ParameterServer.Services;
 
 /// <summary>gRPC adapter over <see cref="ParameterStore"/> (see parameter_server.proto for the sequence).</summary>
-public sealed class ParameterServerService(ParameterStore store) : Protos.ParameterServer.ParameterServerBase
+public sealed class ParameterServerService(ParameterStore store, ParameterServerOptions options) : Protos.ParameterServer.ParameterServerBase
 {
+    private const int LayoutTensorsMax = 1 << 16;
+    private const int NameLengthMax = 1024;
+
     public override async Task<InitializeReply> Initialize(IAsyncStreamReader<InitializeMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == InitializeMessage.BodyOneofCase.Header ? m.Header : null, context);
         var errors = ValidateHeader(header).ToList();
         if (errors.Count > 0) throw Invalid(string.Join("; ", errors));
+        long rangeBytes = header.RangeElements * sizeof(float);
+        if (rangeBytes > options.ModelBytesMax)
+            throw Exhausted($"range_elements: {header.RangeElements} float32 elements ({rangeBytes} bytes) exceed this server's limit of {options.ModelBytesMax} bytes per job");
+        // Weights, two optimizer moments, the combined gradient and one receive buffer per rank.
+        if ((double)rangeBytes * (header.WorldSize + 4) > options.JobMemoryBytesMax)
+            throw Exhausted($"world_size: {header.WorldSize} ranks of {rangeBytes} bytes each exceed this server's limit of {options.JobMemoryBytesMax} bytes of memory per job");
 
         var existing = store.Find(header.JobId);
+        if (existing is null && store.Jobs.Count >= options.JobsMax)
+            throw Exhausted($"job_id: '{header.JobId}' refused; this server already holds {store.Jobs.Count} jobs (the limit)");
         if (existing is not null)
         {
             // Drain the stream: the first Initialize already set the weights.
@@ -48,7 +59,8 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == PushMessage.BodyOneofCase.Header ? m.Header : null, context);
         var job = FindJob(header.JobId);
-        if (header.SampleCount < 0) throw Invalid($"sample_count: {header.SampleCount}; expected 0 or more");
+        if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
+            throw Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
         Guard(() => ElementCodec.ElementBytes(header.Dtype));
         var buffer = Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount));
         try
@@ -62,6 +74,8 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
                     : ChunkReader.ReadDense(chunk, header.Dtype, buffer.Span, received));
                 job.Received(header.Rank, (int)received);
             }
+            if (received != job.ElementCount)
+                throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
             return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) };
         }
         catch
@@ -121,8 +135,17 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     private static IEnumerable<string> ValidateHeader(InitializeHeader header)
     {
         if (header.JobId.Length == 0) yield return "job_id: empty; expected the coordinator's job id";
-        if (header.WorldSize <= 0) yield return $"world_size: {header.WorldSize}; expected 1 or more";
+        if (header.JobId.Length > NameLengthMax) yield return $"job_id: {header.JobId.Length} characters; expected at most {NameLengthMax}";
+        if (header.WorldSize is <= 0 or > Shared.Jobs.JobSpecification.WorkersMax)
+            yield return $"world_size: {header.WorldSize}; expected 1 to {Shared.Jobs.JobSpecification.WorkersMax}";
         if (header.Layout is null) { yield return "layout: missing"; yield break; }
+        if (header.Layout.Tensors.Count > LayoutTensorsMax)
+        {
+            yield return $"layout: {header.Layout.Tensors.Count} tensors; expected at most {LayoutTensorsMax}";
+            yield break;
+        }
+        if (header.Layout.Tensors.Any(t => t.Name.Length > NameLengthMax || t.Shape.Count > 32))
+            yield return $"layout: a tensor name longer than {NameLengthMax} characters or more than 32 dimensions";
         long modelElements;
         string? layoutError = null;
         try { modelElements = ParameterStore.ElementCount(header.Layout); }
@@ -160,4 +183,6 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     }
 
     private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+
+    private static RpcException Exhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
 }

@@ -1,5 +1,6 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
 using Cluster.Shared.Wire;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -16,10 +17,10 @@ public sealed class ParameterServerClient : IDisposable
     private readonly ParameterServer.ParameterServerClient _client;
     private readonly TimeSpan _connectTimeout, _callTimeout, _barrierTimeout;
 
-    public ParameterServerClient(string address, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
+    public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
     {
         Address = address;
-        _channel = GrpcChannel.ForAddress(address, new GrpcChannelOptions { MaxReceiveMessageSize = 4 << 20 });
+        _channel = ClusterTransport.Channel(address, security, "parameter server");
         _client = new ParameterServer.ParameterServerClient(_channel);
         (_connectTimeout, _callTimeout, _barrierTimeout) = (connectTimeout, callTimeout, barrierTimeout);
     }

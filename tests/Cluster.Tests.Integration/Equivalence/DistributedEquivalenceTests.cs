@@ -67,10 +67,10 @@ public sealed class DistributedEquivalenceTests
     private static async Task<float[]> TrainOnClusterAsync(JobSpecification spec)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
-        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), cancel.Token);
+        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, cancel.Token);
         var servers = new List<ParameterServerHost>();
         for (int k = 0; k < spec.ParameterServers; k++)
-            servers.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl }, cancel.Token));
+            servers.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl, Security = TestSecurity.Loopback }, cancel.Token));
         var workers = Enumerable.Range(0, spec.Workers)
             .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once"))
             .ToList();
