@@ -1,5 +1,6 @@
 using System.Net;
 using Cluster.ParameterServer.Services;
+using Cluster.ParameterServer.Telemetry;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
@@ -28,6 +29,8 @@ public sealed record ParameterServerOptions
     public string? CoordinatorUrl { get; init; }
     /// <summary>How long to keep trying to reach the coordinator at start.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>HTTP/1.1 port of /metrics, /timeline and /stats; 0 picks a free one.</summary>
+    public int HttpPort { get; init; }
 }
 
 /// <summary>Starts the parameter server's gRPC endpoint and registers it with the coordinator.</summary>
@@ -35,10 +38,13 @@ public sealed class ParameterServerHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private ParameterServerHost(WebApplication app, string url, ParameterStore store) => (_app, Url, Store) = (app, url, store);
+    private ParameterServerHost(WebApplication app, string url, string httpUrl, ParameterStore store) => (_app, Url, HttpUrl, Store) = (app, url, httpUrl, store);
 
     /// <summary>The gRPC address the server advertises.</summary>
     public string Url { get; }
+
+    /// <summary>Base URL of the HTTP side: /metrics, /timeline, /stats.</summary>
+    public string HttpUrl { get; }
 
     public ParameterStore Store { get; }
 
@@ -46,32 +52,44 @@ public sealed class ParameterServerHost : IAsyncDisposable
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
-            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => listen.Protocols = HttpProtocols.Http2));
-        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = 4 << 20);
+        {
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => (grpcListen = listen).Protocols = HttpProtocols.Http2);
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.HttpPort, listen => (httpListen = listen).Protocols = HttpProtocols.Http1);
+        });
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = 4 << 20;
+            grpc.Interceptors.Add<TelemetryInterceptor>();
+        });
         builder.Services.AddSingleton<ParameterStore>();
+        builder.Services.AddSingleton<ParameterServerTelemetry>();
         var app = builder.Build();
         app.MapGrpcService<ParameterServerService>();
+        app.MapTelemetryEndpoints();
         await app.StartAsync(cancellationToken);
 
-        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        string url = options.AdvertiseUrl ?? bound;
-        var host = new ParameterServerHost(app, url, app.Services.GetRequiredService<ParameterStore>());
+        string url = options.AdvertiseUrl ?? UrlOf(grpcListen!);
+        string httpUrl = UrlOf(httpListen!);
+        var host = new ParameterServerHost(app, url, httpUrl, app.Services.GetRequiredService<ParameterStore>());
         if (options.CoordinatorUrl is not null)
         {
-            try { await RegisterAsync(options, url, cancellationToken); }
+            try { await RegisterAsync(options, url, httpUrl, cancellationToken); }
             catch { await host.DisposeAsync(); throw; }
         }
         return host;
     }
 
-    private static async Task RegisterAsync(ParameterServerOptions options, string url, CancellationToken cancellationToken)
+    private static string UrlOf(ListenOptions listen) => $"http://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
+
+    private static async Task RegisterAsync(ParameterServerOptions options, string url, string httpUrl, CancellationToken cancellationToken)
     {
         using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl!);
         var coordinator = new Coordinator.CoordinatorClient(channel);
         await Reconnect.UntilAsync("coordinator", options.CoordinatorUrl!, options.ConnectTimeout,
             deadline => coordinator.RegisterParameterServerAsync(
-                new RegisterParameterServerRequest { Address = url }, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
+                new RegisterParameterServerRequest { Address = url, HttpUrl = httpUrl }, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
             cancellationToken);
     }
 

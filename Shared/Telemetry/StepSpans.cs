@@ -92,7 +92,7 @@ public static class ChromeTrace
     {
         Metadata(json, "process_name", pid, 0, processName);
         foreach (int track in spans.Select(s => Track(s, perRankTracks)).Distinct().Order())
-            Metadata(json, "thread_name", pid, track, track == AggregateTrack ? "aggregate" : $"rank {track}");
+            Metadata(json, "thread_name", pid, track, track == AggregateTrack ? "aggregate" : track < 0 ? "pulls (all ranks)" : $"rank {track}");
         foreach (var span in spans)
         {
             json.WriteStartObject();
