@@ -1,7 +1,9 @@
 using System.Net;
 using Cluster.Coordinator.Api;
+using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
+using Cluster.Coordinator.Telemetry;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
@@ -38,18 +40,23 @@ public sealed class CoordinatorHost : IAsyncDisposable
             kestrel.Listen(bind, options.GrpcPort, listen => (grpcListen = listen).Protocols = HttpProtocols.Http2);
             kestrel.Listen(bind, options.HttpPort, listen => (httpListen = listen).Protocols = HttpProtocols.Http1);
         });
-        builder.Services.AddGrpc();
+        builder.Services.AddGrpc(grpc => grpc.Interceptors.Add<CoordinatorInterceptor>());
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<JobBoard>();
         builder.Services.AddHostedService<MaintenanceService>();
+        builder.Services.AddObservability();
         var app = builder.Build();
         app.MapGrpcService<CoordinatorService>();
         app.MapJobsApi();
+        app.MapDashboard();
+        app.MapOpenApi("/openapi/{documentName}.json");
         await app.StartAsync(cancellationToken);
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
-        return new CoordinatorHost(app, Url(grpcListen!), Url(httpListen!));
+        var info = app.Services.GetRequiredService<CoordinatorInfo>();
+        (info.GrpcUrl, info.HttpUrl, info.StartedAt) = (Url(grpcListen!), Url(httpListen!), DateTimeOffset.UtcNow);
+        return new CoordinatorHost(app, info.GrpcUrl, info.HttpUrl);
     }
 
     private static string Url(ListenOptions listen) => $"http://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
