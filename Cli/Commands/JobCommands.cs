@@ -17,13 +17,16 @@ public static class JobCommands
     public static Command Local()
     {
         var job = new JobOptions();
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output };
+        var timeline = new Option<string?>("--timeline") { Description = "Save the job's timeline (Chrome trace JSON, opens in Perfetto) to this file when it ends" };
+        var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, slowWorker };
         job.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = ReadOutput(parse);
             var console = ProgressConsole(json);
-            var result = await new LocalCluster(console).RunAsync(job.Read(parse), cancellationToken);
+            var observability = new LocalObservability(parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker));
+            var result = await new LocalCluster(console, observability).RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });
         return command;

@@ -11,7 +11,7 @@ namespace Cluster.Cli.Local;
 /// `cluster local`: a coordinator, one parameter server and N workers as separate OS processes
 /// on loopback; submits the job, follows it, and stops every process it started.
 /// </summary>
-public sealed class LocalCluster(IAnsiConsole console)
+public sealed class LocalCluster(IAnsiConsole console, LocalObservability? observability = null)
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
@@ -30,13 +30,20 @@ public sealed class LocalCluster(IAnsiConsole console)
             foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
             for (int i = 0; i < spec.Workers; i++)
-                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString()], logDirectory);
+                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString(), .. WorkerExtras(i, spec.Workers)], logDirectory);
             console.MarkupLineInterpolated(
                 $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {spec.ParameterServers} parameter server(s), {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+            console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/");
 
             using var api = new CoordinatorApi(urls["http"], TimeSpan.FromSeconds(30));
             var job = await api.SubmitAsync(spec, cancellationToken);
-            return await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
+            var result = await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
+            if (observability?.TimelinePath is { } timeline)
+            {
+                await api.SaveTimelineAsync(job.Id, timeline, cancellationToken);
+                console.MarkupLineInterpolated($"Timeline (Chrome trace, opens in Perfetto): {timeline}");
+            }
+            return result;
         }
         catch (InvalidOperationException e)
         {
@@ -47,6 +54,10 @@ public sealed class LocalCluster(IAnsiConsole console)
             foreach (var role in roles) await role.DisposeAsync();
         }
     }
+
+    /// <summary>Test-only fault injection: the last worker is slowed down when asked.</summary>
+    private string[] WorkerExtras(int index, int workers) =>
+        observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? ["--slow-step-ms", o.SlowWorkerMillis.ToString()] : [];
 
     /// <summary>Rejects a bad job before any process starts.</summary>
     private static void Check(JobSpecification spec)
@@ -77,3 +88,6 @@ public sealed class LocalCluster(IAnsiConsole console)
             .Where(pair => pair.Length == 2)
             .ToDictionary(pair => pair[0], pair => pair[1]);
 }
+
+/// <summary>Observability options of `cluster local`: where to save the job's timeline, and a test-only slow worker.</summary>
+public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis);
