@@ -97,15 +97,16 @@ function jobFraction(job) {
 
 // ---- SVG line chart ----
 const svgNs = 'http://www.w3.org/2000/svg';
-function lineChart(svg, series, { xLabel, yLabel, yMin, yMax }) {
+function lineChart(svg, series, { xLabel, yLabel, yMin, yMax, xMax }) {
   const width = svg.clientWidth || 600, height = svg.clientHeight || 260;
   const pad = { left: 52, right: 12, top: 10, bottom: 34 };
   const all = series.flatMap(s => s.points);
   svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
   svg.replaceChildren();
+  svg.dataset.points = all.length;
   if (all.length === 0) { text(svg, width / 2, height / 2, 'waiting for data', 'middle'); return; }
   const xs = all.map(p => p[0]), ys = all.map(p => p[1]);
-  let x0 = Math.min(0, ...xs), x1 = Math.max(...xs, x0 + 1e-9);
+  let x0 = Math.min(0, ...xs), x1 = Math.max(...xs, xMax ?? 0, x0 + 1e-9);
   let y0 = yMin ?? Math.min(...ys), y1 = yMax ?? Math.max(...ys);
   if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
   const sx = x => pad.left + (x - x0) / (x1 - x0) * (width - pad.left - pad.right);
@@ -117,7 +118,7 @@ function lineChart(svg, series, { xLabel, yLabel, yMin, yMax }) {
   }
   for (let i = 0; i <= 5; i++) {
     const x = x0 + (x1 - x0) * i / 5;
-    text(svg, sx(x), height - pad.bottom + 14, x.toFixed(x1 - x0 < 5 ? 1 : 0), 'middle');
+    text(svg, sx(x), height - pad.bottom + 14, x.toFixed(x1 - x0 <= 1 ? 2 : x1 - x0 <= 5 ? 1 : 0), 'middle');
   }
   text(svg, (pad.left + width - pad.right) / 2, height - 4, xLabel, 'middle');
   const label = text(svg, 12, (pad.top + height - pad.bottom) / 2, yLabel, 'middle');
@@ -139,7 +140,6 @@ function lineChart(svg, series, { xLabel, yLabel, yMin, yMax }) {
       svg.appendChild(dot);
     }
   }
-  svg.dataset.points = all.length;
 }
 function line(svg, x1, y1, x2, y2, cls) {
   const l = document.createElementNS(svgNs, 'line');
@@ -249,7 +249,7 @@ function renderJob(view, id) {
     </section>
     <div class="grid2">
       <section class="card"><h2>Loss</h2>
-        <div class="legend"><span><i style="background:#2f6fed"></i>training (per report)</span><span><i style="background:#d64545"></i>test (per epoch)</span></div>
+        <div class="legend"><span><i style="background:#2f6fed"></i>training, one line per rank</span><span><i style="background:#d64545"></i>test (per epoch)</span></div>
         <svg class="chart" id="loss-chart"></svg></section>
       <section class="card"><h2>Test accuracy</h2><svg class="chart" id="accuracy-chart"></svg></section>
     </div>
@@ -280,13 +280,19 @@ function updateJob(view, { job, telemetry }) {
   view.querySelector('#job-rejected').textContent = `${telemetry.rejectedGradients} (${telemetry.refusedPushes})`;
   view.querySelector('#job-progress').style.width = `${(jobFraction(job) * 100).toFixed(1)}%`;
 
+  // One training-loss line per rank (each rank reports the loss of its own samples), then the test loss per epoch.
+  const rankBlues = ['#2f6fed', '#6f9bff', '#1c47a8', '#9bb9ff', '#3d5c99', '#5a87e6'];
+  const trainSeries = [...new Set(telemetry.loss.map(l => l.rank))].sort((a, b) => a - b).map(rank => ({
+    name: `train-rank-${rank}`, color: rankBlues[rank % rankBlues.length],
+    points: telemetry.loss.filter(l => l.rank === rank).map(l => [l.epoch, l.loss]).sort((a, b) => a[0] - b[0]),
+  }));
   lineChart(view.querySelector('#loss-chart'), [
-    { name: 'train', color: '#2f6fed', points: telemetry.loss.map(l => [l.epoch, l.loss]) },
+    ...trainSeries,
     { name: 'test', color: '#d64545', width: 2, dots: true, points: job.epochs.map(e => [e.epoch + 1, e.testLoss]) },
-  ], { xLabel: 'epoch', yLabel: 'loss', yMin: 0 });
+  ], { xLabel: 'epoch', yLabel: 'loss', yMin: 0, xMax: job.spec.epochs });
   lineChart(view.querySelector('#accuracy-chart'), [
     { name: 'accuracy', color: '#25a36f', width: 2, dots: true, points: job.epochs.map(e => [e.epoch + 1, e.accuracy * 100]) },
-  ], { xLabel: 'epoch', yLabel: 'test accuracy (%)' });
+  ], { xLabel: 'epoch', yLabel: 'test accuracy (%)', xMax: job.spec.epochs });
 
   const longest = Math.max(1e-9, ...telemetry.ranks.map(r => r.stepMillis));
   const segment = (phase, ms) => `<span class="phase-${phase}" title="${phase} ${fixed(ms, 2)} ms" style="width:${(ms / longest * 100).toFixed(2)}%"></span>`;

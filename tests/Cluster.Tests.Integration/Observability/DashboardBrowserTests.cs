@@ -33,6 +33,7 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output)
         });
         var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 1000 } });
         page.SetDefaultTimeout(60_000);
+        Assertions.SetDefaultExpectTimeout(60_000);
 
         // Overview: one row for the coordinator, one per parameter server, one per worker.
         await page.GotoAsync($"{api}/");
