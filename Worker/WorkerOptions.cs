@@ -23,6 +23,8 @@ public sealed record WorkerOptions
     public string HttpBindAddress { get; init; } = "127.0.0.1";
     /// <summary>Port of the HTTP listener; 0 picks a free one (the coordinator learns it at registration).</summary>
     public int HttpPort { get; init; }
+    /// <summary>Directory for TensorBoard event files (DIR/JOB/rank-R); null: none.</summary>
+    public string? TensorBoardDirectory { get; init; }
     /// <summary>Test-only fault injection: extra milliseconds added to the compute phase of every step.</summary>
     public int SlowStepMillis { get; init; }
 

@@ -18,14 +18,17 @@ public static class JobCommands
     {
         var job = new JobOptions();
         var timeline = new Option<string?>("--timeline") { Description = "Save the job's timeline (Chrome trace JSON, opens in Perfetto) to this file when it ends" };
+        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of the job to DIR/JOB/rank-R" };
         var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, slowWorker };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker };
         job.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = ReadOutput(parse);
             var console = ProgressConsole(json);
-            var observability = new LocalObservability(parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker));
+            var observability = new LocalObservability(
+                parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker),
+                parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null);
             var result = await new LocalCluster(console, observability).RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });

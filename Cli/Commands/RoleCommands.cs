@@ -66,8 +66,9 @@ public static class RoleCommands
         var once = new Option<bool>("--once") { Description = "Exit after one job instead of waiting for the next" };
         var httpBind = new Option<string>("--http-bind") { Description = "Address of the worker's HTTP listener (/metrics, /timeline)", DefaultValueFactory = _ => "127.0.0.1" };
         var httpPort = new Option<int>("--http-port") { Description = "Port of the worker's HTTP listener (0: any free port)", DefaultValueFactory = _ => 0 };
+        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of each job to DIR/JOB/rank-R" };
         var slowStep = new Option<int>("--slow-step-ms") { Description = "Test-only fault injection: add this many milliseconds to every step's compute", Hidden = true };
-        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, slowStep, ParentPid };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep, ParentPid };
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
@@ -76,6 +77,7 @@ public static class RoleCommands
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
                 ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
                 HttpBindAddress = parse.GetValue(httpBind)!, HttpPort = parse.GetValue(httpPort), SlowStepMillis = parse.GetValue(slowStep),
+                TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
             };
             var errors = options.Validate().ToList();
             if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);

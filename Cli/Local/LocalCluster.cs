@@ -55,9 +55,12 @@ public sealed class LocalCluster(IAnsiConsole console, LocalObservability? obser
         }
     }
 
-    /// <summary>Test-only fault injection: the last worker is slowed down when asked.</summary>
+    /// <summary>Extra worker options: TensorBoard output, and (test-only fault injection) a slowed last worker.</summary>
     private string[] WorkerExtras(int index, int workers) =>
-        observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? ["--slow-step-ms", o.SlowWorkerMillis.ToString()] : [];
+    [
+        .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
+        .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
+    ];
 
     /// <summary>Rejects a bad job before any process starts.</summary>
     private static void Check(JobSpecification spec)
@@ -90,4 +93,4 @@ public sealed class LocalCluster(IAnsiConsole console, LocalObservability? obser
 }
 
 /// <summary>Observability options of `cluster local`: where to save the job's timeline, and a test-only slow worker.</summary>
-public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis);
+public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis, string? TensorBoardDirectory);

@@ -25,6 +25,7 @@ public sealed class ParameterServerTrainer(
 {
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
     private StepTimer? _timer;
+    private TensorBoardLog? _tensorBoard;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -76,6 +77,7 @@ public sealed class ParameterServerTrainer(
         double lossSum = 0, epochLossSum = 0;
         long sampleCount = 0, epochSampleCount = 0;
         _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
+        _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
         int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
         for (int s = 0; s < stepCount; s++, step++)
         {
@@ -99,6 +101,7 @@ public sealed class ParameterServerTrainer(
                     StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
                 };
                 _timer.Drain(report);
+                _tensorBoard?.Progress(report, step + 1);
                 await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
                 (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
                 (lossSum, sampleCount) = (0, 0);
@@ -118,6 +121,12 @@ public sealed class ParameterServerTrainer(
             JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
+        if (_tensorBoard is not null && count > 0)
+        {
+            long correct = 0;
+            for (int c = 0; c < classCount; c++) correct += result.Confusion[c * classCount + c];
+            _tensorBoard.Evaluation(epoch, result.LossSum / count, (double)correct / count);
+        }
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
     }
 

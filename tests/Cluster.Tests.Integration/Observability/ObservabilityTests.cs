@@ -140,6 +140,19 @@ public sealed class ObservabilityTests(ObservedCluster cluster) : IClassFixture<
         Assert.Equal(2, job.RootElement.GetProperty("telemetry").GetProperty("ranks").GetArrayLength());
     }
 
+    [Fact]
+    public void A_worker_asked_for_TensorBoard_writes_event_files_with_the_job_s_scalars()
+    {
+        var files = Directory.GetFiles(cluster.TensorBoardDirectory, "events.out.tfevents.*", SearchOption.AllDirectories);
+
+        // Only the fast worker was started with --tensorboard; which rank it got is up to the scheduler.
+        string file = Assert.Single(files);
+        Assert.Equal(cluster.JobId, Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(file))));
+        string content = System.Text.Encoding.Latin1.GetString(File.ReadAllBytes(file));
+        foreach (string tag in new[] { "train/loss", "step/compute_ms", "step/wait_ms", "test/loss", "test/accuracy" })
+            Assert.Contains(tag, content, StringComparison.Ordinal);
+    }
+
     /// <summary>Runs Debian's `promtool check metrics` (package prometheus) on <paramref name="text"/>.</summary>
     private static async Task<(int ExitCode, string Output)> PromtoolAsync(string text)
     {

@@ -25,12 +25,14 @@ public sealed class ObservedCluster : IAsyncLifetime
     public string JobId { get; private set; } = "";
     public int SlowWorkerProcessId => _slowWorker!.ProcessId;
     public string Api => Coordinator.HttpUrl;
+    /// <summary>Where the fast worker writes TensorBoard event files.</summary>
+    public string TensorBoardDirectory { get; } = Directory.CreateTempSubdirectory("cluster-tensorboard-").FullName;
 
     public async Task InitializeAsync()
     {
         Coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), CancellationToken.None);
         Server = await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = Coordinator.GrpcUrl }, CancellationToken.None);
-        _fastWorker = ClusterCommand.Start("worker", "--coordinator", Coordinator.GrpcUrl, "--threads", "1");
+        _fastWorker = ClusterCommand.Start("worker", "--coordinator", Coordinator.GrpcUrl, "--threads", "1", "--tensorboard", TensorBoardDirectory);
         _slowWorker = ClusterCommand.Start("worker", "--coordinator", Coordinator.GrpcUrl, "--threads", "1", "--slow-step-ms", SlowStepMillis.ToString());
 
         var submitted = await Http.PostAsJsonAsync($"{Api}/api/jobs", new
@@ -61,5 +63,6 @@ public sealed class ObservedCluster : IAsyncLifetime
         if (Server is not null) await Server.DisposeAsync();
         if (Coordinator is not null) await Coordinator.DisposeAsync();
         Http.Dispose();
+        Directory.Delete(TensorBoardDirectory, recursive: true);
     }
 }
