@@ -57,6 +57,9 @@ public sealed class ParameterServerHost : IAsyncDisposable
         {
             kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => (grpcListen = listen).Protocols = HttpProtocols.Http2);
             kestrel.Listen(IPAddress.Parse(options.BindAddress), options.HttpPort, listen => (httpListen = listen).Protocols = HttpProtocols.Http1);
+            // Gradients arrive as long streams: flow-control windows of a few MiB keep the socket busy.
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
         });
         builder.Services.AddGrpc(grpc =>
         {

@@ -3,7 +3,6 @@ using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
 using Cluster.Shared.Wire;
-using Google.Protobuf;
 using Grpc.Core;
 
 namespace Cluster.ParameterServer.Services;
@@ -109,13 +108,11 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
                 await stream.WriteAsync(new PullMessage { Chunk = chunk });
             return;
         }
-        int length = weights.Length * ElementCodec.ElementBytes(dtype);
+        int elementBytes = ElementCodec.ElementBytes(dtype);
         ElementCodec.Encode(weights.Span, encoded, dtype);
-        // The message is serialised before WriteAsync completes, so the buffer can be reused at once.
-        await stream.WriteAsync(new PullMessage
-        {
-            Chunk = new TensorChunk { OffsetElements = start, Data = UnsafeByteOperations.UnsafeWrap(encoded.AsMemory(0, length)) },
-        });
+        // Each message is serialised before WriteAsync completes, so the buffer can be reused for the next partition.
+        foreach (var chunk in TensorWire.Chunks(encoded.AsMemory(0, weights.Length * elementBytes), start, elementBytes))
+            await stream.WriteAsync(new PullMessage { Chunk = chunk });
     }
 
     private JobParameters FindJob(string jobId) =>

@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Threading.Channels;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
@@ -27,6 +28,8 @@ public sealed class JobParameters
     private readonly RankPush[] _ranks;
     private int _partitionsAhead;                 // partitions already at Version + 1
     private TaskCompletionSource _progress = NewSignal();
+    private Exception? _failure;
+    private readonly Channel<int> _ready = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
 
     public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, float[] initialWeights,
         long rangeStart = 0, int partitionElements = DefaultPartitionElements)
@@ -44,6 +47,7 @@ public sealed class JobParameters
         _partitionArrivals = new int[PartitionCount];
         _excluded = Enumerable.Range(0, PartitionCount).Select(_ => new bool[worldSize]).ToArray();
         _ranks = Enumerable.Range(0, worldSize).Select(_ => new RankPush()).ToArray();
+        _ = Task.Run(ApplyLoopAsync);
     }
 
     public const int DefaultPartitionElements = Shared.Sharding.KeyRanges.DefaultPartitionElements;
@@ -108,7 +112,7 @@ public sealed class JobParameters
                     push.Rejected = true;
                     RejectedGradients++;
                 }
-                if (++_partitionArrivals[p] == WorldSize) ApplyPartition(p);
+                if (++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
         }
@@ -147,6 +151,7 @@ public sealed class JobParameters
             lock (_gate)
             {
                 if (_partitionVersions[partition] >= minVersion) return;
+                if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
                 progress = _progress.Task;
             }
             await progress.WaitAsync(cancellationToken);
@@ -159,23 +164,56 @@ public sealed class JobParameters
         for (int p = 0; p < PartitionCount; p++) await WaitForPartitionAsync(p, minVersion, cancellationToken);
     }
 
-    private void ApplyPartition(int partition)
+    /// <summary>
+    /// Applies partitions as they become complete, on its own task, so that the optimizer works
+    /// on partition p while the pushes of partition p + 1 are still being received. The heavy
+    /// work runs outside the lock: nobody reads or writes a complete partition until its
+    /// version moves on (the class remarks give the BSP argument).
+    /// </summary>
+    private async Task ApplyLoopAsync()
     {
-        int start = PartitionStart(partition), length = PartitionLength(partition);
-        var combined = _combinedGradient.AsSpan(start, length);
-        _aggregator.Combine(start, combined, _excluded[partition]);
-        _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, ++_partitionVersions[partition]);
-        _partitionArrivals[partition] = 0;
-        Array.Clear(_excluded[partition]);
-        if (++_partitionsAhead == PartitionCount)
+        try
         {
-            _partitionsAhead = 0;
-            Version++;
+            await ApplyReadyPartitionsAsync();
         }
-        var progress = _progress;
-        _progress = NewSignal();
-        progress.SetResult();
+        catch (Exception e)
+        {
+            // A bug, not an input: make every waiter fail loudly instead of hanging to its deadline.
+            lock (_gate)
+            {
+                _failure = e;
+                _progress.TrySetException(e);
+            }
+        }
     }
+
+    private async Task ApplyReadyPartitionsAsync()
+    {
+        await foreach (int partition in _ready.Reader.ReadAllAsync())
+        {
+            int start = PartitionStart(partition), length = PartitionLength(partition);
+            var combined = _combinedGradient.AsSpan(start, length);
+            _aggregator.Combine(start, combined, _excluded[partition]);
+            _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
+            lock (_gate)
+            {
+                _partitionVersions[partition]++;
+                _partitionArrivals[partition] = 0;
+                Array.Clear(_excluded[partition]);
+                if (++_partitionsAhead == PartitionCount)
+                {
+                    _partitionsAhead = 0;
+                    Version++;
+                }
+                var progress = _progress;
+                _progress = NewSignal();
+                progress.SetResult();
+            }
+        }
+    }
+
+    /// <summary>Stops the applier once the job is dropped.</summary>
+    public void Close() => _ready.Writer.TryComplete();
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 

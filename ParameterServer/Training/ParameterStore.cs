@@ -58,5 +58,10 @@ public sealed class ParameterStore
         return (job, created);
     }
 
-    public bool Remove(string jobId) => _jobs.TryRemove(jobId, out _);
+    public bool Remove(string jobId)
+    {
+        if (!_jobs.TryRemove(jobId, out var job)) return false;
+        job.Close();
+        return true;
+    }
 }

@@ -11,8 +11,14 @@ namespace Cluster.Shared.Wire;
 /// </summary>
 public static class TensorWire
 {
-    /// <summary>Largest chunk payload: well under gRPC's 4 MB message limit.</summary>
+    /// <summary>Largest chunk payload a receiver accepts: well under gRPC's 4 MB message limit.</summary>
     public const int ChunkBytesMax = 1 << 20;
+
+    /// <summary>
+    /// Payload of the chunks senders cut: below .NET's large-object threshold (85,000 bytes), so
+    /// that the receiver's per-message buffers are short-lived small objects, not LOH churn.
+    /// </summary>
+    public const int ChunkBytesSent = 64 << 10;
 
     private const int ElementBytes = sizeof(float);
 
@@ -22,7 +28,7 @@ public static class TensorWire
     /// </summary>
     public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements, long firstElement = 0, int elementBytes = ElementBytes)
     {
-        int step = ChunkBytesMax / elementBytes * elementBytes;
+        int step = ChunkBytesSent / elementBytes * elementBytes;
         for (int offset = 0; offset < elements.Length; offset += step)
         {
             int length = Math.Min(step, elements.Length - offset);
