@@ -68,7 +68,6 @@ public sealed class JobCounts(string jobId)
     private readonly object _gate = new();
     private long _step = -1;
     private int _pushersStarted;
-    private long _allPushingTimestamp;
 
     public string JobId { get; } = jobId;
     public long Pushes;
@@ -80,20 +79,14 @@ public sealed class JobCounts(string jobId)
     public long RejectedGradients;
     public long Version;
 
-    /// <summary>A rank began pushing <paramref name="step"/>; notes the time when the last of <paramref name="worldSize"/> ranks did.</summary>
-    public void PushStarted(long step, int worldSize, long timestamp)
+    /// <summary>A rank began pushing <paramref name="step"/>; returns true when it is the last of <paramref name="worldSize"/> ranks to do so.</summary>
+    public bool PushStarted(long step, int worldSize)
     {
         lock (_gate)
         {
             if (step != _step) (_step, _pushersStarted) = (step, 0);
-            if (++_pushersStarted == worldSize) _allPushingTimestamp = timestamp;
+            return ++_pushersStarted == worldSize;
         }
-    }
-
-    /// <summary>When every rank had started pushing <paramref name="step"/>, or null when not known.</summary>
-    public long? AllPushing(long step)
-    {
-        lock (_gate) return step == _step && _allPushingTimestamp != 0 ? _allPushingTimestamp : null;
     }
 }
 #pragma warning restore CA1051

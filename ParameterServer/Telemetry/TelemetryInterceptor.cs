@@ -12,8 +12,8 @@ namespace Cluster.ParameterServer.Telemetry;
 /// pull response stream to count bytes and time the server's side of each step, so that the
 /// service and the aggregation stay free of telemetry code. Spans:
 /// push = a rank's gradient stream from header to reply; aggregate = from the moment every
-/// rank is pushing step t to the reply that published version t + 1 (partitions are averaged
-/// and stepped as they arrive, so this is where that work happens); wait = a pull from its
+/// rank is pushing step t until version t + 1 is published (partitions are averaged and
+/// stepped as they arrive, so this is where that work happens); wait = a pull from its
 /// request to its first chunk; pull = from the first chunk to the last.
 /// </summary>
 public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, ParameterStore store) : Interceptor
@@ -29,7 +29,7 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
         try
         {
             var response = await continuation((IAsyncStreamReader<TRequest>)(object)reader, context);
-            reader.Completed(response as PushReply);
+            reader.Completed();
             return response;
         }
         catch (RpcException)
@@ -61,6 +61,23 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
         Interlocked.Add(ref counts.PulledBytes, observed.Bytes);
     }
 
+    /// <summary>Aggregate span of a step: from the moment every rank is pushing it until its version is published.</summary>
+    private async Task TimeAggregationAsync(JobParameters job, int rank, long step, long allPushing)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(AggregationWaitMax);
+            await job.WaitForVersionAsync(step + 1, timeout.Token);
+            _telemetry.Phase(job.JobId, rank, step, StepPhase.Aggregate, allPushing, Stopwatch.GetTimestamp());
+        }
+        catch (OperationCanceledException)
+        {
+            // The step never completed (a rank failed, the job was released): no span.
+        }
+    }
+
+    private static readonly TimeSpan AggregationWaitMax = TimeSpan.FromMinutes(5);
+
     private sealed class PushReader(IAsyncStreamReader<PushMessage> inner, TelemetryInterceptor owner) : IAsyncStreamReader<PushMessage>
     {
         private PushHeader? _header;
@@ -77,8 +94,8 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
             {
                 _header = message.Header;
                 _start = Stopwatch.GetTimestamp();
-                int worldSize = owner._store.Find(_header.JobId)?.WorldSize ?? 0;
-                owner._telemetry.Job(_header.JobId).PushStarted(_header.Step, worldSize, _start);
+                if (owner._store.Find(_header.JobId) is { } job && owner._telemetry.Job(_header.JobId).PushStarted(_header.Step, job.WorldSize))
+                    _ = owner.TimeAggregationAsync(job, _header.Rank, _header.Step, _start);
             }
             else if (message.BodyCase == PushMessage.BodyOneofCase.Chunk)
             {
@@ -87,14 +104,12 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
             return true;
         }
 
-        public void Completed(PushReply? reply)
+        public void Completed()
         {
             if (_header is null) return;
             long end = Stopwatch.GetTimestamp();
             var (telemetry, counts) = (owner._telemetry, owner._telemetry.Job(_header.JobId));
             telemetry.Phase(_header.JobId, _header.Rank, _header.Step, StepPhase.Push, _start, end);
-            if (reply is not null && reply.Version == _header.Step + 1 && counts.AllPushing(_header.Step) is { } allPushing)
-                telemetry.Phase(_header.JobId, _header.Rank, _header.Step, StepPhase.Aggregate, allPushing, end);
             telemetry.PushesAccepted.Increment();
             telemetry.BytesPushed.Increment(_bytes);
             Interlocked.Increment(ref counts.Pushes);
