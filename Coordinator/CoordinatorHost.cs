@@ -1,7 +1,9 @@
 using System.Net;
 using Cluster.Coordinator.Api;
+using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
+using Cluster.Coordinator.Telemetry;
 using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -53,20 +55,29 @@ public sealed class CoordinatorHost : IAsyncDisposable
                 ClusterEndpoints.Secure(listen, security, memberEndpoint: false);
             });
         });
-        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = options.GrpcMessageBytesMax);
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = options.GrpcMessageBytesMax;
+            grpc.Interceptors.Add<CoordinatorInterceptor>();
+        });
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<JobBoard>();
         builder.Services.AddHostedService<MaintenanceService>();
+        builder.Services.AddObservability();
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<CoordinatorService>();
         app.MapJobsApi();
+        app.MapDashboard();
+        app.MapOpenApi("/openapi/{documentName}.json");
         await app.StartAsync(cancellationToken);
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
         string scheme = ClusterEndpoints.Scheme(security);
-        return new CoordinatorHost(app, Url(scheme, grpcListen!), Url(scheme, httpListen!));
+        var info = app.Services.GetRequiredService<CoordinatorInfo>();
+        (info.GrpcUrl, info.HttpUrl, info.StartedAt) = (Url(scheme, grpcListen!), Url(scheme, httpListen!), DateTimeOffset.UtcNow);
+        return new CoordinatorHost(app, info.GrpcUrl, info.HttpUrl);
     }
 
     private static string Url(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";

@@ -41,6 +41,15 @@ public sealed class CoordinatorApi : IDisposable
         return await Read<List<JobView>>(response, cancellationToken);
     }
 
+    /// <summary>Saves the job's merged timeline (Chrome trace JSON) to <paramref name="path"/>.</summary>
+    public async Task SaveTimelineAsync(string jobId, string path, CancellationToken cancellationToken)
+    {
+        using var response = await Send(() => _http.GetAsync($"api/jobs/{Uri.EscapeDataString(jobId)}/timeline", HttpCompletionOption.ResponseHeadersRead, cancellationToken));
+        if (!response.IsSuccessStatusCode) await Read<JsonElement>(response, cancellationToken);
+        await using var file = File.Create(path);
+        await response.Content.CopyToAsync(file, cancellationToken);
+    }
+
     private async Task<HttpResponseMessage> Send(Func<Task<HttpResponseMessage>> request)
     {
         try

@@ -18,7 +18,10 @@ public static class JobCommands
     public static Command Local()
     {
         var job = new JobOptions();
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output };
+        var timeline = new Option<string?>("--timeline") { Description = "Save the job's timeline (Chrome trace JSON, opens in Perfetto) to this file when it ends" };
+        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of the job to DIR/JOB/rank-R" };
+        var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker };
         job.AddTo(command);
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -27,7 +30,10 @@ public static class JobCommands
             var console = ProgressConsole(json);
             bool given = parse.GetValue(Security.Secret) is not null || parse.GetValue(Security.SecretFile) is not null
                 || Environment.GetEnvironmentVariable(Shared.Security.ClusterSecret.EnvironmentVariable) is { Length: > 0 };
-            var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given, [.. Security.ChildArguments(parse)]);
+            var observability = new LocalObservability(
+                parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker),
+                parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null);
+            var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given, [.. Security.ChildArguments(parse)], observability);
             var result = await local.RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });

@@ -13,7 +13,8 @@ namespace Cluster.Cli.Local;
 /// on loopback; submits the job, follows it, and stops every process it started. The roles get
 /// the cluster secret through their environment (never on a command line others can read).
 /// </summary>
-public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security, bool secretGenerated, IReadOnlyList<string> tlsArguments)
+public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security, bool secretGenerated, IReadOnlyList<string> tlsArguments,
+    LocalObservability? observability = null)
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
@@ -34,15 +35,22 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
             for (int i = 0; i < spec.Workers; i++)
-                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString(), .. tlsArguments], logDirectory);
+                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString(), .. tlsArguments, .. WorkerExtras(i, spec.Workers)], logDirectory);
             console.MarkupLineInterpolated(
                 $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {spec.ParameterServers} parameter server(s), {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
             console.MarkupLineInterpolated(
                 $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}{string.Concat(tlsArguments.Select(a => " " + a))}`");
+            console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret)");
 
             using var api = new CoordinatorApi(urls["http"], security, TimeSpan.FromSeconds(30));
             var job = await api.SubmitAsync(spec, cancellationToken);
-            return await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
+            var result = await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
+            if (observability?.TimelinePath is { } timeline)
+            {
+                await api.SaveTimelineAsync(job.Id, timeline, cancellationToken);
+                console.MarkupLineInterpolated($"Timeline (Chrome trace, opens in Perfetto): {timeline}");
+            }
+            return result;
         }
         catch (InvalidOperationException e)
         {
@@ -53,6 +61,13 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             foreach (var role in roles) await role.DisposeAsync();
         }
     }
+
+    /// <summary>Extra worker options: TensorBoard output, and (test-only fault injection) a slowed last worker.</summary>
+    private string[] WorkerExtras(int index, int workers) =>
+    [
+        .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
+        .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
+    ];
 
     /// <summary>Rejects a bad job before any process starts.</summary>
     private static void Check(JobSpecification spec)
@@ -84,3 +99,6 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             .Where(pair => pair.Length == 2)
             .ToDictionary(pair => pair[0], pair => pair[1]);
 }
+
+/// <summary>Observability options of `cluster local`: where to save the job's timeline, and a test-only slow worker.</summary>
+public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis, string? TensorBoardDirectory);

@@ -14,17 +14,25 @@ public static class JobsApi
 {
     public static void MapJobsApi(this IEndpointRouteBuilder routes)
     {
-        var api = routes.MapGroup("/api");
-        api.MapPost("/jobs", Submit);
+        var api = routes.MapGroup("/api").WithTags("jobs");
+        api.MapPost("/jobs", Submit)
+            .Accepts<JobSpecification>("application/json").Produces<JobView>(StatusCodes.Status201Created).Produces<ErrorView>(StatusCodes.Status400BadRequest)
+            .WithSummary("Submit a job; it waits in the FIFO queue until enough workers are idle");
         api.MapGet("/jobs", (JobBoard board, TimeProvider time) =>
-            board.Read((jobs, _) => jobs.Values.Select(j => JobView.From(j, time.GetUtcNow())).ToList()));
+            board.Read((jobs, _) => jobs.Values.Select(j => JobView.From(j, time.GetUtcNow())).ToList()))
+            .WithSummary("Every job with its state, live progress and per-epoch results");
         api.MapGet("/jobs/{id}", (string id, JobBoard board, TimeProvider time) =>
             board.Read((jobs, _) => jobs.TryGetValue(id, out var job)
                 ? Results.Ok(JobView.From(job, time.GetUtcNow()))
-                : Results.NotFound(new ErrorView([$"id: '{id}' is not a job of this coordinator"]))));
+                : Results.NotFound(new ErrorView([$"id: '{id}' is not a job of this coordinator"]))))
+            .Produces<JobView>().Produces<ErrorView>(StatusCodes.Status404NotFound)
+            .WithSummary("One job with its state, live progress and per-epoch results");
         api.MapPost("/jobs/{id}/cancel", (string id, JobBoard board) =>
-            board.Cancel(id) ? Results.Ok() : Results.Conflict(new ErrorView([$"id: '{id}' is not a queued or running job"])));
-        api.MapGet("/cluster", (JobBoard board) => board.Read((_, members) => ClusterView.From(members)));
+            board.Cancel(id) ? Results.Ok() : Results.Conflict(new ErrorView([$"id: '{id}' is not a queued or running job"])))
+            .Produces(StatusCodes.Status200OK).Produces<ErrorView>(StatusCodes.Status409Conflict)
+            .WithSummary("Cancel a queued or running job");
+        api.MapGet("/cluster", (JobBoard board) => board.Read((_, members) => ClusterView.From(members)))
+            .WithSummary("Registered workers and parameter servers");
     }
 
     private static async Task<IResult> Submit(HttpRequest request, JobBoard board, CoordinatorOptions options, TimeProvider time)

@@ -27,6 +27,12 @@ public sealed class ParameterServerClient : IDisposable
 
     public string Address { get; }
 
+    /// <summary>Stopwatch timestamp of the last push's acknowledgement (step timeline: end of "push").</summary>
+    public long LastPushDoneTimestamp { get; private set; }
+
+    /// <summary>Stopwatch timestamp of the last pull's first chunk of parameters (step timeline: end of "wait").</summary>
+    public long LastPullFirstChunkTimestamp { get; private set; }
+
     /// <summary>The first call to the server: retried until the connect timeout while the server is not up yet.</summary>
     public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken) =>
         Reconnect.UntilAsync("parameter server", Address, _connectTimeout, async deadline =>
@@ -42,7 +48,9 @@ public sealed class ParameterServerClient : IDisposable
     {
         using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
         await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, chunks, cancellationToken));
-        return (await Guard(() => call.ResponseAsync)).Version;
+        long version = (await Guard(() => call.ResponseAsync)).Version;
+        LastPushDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+        return version;
     }
 
     /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>
@@ -62,7 +70,10 @@ public sealed class ParameterServerClient : IDisposable
                     $"parameter server {Address}: holds {header.ElementCount} elements for job {jobId}; this worker expects {destination.Length}");
             long received = 0;
             while (await stream.MoveNext(cancellationToken))
+            {
+                if (received == 0) LastPullFirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
                 received = ChunkReader.ReadDense(stream.Current.Chunk, header.Dtype, destination.Span, received);
+            }
             if (received != header.ElementCount)
                 throw new InvalidDataException($"parameter server {Address}: sent {received} of {header.ElementCount} elements");
             return true;

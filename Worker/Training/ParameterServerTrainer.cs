@@ -4,6 +4,7 @@ using Cluster.Shared.Jobs;
 using Cluster.Worker.Data;
 using Cluster.Worker.Evaluation;
 using Cluster.Worker.Models;
+using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -19,9 +20,12 @@ public sealed class ParameterServerTrainer(
     Assignment assignment,
     Coordinator.CoordinatorClient coordinator,
     WorkerOptions options,
-    ILogger logger)
+    ILogger logger,
+    WorkerTelemetry telemetry)
 {
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
+    private StepTimer? _timer;
+    private TensorBoardLog? _tensorBoard;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -70,28 +74,41 @@ public sealed class ParameterServerTrainer(
         int stepCount = offsets.Length - 1;
 
         var sinceReport = Stopwatch.StartNew();
-        double lossSum = 0;
-        long sampleCount = 0;
+        double lossSum = 0, epochLossSum = 0;
+        long sampleCount = 0, epochSampleCount = 0;
+        _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
+        _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
+        int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
         for (int s = 0; s < stepCount; s++, step++)
         {
+            _timer.BeginStep(step);
+            // Test-only fault injection: a slow device, counted as compute.
+            if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
             lossSum += GradientStep.Compute(model, loader, batch);
             sampleCount += batch.Length;
             vector.ReadGradients(AsBytes(gradients));
+            _timer.Computed();
             await servers.PushAndPullAsync(step, batch.Length, gradients, parameters, cancellationToken);
+            _timer.Exchanged(servers.PushesDoneTimestamp, servers.PullsStartedTimestamp, wireBytes, wireBytes, offsets[s + 1] - offsets[s]);
             vector.WriteParameters(AsBytes(parameters));
 
             if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
             {
-                await coordinator.ReportProgressAsync(new ReportProgressRequest
+                var report = new ReportProgressRequest
                 {
                     JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch,
                     StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
-                }, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                };
+                _timer.Drain(report);
+                _tensorBoard?.Progress(report, step + 1);
+                await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
                 (lossSum, sampleCount) = (0, 0);
                 sinceReport.Restart();
             }
         }
+        WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, epoch, step, epochSampleCount == 0 ? 0 : epochLossSum / epochSampleCount);
         return step;
     }
 
@@ -104,6 +121,12 @@ public sealed class ParameterServerTrainer(
             JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
+        if (_tensorBoard is not null && count > 0)
+        {
+            long correct = 0;
+            for (int c = 0; c < classCount; c++) correct += result.Confusion[c * classCount + c];
+            _tensorBoard.Evaluation(epoch, result.LossSum / count, (double)correct / count);
+        }
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
     }
 

@@ -57,6 +57,28 @@ public sealed class ShardedParameterClient : IDisposable
         return Task.WhenAll([.. pushes, PullAsync(step + 1, parameters, cancellationToken)]);
     }
 
+    /// <summary>When the last server acknowledged this rank's push (Stopwatch timestamp).</summary>
+    public long PushesDoneTimestamp
+    {
+        get
+        {
+            long latest = 0;
+            foreach (var server in _servers) latest = Math.Max(latest, server.LastPushDoneTimestamp);
+            return latest;
+        }
+    }
+
+    /// <summary>When every server had started sending the new version (Stopwatch timestamp): the end of the barrier wait.</summary>
+    public long PullsStartedTimestamp
+    {
+        get
+        {
+            long latest = 0;
+            foreach (var server in _servers) latest = Math.Max(latest, server.LastPullFirstChunkTimestamp);
+            return latest;
+        }
+    }
+
     public void Dispose()
     {
         foreach (var server in _servers) server.Dispose();
