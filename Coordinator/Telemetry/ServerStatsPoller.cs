@@ -17,7 +17,7 @@ public sealed class ServerStatsPoller(JobBoard board, MemberDirectory members, T
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var http = new HttpClient { Timeout = RequestTimeout };
+        using var http = MemberHttp.Create(RequestTimeout);
         using var timer = new PeriodicTimer(PollInterval);
         try
         {

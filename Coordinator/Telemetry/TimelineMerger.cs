@@ -24,7 +24,7 @@ public sealed class TimelineMerger(JobBoard board, MemberDirectory members)
             : null);
         if (sources is null) return false;
 
-        using var http = new HttpClient { Timeout = FetchTimeout };
+        using var http = MemberHttp.Create(FetchTimeout);
         var traces = await Task.WhenAll(sources.Select(source => FetchAsync(http, source.Url, jobId, cancellationToken)));
         await using var json = new Utf8JsonWriter(output);
         json.WriteStartObject();

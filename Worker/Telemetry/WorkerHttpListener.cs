@@ -38,7 +38,8 @@ public sealed class WorkerHttpListener : IAsyncDisposable
         }, "application/json"));
         await app.StartAsync(cancellationToken);
         var bound = listen!.IPEndPoint!;
-        string host = bound.Address.Equals(IPAddress.Any) || bound.Address.Equals(IPAddress.IPv6Any) ? Dns.GetHostName() : bound.Address.ToString();
+        string host = bound.Address.Equals(IPAddress.Any) || bound.Address.Equals(IPAddress.IPv6Any) ? Dns.GetHostName()
+            : bound.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address.ToString();
         return new WorkerHttpListener(app, $"http://{host}:{bound.Port}");
     }
 
