@@ -115,8 +115,9 @@ public sealed class ParameterServerHost : IAsyncDisposable
         app.MapTelemetryEndpoints();
         await app.StartAsync(cancellationToken);
 
-        string url = options.AdvertiseUrl ?? UrlOf(grpcListen!);
-        string httpUrl = UrlOf(httpListen!);
+        string scheme = ClusterEndpoints.Scheme(security);
+        string url = options.AdvertiseUrl ?? UrlOf(scheme, grpcListen!);
+        string httpUrl = UrlOf(scheme, httpListen!);
         var host = new ParameterServerHost(app, url, httpUrl, app.Services.GetRequiredService<ParameterStore>());
         if (options.CoordinatorUrl is not null)
         {
@@ -126,7 +127,7 @@ public sealed class ParameterServerHost : IAsyncDisposable
         return host;
     }
 
-    private static string UrlOf(ListenOptions listen) => $"http://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
+    private static string UrlOf(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
 
     private static async Task RegisterAsync(ParameterServerOptions options, string url, string httpUrl, CancellationToken cancellationToken)
     {

@@ -27,7 +27,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
         using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
-        await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, Telemetry, cancellationToken);
+        await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, options.Security!, Telemetry, cancellationToken);
         var registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
 

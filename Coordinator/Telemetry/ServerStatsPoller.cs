@@ -9,7 +9,7 @@ namespace Cluster.Coordinator.Telemetry;
 /// Asks every registered parameter server for its /stats every <see cref="PollInterval"/>, so
 /// that the dashboard shows whether each server answers and each job's rejected gradients.
 /// </summary>
-public sealed class ServerStatsPoller(JobBoard board, MemberDirectory members, TimeProvider time) : BackgroundService
+public sealed class ServerStatsPoller(JobBoard board, MemberDirectory members, CoordinatorOptions options, TimeProvider time) : BackgroundService
 {
     public static readonly TimeSpan PollInterval = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan RequestTimeout = TimeSpan.FromSeconds(2);
@@ -17,7 +17,7 @@ public sealed class ServerStatsPoller(JobBoard board, MemberDirectory members, T
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var http = MemberHttp.Create(RequestTimeout);
+        using var http = MemberHttp.Create(options.Security!, RequestTimeout);
         using var timer = new PeriodicTimer(PollInterval);
         try
         {

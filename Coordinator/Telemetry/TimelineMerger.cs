@@ -10,7 +10,7 @@ namespace Cluster.Coordinator.Telemetry;
 /// machine's wall clock in microseconds, so spans of different machines line up as far as
 /// their clocks agree. Members that do not answer are listed in otherData.missing.
 /// </summary>
-public sealed class TimelineMerger(JobBoard board, MemberDirectory members)
+public sealed class TimelineMerger(JobBoard board, MemberDirectory members, CoordinatorOptions options)
 {
     private static readonly TimeSpan FetchTimeout = TimeSpan.FromSeconds(10);
 
@@ -24,7 +24,7 @@ public sealed class TimelineMerger(JobBoard board, MemberDirectory members)
             : null);
         if (sources is null) return false;
 
-        using var http = MemberHttp.Create(FetchTimeout);
+        using var http = MemberHttp.Create(options.Security!, FetchTimeout);
         var traces = await Task.WhenAll(sources.Select(source => FetchAsync(http, source.Url, jobId, cancellationToken)));
         await using var json = new Utf8JsonWriter(output);
         json.WriteStartObject();

@@ -40,7 +40,7 @@ public static class ClusterEndpoints
     public static IApplicationBuilder RequireClusterSecret(this IApplicationBuilder app, ClusterSecret secret) =>
         app.Use(async (context, next) =>
         {
-            if (secret.Matches(context.Request.Headers.Authorization.Count == 1 ? context.Request.Headers.Authorization[0] : null))
+            if (IsPublicPageShell(context.Request) || secret.Matches(context.Request.Headers.Authorization.Count == 1 ? context.Request.Headers.Authorization[0] : null))
             {
                 await next(context);
                 return;
@@ -62,4 +62,13 @@ public static class ClusterEndpoints
             context.Response.Headers.WWWAuthenticate = "Bearer realm=\"cluster\"";
             await context.Response.WriteAsJsonAsync(new { errors = new[] { "authorization: " + message } });
         });
+
+    /// <summary>
+    /// The dashboard's page shell (its HTML, script and style, which hold no data) loads without
+    /// the secret, so that a browser can show the login form; everything it then fetches (the
+    /// API, the event streams, metrics) needs the secret like any other request.
+    /// </summary>
+    public static bool IsPublicPageShell(HttpRequest request) =>
+        HttpMethods.IsGet(request.Method) &&
+        (request.Path == "/" || (request.Path.StartsWithSegments("/dashboard", out var rest) && rest.HasValue && rest.Value!.Count(c => c == '/') == 1));
 }

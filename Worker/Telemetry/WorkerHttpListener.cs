@@ -1,3 +1,4 @@
+using Cluster.Shared.Security;
 using System.Net;
 using System.Text.Json;
 using Cluster.Shared.Telemetry;
@@ -23,13 +24,19 @@ public sealed class WorkerHttpListener : IAsyncDisposable
     /// <summary>Base URL the coordinator can reach this listener at.</summary>
     public string Url { get; }
 
-    public static async Task<WorkerHttpListener> StartAsync(string bindAddress, int port, WorkerTelemetry telemetry, CancellationToken cancellationToken)
+    public static async Task<WorkerHttpListener> StartAsync(
+        string bindAddress, int port, ClusterSecurity security, WorkerTelemetry telemetry, CancellationToken cancellationToken)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? listen = null;
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Parse(bindAddress), port, l => (listen = l).Protocols = HttpProtocols.Http1));
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Parse(bindAddress), port, l =>
+        {
+            (listen = l).Protocols = HttpProtocols.Http1;
+            ClusterEndpoints.Secure(l, security, memberEndpoint: false);
+        }));
         var app = builder.Build();
+        app.RequireClusterSecret(security.Secret);
         app.MapGet("/metrics", () => Results.Text(telemetry.Metrics.Scrape(), MetricRegistry.ContentType));
         app.MapGet("/timeline", (string? job) => Results.Stream(async stream =>
         {
@@ -40,7 +47,7 @@ public sealed class WorkerHttpListener : IAsyncDisposable
         var bound = listen!.IPEndPoint!;
         string host = bound.Address.Equals(IPAddress.Any) || bound.Address.Equals(IPAddress.IPv6Any) ? Dns.GetHostName()
             : bound.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address.ToString();
-        return new WorkerHttpListener(app, $"http://{host}:{bound.Port}");
+        return new WorkerHttpListener(app, $"{ClusterEndpoints.Scheme(security)}://{host}:{bound.Port}");
     }
 
     public async ValueTask DisposeAsync()

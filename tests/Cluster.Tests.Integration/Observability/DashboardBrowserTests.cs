@@ -35,8 +35,17 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output)
         page.SetDefaultTimeout(60_000);
         Assertions.SetDefaultExpectTimeout(60_000);
 
-        // Overview: one row for the coordinator, one per parameter server, one per worker.
+        // The page shell loads without the secret and asks for it; a wrong one is refused, the right one lets in.
         await page.GotoAsync($"{api}/");
+        await Expect(page.Locator("#login")).ToBeVisibleAsync();
+        await page.FillAsync("#login-secret", "not-the-secret");
+        await page.PressAsync("#login-secret", "Enter");
+        await Expect(page.Locator("#login")).ToBeVisibleAsync();
+        await page.FillAsync("#login-secret", TestSecurity.Secret.Value);
+        await page.PressAsync("#login-secret", "Enter");
+        await Expect(page.Locator("#login")).ToBeHiddenAsync();
+
+        // Overview: one row for the coordinator, one per parameter server, one per worker.
         await Expect(page.Locator("[data-testid=member-row][data-role=worker]")).ToHaveCountAsync(2);
         await Expect(page.Locator("[data-testid=member-row][data-role=parameter-server]")).ToHaveCountAsync(1);
         await Expect(page.Locator("[data-testid=member-row][data-role=coordinator]")).ToHaveCountAsync(1);
@@ -76,7 +85,7 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output)
     private static async Task<string> SlowWorkerIdAsync(string api, int localPid)
     {
         int slowPid = ProcessTable.WithCommandLineContaining($"--slow-step-ms").Intersect(ProcessTable.WithCommandLineContaining($"--parent-pid {localPid}")).Single();
-        using var http = new HttpClient();
+        using var http = TestSecurity.HttpClient();
         var members = await http.GetFromJsonAsync<JsonElement>($"{api}/api/members");
         return members.GetProperty("workers").EnumerateArray().Single(w => w.GetProperty("processId").GetInt32() == slowPid).GetProperty("id").GetString()!;
     }

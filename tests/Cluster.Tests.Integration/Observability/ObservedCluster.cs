@@ -21,7 +21,7 @@ public sealed class ObservedCluster : IAsyncLifetime
 
     public CoordinatorHost Coordinator { get; private set; } = null!;
     public ParameterServerHost Server { get; private set; } = null!;
-    public HttpClient Http { get; } = new() { Timeout = TimeSpan.FromSeconds(30) };
+    public HttpClient Http { get; } = TestSecurity.HttpClient();
     public string JobId { get; private set; } = "";
     public int SlowWorkerProcessId => _slowWorker!.ProcessId;
     public string Api => Coordinator.HttpUrl;
@@ -30,8 +30,10 @@ public sealed class ObservedCluster : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        Coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), CancellationToken.None);
-        Server = await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = Coordinator.GrpcUrl }, CancellationToken.None);
+        Http.Timeout = TimeSpan.FromSeconds(30);
+        Coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, CancellationToken.None);
+        Server = await ParameterServerHost.StartAsync(
+            new ParameterServerOptions { CoordinatorUrl = Coordinator.GrpcUrl, Security = TestSecurity.Loopback }, CancellationToken.None);
         _fastWorker = ClusterCommand.Start("worker", "--coordinator", Coordinator.GrpcUrl, "--threads", "1", "--tensorboard", TensorBoardDirectory);
         _slowWorker = ClusterCommand.Start("worker", "--coordinator", Coordinator.GrpcUrl, "--threads", "1", "--slow-step-ms", SlowStepMillis.ToString());
 
