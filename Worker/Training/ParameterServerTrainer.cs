@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using Cluster.Protos;
 using Cluster.Shared.Jobs;
-using Cluster.Worker.Data;
+using Cluster.Worker.Checkpoints;
 using Cluster.Worker.Evaluation;
-using Cluster.Worker.Models;
+using Cluster.Worker.Tasks;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -27,14 +27,9 @@ public sealed class ParameterServerTrainer(
     {
         var spec = assignment.Spec;
         var device = DeviceSelector.Resolve(options.Device ?? spec.Device);
-        var data = DatasetCatalog.Load(spec.Dataset, spec.DataDir.Length == 0 ? null : spec.DataDir);
-        var train = data.Train.Take(spec.TrainLimit);
-        var test = data.Test.Take(spec.TestLimit);
-
-        using var trainLoader = new BatchLoader(train, device);
-        using var testLoader = new BatchLoader(test, device);
-        using var model = ModelZoo.Create(spec.Model, spec.Seed, train.Height, train.Width, train.ClassCount);
-        model.to(device);
+        var job = JobSpecification.FromProto(spec, assignment.WorldSize);
+        using var task = TrainingTasks.Create(job, device);
+        var model = task.Model;
         using var vector = new ParameterVector(model);
         var parameters = new byte[vector.ByteCount];
         var gradients = new byte[vector.ByteCount];
@@ -47,19 +42,20 @@ public sealed class ParameterServerTrainer(
         long step = 0;
         for (int epoch = 0; epoch < spec.Epochs; epoch++)
         {
-            step = await TrainEpochAsync(epoch, step, model, trainLoader, vector, server, parameters, gradients, cancellationToken);
+            step = await TrainEpochAsync(epoch, step, task, vector, server, parameters, gradients, cancellationToken);
             await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
             vector.WriteParameters(parameters);
-            await EvaluateAsync(epoch, model, testLoader, train.ClassCount, cancellationToken);
+            if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
+            await EvaluateAsync(epoch, task, cancellationToken);
         }
     }
 
     private async Task<long> TrainEpochAsync(
-        int epoch, long step, nn.Module<Tensor, Tensor> model, BatchLoader loader, ParameterVector vector,
+        int epoch, long step, ITrainingTask task, ParameterVector vector,
         ParameterServerClient server, byte[] parameters, byte[] gradients, CancellationToken cancellationToken)
     {
         var shard = await coordinator.GetShardAsync(
-            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = loader.Count },
+            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
             deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
         int[] indices = [.. shard.SampleIndices];
         int[] offsets = [.. shard.StepOffsets];
@@ -73,7 +69,7 @@ public sealed class ParameterServerTrainer(
             await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
             vector.WriteParameters(parameters);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
-            lossSum += GradientStep.Compute(model, loader, batch);
+            lossSum += task.ComputeGradient(batch);
             sampleCount += batch.Length;
             vector.ReadGradients(gradients);
             var header = new PushHeader { JobId = assignment.JobId, Rank = assignment.Rank, Step = step, SampleCount = batch.Length, Dtype = DType.Float32 };
@@ -93,13 +89,13 @@ public sealed class ParameterServerTrainer(
         return step;
     }
 
-    private async Task EvaluateAsync(int epoch, nn.Module<Tensor, Tensor> model, BatchLoader loader, int classCount, CancellationToken cancellationToken)
+    private async Task EvaluateAsync(int epoch, ITrainingTask task, CancellationToken cancellationToken)
     {
-        var (start, count) = Evaluator.Slice(loader.Count, assignment.Rank, assignment.WorldSize);
-        var result = Evaluator.Evaluate(model, loader, start, count, classCount);
+        var (start, count) = Evaluator.Slice(task.TestCount, assignment.Rank, assignment.WorldSize);
+        var result = task.Evaluate(start, count);
         var request = new ReportEvaluationRequest
         {
-            JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
+            JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = task.ClassCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
