@@ -6,10 +6,10 @@ namespace Cluster.Coordinator.Jobs;
 
 public enum JobState { Queued, Running, Succeeded, Failed, Cancelled }
 
-/// <summary>Results of one finished epoch.</summary>
+/// <summary>Results of one finished epoch. Perplexity (e^test loss per token) only for language models.</summary>
 public sealed record EpochResult(
     int Epoch, double TrainLoss, double TestLoss, double Accuracy, double Precision, double Recall, double F1,
-    double SamplesPerSecond, double Seconds);
+    double SamplesPerSecond, double Seconds, double? Perplexity = null);
 
 /// <summary>
 /// A job's state at the coordinator: its ranks, epoch plans, progress reports and the
@@ -96,7 +96,8 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
         Results.Add(new EpochResult(
             epoch, progress.SampleCount == 0 ? 0 : progress.LossSum / progress.SampleCount, metrics.Loss,
             metrics.Accuracy, metrics.Precision, metrics.Recall, metrics.F1,
-            seconds > 0 ? progress.SampleCount / seconds : 0, seconds));
+            seconds > 0 ? progress.SampleCount / seconds : 0, seconds,
+            Spec.IsLanguageModel ? Math.Exp(metrics.Loss) : null));
         return true;
     }
 

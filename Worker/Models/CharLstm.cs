@@ -5,13 +5,13 @@ using static TorchSharp.torch;
 namespace Cluster.Worker.Models;
 
 /// <summary>
-/// Character language model: embedding (32) → one LSTM layer (256 hidden) → linear head over the
+/// Character language model: embedding (32) → one LSTM layer (128 hidden) → linear head over the
 /// vocabulary. Tokens [N, T] int64 → next-token logits [N, T, V]; each window starts from a zero state.
 /// </summary>
 public sealed class CharLstm : nn.Module<Tensor, Tensor>
 {
     private const int EmbeddingSize = 32;
-    private const int HiddenSize = 256;
+    private const int HiddenSize = 128;
 
     private readonly Embedding embedding;
     private readonly LSTM lstm;

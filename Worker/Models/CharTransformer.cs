@@ -36,7 +36,7 @@ public sealed class CharTransformer : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor tokens)
     {
         long length = tokens.shape[1];
-        var x = embedding.call(tokens).mul_(Math.Sqrt(ModelSize)).add_(get_buffer("positions")!.narrow(0, 0, length));
+        var x = embedding.call(tokens).add_(get_buffer("positions")!.narrow(0, 0, length));
         foreach (var block in blocks) x = block.call(x);
         return head.call(norm.call(x));
     }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Cluster.Tests.Integration.Support;
+using Cluster.Worker.Data;
 using Xunit.Abstractions;
 
 namespace Cluster.Tests.Integration.Models;
@@ -43,5 +44,67 @@ public sealed class ModelZooTrainingTests(ITestOutputHelper output)
         output.WriteLine($"after 2 epochs: cnn {cnnAccuracy:P2}, resnet {resnetAccuracy:P2}");
         Assert.True(cnnAccuracy > 0.80, $"cnn reached only {cnnAccuracy:P2}; the comparison needs a cnn that trained");
         Assert.True(resnetAccuracy > cnnAccuracy, $"resnet {resnetAccuracy:P2} did not beat cnn {cnnAccuracy:P2} after 2 epochs");
+    }
+
+    [Theory]
+    [InlineData("lstm")]
+    [InlineData("transformer")]
+    public async Task Language_models_reach_a_validation_loss_40_percent_below_the_uniform_guess_on_the_default_corpus(string model)
+    {
+        int vocabulary = TextCorpus.Load(null).Vocabulary.Count;
+        double uniform = Math.Log(vocabulary);
+
+        var epochs = await TrainAsync(output, ["--model", model, "--dataset", "text", "--epochs", "2", "--batch-size", "32", "--lr", "3e-3", "--seed", "1"]);
+
+        double loss = epochs[^1].GetProperty("testLoss").GetDouble();
+        double perplexity = epochs[^1].GetProperty("perplexity").GetDouble();
+        output.WriteLine($"{model}: validation loss {loss:0.000} nats/char, perplexity {perplexity:0.00}; uniform guess ln({vocabulary}) = {uniform:0.000}, bound {0.6 * uniform:0.000}");
+        Assert.True(loss <= 0.6 * uniform, $"{model} validation loss {loss:0.000} is not 40 % below ln({vocabulary}) = {uniform:0.000}");
+        Assert.Equal(Math.Exp(loss), perplexity, 6);
+        Assert.True(epochs[^1].GetProperty("trainLoss").GetDouble() < epochs[0].GetProperty("trainLoss").GetDouble(), "train loss did not fall");
+    }
+
+    [Theory]
+    [InlineData("cross-entropy")]
+    [InlineData("mse")]
+    [InlineData("bce")]
+    public async Task Each_loss_trains_a_classifier_on_the_synthetic_dataset(string loss)
+    {
+        var epochs = await TrainAsync(output, ["--model", "mlp", "--dataset", "synthetic", "--loss", loss, "--epochs", "1", "--train-limit", "3000"]);
+
+        double accuracy = epochs[^1].GetProperty("accuracy").GetDouble();
+        Assert.True(accuracy >= 0.9, $"mlp with {loss} reached {accuracy:P2} on the synthetic set; expected >= 90 %");
+    }
+
+    [Fact]
+    public async Task A_cnn_trains_on_cifar10_binary_files()
+    {
+        // Learnable CIFAR-10-format files: each class's images are its own colour plus noise.
+        string directory = Directory.CreateTempSubdirectory("cifar10-e2e-").FullName;
+        try
+        {
+            var random = new Random(5);
+            foreach (var (file, count) in new[] { ("data_batch_1.bin", 1000), ("data_batch_2.bin", 1000), ("test_batch.bin", 500) })
+            {
+                var bytes = new byte[count * 3073];
+                for (int r = 0; r < count; r++)
+                {
+                    int label = random.Next(10);
+                    bytes[r * 3073] = (byte)label;
+                    for (int i = 0; i < 3072; i++)
+                        bytes[r * 3073 + 1 + i] = (byte)((label * 23 + i / 1024 * 7 + random.Next(16)) % 256);
+                }
+                File.WriteAllBytes(Path.Combine(directory, file), bytes);
+            }
+
+            var epochs = await TrainAsync(output, ["--model", "cnn", "--dataset", "cifar10", "--data", directory, "--epochs", "2", "--batch-size", "32", "--lr", "3e-3"]);
+
+            double accuracy = epochs[^1].GetProperty("accuracy").GetDouble();
+            Assert.True(accuracy >= 0.8, $"cnn reached {accuracy:P2} on colour-coded CIFAR-10 files; expected >= 80 % (chance: 10 %)");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 }
