@@ -15,7 +15,15 @@ public sealed class LocalCluster(IAnsiConsole console)
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
-    public async Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken)
+    public Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken) =>
+        RunAsync(spec, async (api, roles, token) =>
+        {
+            var job = await api.SubmitAsync(spec, token);
+            return await new JobWatcher(api, console, roles).WatchAsync(job.Id, token);
+        }, cancellationToken);
+
+    /// <summary>Starts the cluster sized for <paramref name="spec"/>, runs <paramref name="work"/> against its API, stops it.</summary>
+    public async Task<T> RunAsync<T>(JobSpecification spec, Func<CoordinatorApi, IReadOnlyList<RoleProcess>, CancellationToken, Task<T>> work, CancellationToken cancellationToken)
     {
         Check(spec);
         string logDirectory = Directory.CreateTempSubdirectory("cluster-local-").FullName;
@@ -33,8 +41,7 @@ public sealed class LocalCluster(IAnsiConsole console)
                 $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), 1 parameter server, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
 
             using var api = new CoordinatorApi(urls["http"], TimeSpan.FromSeconds(30));
-            var job = await api.SubmitAsync(spec, cancellationToken);
-            return await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
+            return await work(api, roles, cancellationToken);
         }
         catch (InvalidOperationException e)
         {
