@@ -74,6 +74,14 @@ public sealed class ModelZooTrainingTests(ITestOutputHelper output)
 
         double accuracy = epochs[^1].GetProperty("accuracy").GetDouble();
         Assert.True(accuracy >= 0.9, $"mlp with {loss} reached {accuracy:P2} on the synthetic set; expected >= 90 %");
+        // The result carries the merged confusion matrix over the whole test set and per-class figures.
+        var confusion = epochs[^1].GetProperty("confusion").EnumerateArray().Select(c => c.GetInt64()).ToList();
+        Assert.Equal(100, confusion.Count);
+        Assert.Equal(1000, confusion.Sum());
+        var perClass = epochs[^1].GetProperty("perClass").EnumerateArray().ToList();
+        Assert.Equal(10, perClass.Count);
+        Assert.Equal(1000, perClass.Sum(c => c.GetProperty("support").GetInt64()));
+        Assert.Equal(epochs[^1].GetProperty("f1").GetDouble(), perClass.Average(c => c.GetProperty("f1").GetDouble()), 9);
     }
 
     [Fact]
