@@ -59,9 +59,16 @@ public static class SweepCommand
             if (errors.Count > 0) throw new CliException(string.Join(Environment.NewLine, errors), exitCode: 2);
 
             var console = json ? AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }) : AnsiConsole.Console;
-            var views = parse.GetValue(api) is { } url
-                ? await RunAsync(new CoordinatorApi(url, TimeSpan.FromSeconds(30)), [], plan, console, cancellationToken)
-                : await new LocalCluster(console).RunAsync(baseSpec, (client, roles, token) => RunAsync(client, roles, plan, console, token), cancellationToken);
+            IReadOnlyList<JobView> views;
+            if (parse.GetValue(api) is { } url)
+            {
+                using var remote = new CoordinatorApi(url, TimeSpan.FromSeconds(30));
+                views = await RunAsync(remote, [], plan, console, cancellationToken);
+            }
+            else
+            {
+                views = await new LocalCluster(console).RunAsync(baseSpec, (client, roles, token) => RunAsync(client, roles, plan, console, token), cancellationToken);
+            }
             var result = Rank(plan, views, baseSpec.IsLanguageModel);
             if (json) Console.Out.WriteLine(JsonSerializer.Serialize(result, CoordinatorApi.Json));
             else Print(console, result);

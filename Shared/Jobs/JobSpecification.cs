@@ -49,6 +49,7 @@ public sealed record JobSpecification
     /// <summary>Where rank 0 writes the trained parameters (safetensors) after the last epoch; null: nowhere.</summary>
     public string? SaveTo { get; init; }
 
+    [System.Text.Json.Serialization.JsonIgnore]
     public bool IsLanguageModel => LanguageModels.Contains(Model);
 
     /// <summary>Every problem with this job, each naming the field, the value and what was expected.</summary>
@@ -134,7 +135,8 @@ public sealed record JobSpecification
         Device = spec.Device,
         Loss = spec.Loss.Length == 0 ? "cross-entropy" : spec.Loss,
         InitFrom = spec.InitFrom.Length == 0 ? null : spec.InitFrom,
-        Freeze = [.. spec.Freeze],
+        // The shared empty list when none, so that a spec without freezing round-trips equal (lists compare by reference in record equality).
+        Freeze = spec.Freeze.Count == 0 ? [] : [.. spec.Freeze],
         ReplaceHead = spec.ReplaceHead,
         SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
     };
