@@ -9,6 +9,7 @@ using Cluster.Shared.Rpc;
 //   cluster coordinator|ps|worker   one role, for clusters spread over machines
 //   cluster submit|status     jobs on a running coordinator
 //   cluster sweep             hyperparameter search, one job per trial
+//   cluster secret|certs      a cluster secret, development TLS certificates
 var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
 var local = JobCommands.Local();
 root.Subcommands.Add(local);
@@ -18,6 +19,8 @@ root.Subcommands.Add(RoleCommands.Worker());
 root.Subcommands.Add(JobCommands.Submit());
 root.Subcommands.Add(JobCommands.Status());
 root.Subcommands.Add(Cluster.Cli.Tuning.SweepCommand.Create());
+root.Subcommands.Add(SecurityCommands.Secret());
+root.Subcommands.Add(SecurityCommands.Certificates());
 
 var parse = root.Parse(args.Length == 0 ? ["local"] : args);
 try
@@ -29,7 +32,7 @@ catch (CliException e)
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return e.ExitCode;
 }
-catch (PeerUnreachableException e)
+catch (Exception e) when (e is PeerUnreachableException or PeerRefusedException)
 {
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return 1;
@@ -38,6 +41,11 @@ catch (Exception e) when (e is ArgumentException or FileNotFoundException or Inv
 {
     await Console.Error.WriteLineAsync($"error: {e.Message}");
     return 2;
+}
+catch (Grpc.Core.RpcException e)
+{
+    await Console.Error.WriteLineAsync($"error: a cluster peer answered {e.StatusCode}: {e.Status.Detail}");
+    return 1;
 }
 catch (OperationCanceledException)
 {

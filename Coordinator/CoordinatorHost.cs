@@ -1,9 +1,14 @@
 using System.Net;
 using Cluster.Coordinator.Api;
+using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
+using Cluster.Coordinator.Telemetry;
+using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -13,7 +18,8 @@ namespace Cluster.Coordinator;
 
 /// <summary>
 /// Starts the coordinator: gRPC for cluster members on one port (HTTP/2), the JSON API on
-/// another (HTTP/1.1, so that browsers and curl reach it without TLS).
+/// another (HTTP/1.1, so that browsers and curl reach it). Both require the cluster secret and
+/// serve TLS when certificates are given; the gRPC port may also require member certificates.
 /// </summary>
 public sealed class CoordinatorHost : IAsyncDisposable
 {
@@ -24,6 +30,8 @@ public sealed class CoordinatorHost : IAsyncDisposable
     public string GrpcUrl { get; }
     public string HttpUrl { get; }
     public JobBoard Board => _app.Services.GetRequiredService<JobBoard>();
+    /// <summary>Every endpoint the coordinator serves (gRPC methods and HTTP routes), for tests that must cover them all.</summary>
+    public IReadOnlyList<Endpoint> Endpoints => _app.Services.GetRequiredService<EndpointDataSource>().Endpoints;
 
     public static async Task<CoordinatorHost> StartAsync(CoordinatorOptions options, CancellationToken cancellationToken)
     {
@@ -32,27 +40,47 @@ public sealed class CoordinatorHost : IAsyncDisposable
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning).AddFilter("Cluster", LogLevel.Information);
         var bind = IPAddress.Parse(options.BindAddress);
+        var security = options.Security!;
         ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(bind, options.GrpcPort, listen => (grpcListen = listen).Protocols = HttpProtocols.Http2);
-            kestrel.Listen(bind, options.HttpPort, listen => (httpListen = listen).Protocols = HttpProtocols.Http1);
+            kestrel.Listen(bind, options.GrpcPort, listen =>
+            {
+                (grpcListen = listen).Protocols = HttpProtocols.Http2;
+                ClusterEndpoints.Secure(listen, security, memberEndpoint: true);
+            });
+            kestrel.Listen(bind, options.HttpPort, listen =>
+            {
+                (httpListen = listen).Protocols = HttpProtocols.Http1;
+                ClusterEndpoints.Secure(listen, security, memberEndpoint: false);
+            });
         });
-        builder.Services.AddGrpc();
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = options.GrpcMessageBytesMax;
+            grpc.Interceptors.Add<CoordinatorInterceptor>();
+        });
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<JobBoard>();
         builder.Services.AddHostedService<MaintenanceService>();
+        builder.Services.AddObservability();
         var app = builder.Build();
+        app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<CoordinatorService>();
         app.MapJobsApi();
+        app.MapDashboard();
+        app.MapOpenApi("/openapi/{documentName}.json");
         await app.StartAsync(cancellationToken);
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
-        return new CoordinatorHost(app, Url(grpcListen!), Url(httpListen!));
+        string scheme = ClusterEndpoints.Scheme(security);
+        var info = app.Services.GetRequiredService<CoordinatorInfo>();
+        (info.GrpcUrl, info.HttpUrl, info.StartedAt) = (Url(scheme, grpcListen!), Url(scheme, httpListen!), DateTimeOffset.UtcNow);
+        return new CoordinatorHost(app, info.GrpcUrl, info.HttpUrl);
     }
 
-    private static string Url(ListenOptions listen) => $"http://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
+    private static string Url(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
 
     public Task WaitForShutdownAsync(CancellationToken cancellationToken) => _app.WaitForShutdownAsync(cancellationToken);
 

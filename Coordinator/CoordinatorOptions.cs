@@ -1,3 +1,5 @@
+using Cluster.Shared.Security;
+
 namespace Cluster.Coordinator;
 
 /// <summary>Settings of the coordinator process, with units and defaults in one place.</summary>
@@ -13,6 +15,16 @@ public sealed record CoordinatorOptions
     public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(1);
     /// <summary>Silence after which a worker is declared dead.</summary>
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>The cluster secret and TLS settings; required (see SECURITY.md).</summary>
+    public ClusterSecurity? Security { get; init; }
+    /// <summary>Largest gRPC message the coordinator accepts from a member, in bytes.</summary>
+    public int GrpcMessageBytesMax { get; init; } = ClusterTransport.MessageBytesMaxDefault;
+    /// <summary>Largest request body of the JSON API, in bytes (a job spec is well under 1 KiB).</summary>
+    public int ApiBodyBytesMax { get; init; } = 64 << 10;
+    /// <summary>Jobs that may wait in the queue; further submissions are refused until some start.</summary>
+    public int QueuedJobsMax { get; init; } = 256;
+    /// <summary>Live workers that may be registered at once.</summary>
+    public int WorkersMax { get; init; } = 4096;
 
     public IEnumerable<string> Validate()
     {
@@ -22,5 +34,11 @@ public sealed record CoordinatorOptions
         if (HttpPort is < 0 or > 65535) yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
         if (HeartbeatTimeout <= HeartbeatInterval * 2)
             yield return $"heartbeat-timeout: {HeartbeatTimeout.TotalSeconds} s; expected more than twice the heartbeat interval ({HeartbeatInterval.TotalSeconds} s)";
+        if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
+        else foreach (string error in Security.ValidateServing(BindAddress)) yield return error;
+        if (GrpcMessageBytesMax < 64 << 10) yield return $"grpc-message-bytes-max: {GrpcMessageBytesMax}; expected at least 65536";
+        if (ApiBodyBytesMax < 1 << 10) yield return $"api-body-bytes-max: {ApiBodyBytesMax}; expected at least 1024";
+        if (QueuedJobsMax < 1) yield return $"queued-jobs-max: {QueuedJobsMax}; expected 1 or more";
+        if (WorkersMax < 1) yield return $"workers-max: {WorkersMax}; expected 1 or more";
     }
 }

@@ -1,9 +1,10 @@
 using System.Net;
 using Cluster.ParameterServer.Services;
+using Cluster.ParameterServer.Telemetry;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
-using Grpc.Net.Client;
+using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -28,6 +29,33 @@ public sealed record ParameterServerOptions
     public string? CoordinatorUrl { get; init; }
     /// <summary>How long to keep trying to reach the coordinator at start.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>The cluster secret and TLS settings; required (see SECURITY.md).</summary>
+    public ClusterSecurity? Security { get; init; }
+    /// <summary>Largest gRPC message accepted, in bytes: a 1 MiB chunk plus its framing, or a header with a model's layout.</summary>
+    public int GrpcMessageBytesMax { get; init; } = ClusterTransport.MessageBytesMaxDefault;
+    /// <summary>Largest model (this server's key range of it) one job may hold, in bytes of float32 weights.</summary>
+    public long ModelBytesMax { get; init; } = ParameterStore.ElementsMax * sizeof(float);
+    /// <summary>Memory one job may take, in bytes: its weights, optimizer state and one gradient buffer per rank.</summary>
+    public long JobMemoryBytesMax { get; init; } = 32L << 30;
+    /// <summary>Jobs whose parameters this server holds at once.</summary>
+    public int JobsMax { get; init; } = 64;
+
+    /// <summary>HTTP/1.1 port of /metrics, /timeline and /stats; 0 picks a free one.</summary>
+    public int HttpPort { get; init; }
+
+    public IEnumerable<string> Validate()
+    {
+        if (!IPAddress.TryParse(BindAddress, out _)) yield return $"bind: '{BindAddress}' is not an IP address";
+        if (Port is < 0 or > 65535) yield return $"port: {Port} is out of range; expected 0 to 65535";
+        if (HttpPort is < 0 or > 65535) yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
+        if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
+        else foreach (string error in Security.ValidateServing(BindAddress)) yield return error;
+        if (GrpcMessageBytesMax < 2 << 20) yield return $"grpc-message-bytes-max: {GrpcMessageBytesMax}; expected at least {2 << 20} (a 1 MiB chunk and its framing)";
+        if (ModelBytesMax is < 4 or > ParameterStore.ElementsMax * sizeof(float))
+            yield return $"model-bytes-max: {ModelBytesMax}; expected 4 to {ParameterStore.ElementsMax * sizeof(float)}";
+        if (JobMemoryBytesMax < ModelBytesMax) yield return $"job-memory-bytes-max: {JobMemoryBytesMax}; expected at least model-bytes-max ({ModelBytesMax})";
+        if (JobsMax < 1) yield return $"jobs-max: {JobsMax}; expected 1 or more";
+    }
 }
 
 /// <summary>Starts the parameter server's gRPC endpoint and registers it with the coordinator.</summary>
@@ -35,43 +63,78 @@ public sealed class ParameterServerHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private ParameterServerHost(WebApplication app, string url, ParameterStore store) => (_app, Url, Store) = (app, url, store);
+    private ParameterServerHost(WebApplication app, string url, string httpUrl, ParameterStore store) => (_app, Url, HttpUrl, Store) = (app, url, httpUrl, store);
 
     /// <summary>The gRPC address the server advertises.</summary>
     public string Url { get; }
 
+    /// <summary>Base URL of the HTTP side: /metrics, /timeline, /stats.</summary>
+    public string HttpUrl { get; }
+
     public ParameterStore Store { get; }
+
+    /// <summary>Every endpoint the server serves, for tests that must cover them all.</summary>
+    public IReadOnlyList<Microsoft.AspNetCore.Http.Endpoint> Endpoints =>
+        _app.Services.GetRequiredService<Microsoft.AspNetCore.Routing.EndpointDataSource>().Endpoints;
 
     public static async Task<ParameterServerHost> StartAsync(ParameterServerOptions options, CancellationToken cancellationToken)
     {
+        var errors = options.Validate().ToList();
+        if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        var security = options.Security!;
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
-            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen => listen.Protocols = HttpProtocols.Http2));
-        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = 4 << 20);
+        {
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.Port, listen =>
+            {
+                (grpcListen = listen).Protocols = HttpProtocols.Http2;
+                ClusterEndpoints.Secure(listen, security, memberEndpoint: true);
+            });
+            kestrel.Listen(IPAddress.Parse(options.BindAddress), options.HttpPort, listen =>
+            {
+                (httpListen = listen).Protocols = HttpProtocols.Http1;
+                ClusterEndpoints.Secure(listen, security, memberEndpoint: false);
+            });
+            // Gradients arrive as long streams: flow-control windows of a few MiB keep the socket busy.
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 16 << 20;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 8 << 20;
+        });
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = options.GrpcMessageBytesMax;
+            grpc.Interceptors.Add<TelemetryInterceptor>();
+        });
+        builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<ParameterStore>();
+        builder.Services.AddSingleton<ParameterServerTelemetry>();
         var app = builder.Build();
+        app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();
+        app.MapTelemetryEndpoints();
         await app.StartAsync(cancellationToken);
 
-        string bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        string url = options.AdvertiseUrl ?? bound;
-        var host = new ParameterServerHost(app, url, app.Services.GetRequiredService<ParameterStore>());
+        string url = options.AdvertiseUrl ?? UrlOf(grpcListen!);
+        string httpUrl = UrlOf(httpListen!);
+        var host = new ParameterServerHost(app, url, httpUrl, app.Services.GetRequiredService<ParameterStore>());
         if (options.CoordinatorUrl is not null)
         {
-            try { await RegisterAsync(options, url, cancellationToken); }
+            try { await RegisterAsync(options, url, httpUrl, cancellationToken); }
             catch { await host.DisposeAsync(); throw; }
         }
         return host;
     }
 
-    private static async Task RegisterAsync(ParameterServerOptions options, string url, CancellationToken cancellationToken)
+    private static string UrlOf(ListenOptions listen) => $"http://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
+
+    private static async Task RegisterAsync(ParameterServerOptions options, string url, string httpUrl, CancellationToken cancellationToken)
     {
-        using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl!);
+        using var channel = ClusterTransport.Channel(options.CoordinatorUrl!, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         await Reconnect.UntilAsync("coordinator", options.CoordinatorUrl!, options.ConnectTimeout,
             deadline => coordinator.RegisterParameterServerAsync(
-                new RegisterParameterServerRequest { Address = url }, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
+                new RegisterParameterServerRequest { Address = url, HttpUrl = httpUrl }, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
             cancellationToken);
     }
 

@@ -1,8 +1,9 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
+using Cluster.Worker.Telemetry;
 using Cluster.Worker.Training;
 using Grpc.Core;
-using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
 
 namespace Cluster.Worker;
@@ -18,12 +19,16 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     private string? _currentJobId;
     private CancellationTokenSource? _currentJob;
 
+    /// <summary>This process's metrics and step spans, served by its HTTP listener.</summary>
+    public WorkerTelemetry Telemetry { get; } = new();
+
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
-        using var channel = GrpcChannel.ForAddress(options.CoordinatorUrl);
+        using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
-        var registration = await RegisterAsync(coordinator, cancellationToken);
+        await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, Telemetry, cancellationToken);
+        var registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
 
         using var stopping = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -62,14 +67,19 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     {
         using var job = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         lock (_gate) (_currentJobId, _currentJob) = (assignment.JobId, job);
+        using var scope = WorkerLog.JobScope(_logger, assignment.JobId, assignment.Rank);
+        Telemetry.Training.Set(1);
+        string outcome = "failed";
         try
         {
-            await new ParameterServerTrainer(assignment, coordinator, options, _logger).RunAsync(job.Token);
+            await new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token);
             WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
+            outcome = "succeeded";
         }
         catch (OperationCanceledException) when (job.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
             WorkerLog.JobAborted(_logger, assignment.JobId);
+            outcome = "aborted";
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -82,14 +92,17 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         finally
         {
             lock (_gate) (_currentJobId, _currentJob) = (null, null);
+            Telemetry.Training.Set(0);
+            Telemetry.JobsFinished.WithLabels(outcome).Increment();
         }
     }
 
-    private Task<RegisterWorkerReply> RegisterAsync(Coordinator.CoordinatorClient coordinator, CancellationToken cancellationToken)
+    private Task<RegisterWorkerReply> RegisterAsync(Coordinator.CoordinatorClient coordinator, string httpUrl, CancellationToken cancellationToken)
     {
         var request = new RegisterWorkerRequest
         {
             Host = Environment.MachineName, Device = options.Device ?? "auto", ProcessId = Environment.ProcessId,
+            HttpUrl = httpUrl, DeviceDetail = DeviceDescription.Describe(options.Device ?? "auto"),
         };
         return Reconnect.UntilAsync("coordinator", options.CoordinatorUrl, options.ConnectTimeout,
             deadline => coordinator.RegisterWorkerAsync(request, deadline: deadline, cancellationToken: cancellationToken).ResponseAsync,
@@ -109,6 +122,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
                     new HeartbeatRequest { WorkerId = registration.WorkerId },
                     deadline: DateTime.UtcNow + interval * 3, cancellationToken: stopping.Token);
                 lastAnswer = DateTime.UtcNow;
+                Telemetry.Heartbeats.Increment();
                 if (reply.AbortJobId.Length > 0)
                     lock (_gate)
                         if (reply.AbortJobId == _currentJobId) _currentJob?.Cancel();

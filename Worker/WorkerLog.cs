@@ -17,6 +17,13 @@ internal static partial class WorkerLog
     [LoggerMessage(Level = LogLevel.Error, Message = "Job {JobId}: rank {Rank} failed: {Reason}")]
     public static partial void JobFailed(ILogger logger, string jobId, int rank, string reason);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank} trained epoch {Epoch} up to step {Step}, loss {Loss:0.0000}")]
+    public static partial void EpochTrained(ILogger logger, string jobId, int rank, int epoch, long step, double loss);
+
+    /// <summary>A scope that puts the job and rank on every log record written inside it (structured logs).</summary>
+    public static IDisposable? JobScope(ILogger logger, string jobId, int rank) =>
+        logger.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["Rank"] = rank });
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: aborted by the coordinator")]
     public static partial void JobAborted(ILogger logger, string jobId);
 }

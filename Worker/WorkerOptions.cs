@@ -1,3 +1,5 @@
+using Cluster.Shared.Security;
+
 namespace Cluster.Worker;
 
 /// <summary>Settings of one worker process, with their units and defaults in one place.</summary>
@@ -19,6 +21,16 @@ public sealed record WorkerOptions
     public TimeSpan BarrierTimeout { get; init; } = TimeSpan.FromMinutes(5);
     /// <summary>Exit after one job instead of waiting for the next.</summary>
     public bool SingleJob { get; init; }
+    /// <summary>The cluster secret and TLS settings; required (see SECURITY.md).</summary>
+    public ClusterSecurity? Security { get; init; }
+    /// <summary>Address of the HTTP listener for /metrics and /timeline.</summary>
+    public string HttpBindAddress { get; init; } = "127.0.0.1";
+    /// <summary>Port of the HTTP listener; 0 picks a free one (the coordinator learns it at registration).</summary>
+    public int HttpPort { get; init; }
+    /// <summary>Directory for TensorBoard event files (DIR/JOB/rank-R); null: none.</summary>
+    public string? TensorBoardDirectory { get; init; }
+    /// <summary>Test-only fault injection: extra milliseconds added to the compute phase of every step.</summary>
+    public int SlowStepMillis { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -26,6 +38,13 @@ public sealed record WorkerOptions
             yield return $"coordinator: '{CoordinatorUrl}' is not an address; expected http://HOST:PORT or https://HOST:PORT";
         if (Device is not null && !Shared.Jobs.DeviceNames.IsValid(Device))
             yield return $"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N";
+        if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
+        if (!System.Net.IPAddress.TryParse(HttpBindAddress, out _))
+            yield return $"http-bind: '{HttpBindAddress}' is not an IP address";
+        if (HttpPort is < 0 or > 65535)
+            yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
+        if (SlowStepMillis < 0)
+            yield return $"slow-step-ms: {SlowStepMillis} is out of range; expected 0 or more";
         if (Threads < 0)
             yield return $"threads: {Threads} is out of range; expected 0 (default) or more";
     }

@@ -2,17 +2,26 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Cluster.Coordinator.Api;
 using Cluster.Shared.Jobs;
+using Cluster.Shared.Security;
 
 namespace Cluster.Cli.Api;
 
 /// <summary>Client of the coordinator's JSON API; every failure names the address.</summary>
-public sealed class CoordinatorApi(string baseUrl, TimeSpan requestTimeout) : IDisposable
+public sealed class CoordinatorApi : IDisposable
 {
     public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web) { WriteIndented = true };
 
-    private readonly HttpClient _http = new() { BaseAddress = new Uri(baseUrl.TrimEnd('/') + "/"), Timeout = requestTimeout };
+    private readonly HttpClient _http;
 
-    public string BaseUrl { get; } = baseUrl;
+    /// <summary>Every request carries the cluster secret; an https API must present a certificate of the cluster CA when one is given.</summary>
+    public CoordinatorApi(string baseUrl, ClusterSecurity security, TimeSpan requestTimeout)
+    {
+        BaseUrl = baseUrl;
+        try { _http = ClusterTransport.HttpClient(baseUrl, security, requestTimeout); }
+        catch (ArgumentException e) { throw new CliException(e.Message, exitCode: 2); }
+    }
+
+    public string BaseUrl { get; }
 
     public async Task<JobView> SubmitAsync(JobSpecification spec, CancellationToken cancellationToken)
     {
@@ -30,6 +39,15 @@ public sealed class CoordinatorApi(string baseUrl, TimeSpan requestTimeout) : ID
     {
         using var response = await Send(() => _http.GetAsync("api/jobs", cancellationToken));
         return await Read<List<JobView>>(response, cancellationToken);
+    }
+
+    /// <summary>Saves the job's merged timeline (Chrome trace JSON) to <paramref name="path"/>.</summary>
+    public async Task SaveTimelineAsync(string jobId, string path, CancellationToken cancellationToken)
+    {
+        using var response = await Send(() => _http.GetAsync($"api/jobs/{Uri.EscapeDataString(jobId)}/timeline", HttpCompletionOption.ResponseHeadersRead, cancellationToken));
+        if (!response.IsSuccessStatusCode) await Read<JsonElement>(response, cancellationToken);
+        await using var file = File.Create(path);
+        await response.Content.CopyToAsync(file, cancellationToken);
     }
 
     private async Task<HttpResponseMessage> Send(Func<Task<HttpResponseMessage>> request)

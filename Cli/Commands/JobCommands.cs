@@ -11,19 +11,30 @@ namespace Cluster.Cli.Commands;
 public static class JobCommands
 {
     private static readonly Option<string> Output = new("--output") { Description = "text, or json: the final result as one JSON document on stdout", DefaultValueFactory = _ => "text" };
+    private static readonly SecurityOptions Security = new();
     private static readonly Option<string> ApiUrl = new("--api") { Description = "Coordinator's JSON API, e.g. http://10.0.0.1:5080", Required = true };
 
     /// <summary>With no arguments, `cluster` runs this with its defaults: the main job.</summary>
     public static Command Local()
     {
         var job = new JobOptions();
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output };
+        var timeline = new Option<string?>("--timeline") { Description = "Save the job's timeline (Chrome trace JSON, opens in Perfetto) to this file when it ends" };
+        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of the job to DIR/JOB/rank-R" };
+        var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker };
         job.AddTo(command);
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = ReadOutput(parse);
             var console = ProgressConsole(json);
-            var result = await new LocalCluster(console).RunAsync(job.Read(parse), cancellationToken);
+            bool given = parse.GetValue(Security.Secret) is not null || parse.GetValue(Security.SecretFile) is not null
+                || Environment.GetEnvironmentVariable(Shared.Security.ClusterSecret.EnvironmentVariable) is { Length: > 0 };
+            var observability = new LocalObservability(
+                parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker),
+                parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null);
+            var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given, [.. Security.ChildArguments(parse)], observability);
+            var result = await local.RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });
         return command;
@@ -35,11 +46,12 @@ public static class JobCommands
         var wait = new Option<bool>("--wait") { Description = "Follow the job until it ends and print its metrics" };
         var command = new Command("submit", "Submit a job to a running coordinator") { ApiUrl, wait, Output };
         job.AddTo(command);
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = ReadOutput(parse);
             var console = ProgressConsole(json);
-            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, TimeSpan.FromSeconds(30));
+            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, Security.Read(parse), TimeSpan.FromSeconds(30));
             var submitted = await api.SubmitAsync(job.Read(parse), cancellationToken);
             if (!parse.GetValue(wait))
             {
@@ -57,10 +69,11 @@ public static class JobCommands
     {
         var jobId = new Argument<string?>("job") { Description = "Job id (default: list all jobs)", Arity = ArgumentArity.ZeroOrOne };
         var command = new Command("status", "Show one job, or all jobs, of a running coordinator") { ApiUrl, Output, jobId };
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = ReadOutput(parse);
-            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, TimeSpan.FromSeconds(30));
+            using var api = new CoordinatorApi(parse.GetValue(ApiUrl)!, Security.Read(parse), TimeSpan.FromSeconds(30));
             var jobs = parse.GetValue(jobId) is { } id ? [await api.GetJobAsync(id, cancellationToken)] : await api.ListJobsAsync(cancellationToken);
             foreach (var job in jobs)
             {

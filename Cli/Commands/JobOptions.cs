@@ -15,7 +15,7 @@ public sealed class JobOptions
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Passes over the training set", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Samples per worker per step", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<int> Workers { get; } = new("--workers") { Description = "Number of workers", DefaultValueFactory = _ => Defaults.Workers };
-    public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
+    public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam, adamw or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
     public Option<double> LearningRate { get; } = new("--lr") { Description = "Learning rate", DefaultValueFactory = _ => Defaults.Optimizer.LearningRate };
     public Option<double> Momentum { get; } = new("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.0 };
     public Option<double> WeightDecay { get; } = new("--weight-decay") { Description = "L2 penalty", DefaultValueFactory = _ => 0.0 };
@@ -29,9 +29,13 @@ public sealed class JobOptions
     public Option<bool> ReplaceHead { get; } = new("--replace-head") { Description = "Fine-tune: do not load the last layer; train it from fresh weights" };
     public Option<string?> SaveTo { get; } = new("--save-to") { Description = "Write the trained parameters as safetensors to this path (on rank 0's machine) after the last epoch" };
 
+    public Option<int> ParameterServers { get; } = new("--ps") { Description = "Parameter-server shards the model is cut across", DefaultValueFactory = _ => 1 };
+    public Option<string> WireDtype { get; } = new("--wire-dtype") { Description = "Gradients and parameters on the wire: float32, bfloat16 or float16", DefaultValueFactory = _ => "float32" };
+    public Option<double> TopK { get; } = new("--topk") { Description = "Send only this fraction of each gradient partition (largest first, error feedback); 0: off", DefaultValueFactory = _ => 0.0 };
+
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, Loss, InitFrom, Freeze, ReplaceHead, SaveTo })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo })
             command.Options.Add(option);
     }
 
@@ -54,6 +58,9 @@ public sealed class JobOptions
         Device = parse.GetValue(Device)!,
         TrainLimit = parse.GetValue(TrainLimit),
         TestLimit = parse.GetValue(TestLimit),
+        ParameterServers = parse.GetValue(ParameterServers),
+        WireDtype = parse.GetValue(WireDtype)!,
+        TopKRatio = parse.GetValue(TopK),
         Loss = parse.GetValue(Loss)!,
         InitFrom = parse.GetValue(InitFrom) is { } from ? Path.GetFullPath(from) : null,
         Freeze = [.. (parse.GetValue(Freeze) ?? []).SelectMany(f => f.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],

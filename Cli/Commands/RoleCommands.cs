@@ -14,13 +14,16 @@ public static class RoleCommands
     private static readonly Option<string> Bind = new("--bind") { Description = "Address to listen on", DefaultValueFactory = _ => "127.0.0.1" };
     private static readonly Option<int> Port = new("--port") { Description = "gRPC port (0: any free port)", DefaultValueFactory = _ => 0 };
     private static readonly Option<string> CoordinatorUrl = new("--coordinator") { Description = "Coordinator's gRPC address, e.g. http://10.0.0.1:5000", Required = true };
+    private static readonly SecurityOptions Security = new();
     private static readonly Option<double> ConnectTimeout = new("--connect-timeout") { Description = "Seconds to keep trying to reach the coordinator", DefaultValueFactory = _ => 15.0 };
 
     public static Command Coordinator()
     {
         var httpPort = new Option<int>("--http-port") { Description = "JSON API port (0: any free port)", DefaultValueFactory = _ => 0 };
         var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
-        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, ParentPid };
+        var queuedMax = new Option<int>("--queued-jobs-max") { Description = "Jobs that may wait in the queue", DefaultValueFactory = _ => new CoordinatorOptions().QueuedJobsMax };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ParentPid };
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
@@ -28,6 +31,7 @@ public static class RoleCommands
             {
                 BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
                 HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
+                QueuedJobsMax = parse.GetValue(queuedMax), Security = Security.Read(parse),
             };
             await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
             await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");
@@ -40,7 +44,10 @@ public static class RoleCommands
     public static Command ParameterServer()
     {
         var advertise = new Option<string?>("--advertise") { Description = "URL workers use to reach this server (default: the bound address)" };
-        var command = new Command("ps", "Run a parameter server") { CoordinatorUrl, Bind, Port, advertise, ConnectTimeout, ParentPid };
+        var modelBytesMax = new Option<long>("--model-bytes-max") { Description = "Largest model one job may hold on this server, in bytes", DefaultValueFactory = _ => new ParameterServerOptions().ModelBytesMax };
+        var httpPort = new Option<int>("--http-port") { Description = "Port of the HTTP side (/metrics, /timeline, /stats; 0: any free port)", DefaultValueFactory = _ => 0 };
+        var command = new Command("ps", "Run a parameter server") { CoordinatorUrl, Bind, Port, advertise, httpPort, ConnectTimeout, modelBytesMax, ParentPid };
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
@@ -48,9 +55,11 @@ public static class RoleCommands
             {
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl), BindAddress = parse.GetValue(Bind)!, Port = parse.GetValue(Port),
                 AdvertiseUrl = parse.GetValue(advertise), ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
+                ModelBytesMax = parse.GetValue(modelBytesMax), Security = Security.Read(parse),
+                HttpPort = parse.GetValue(httpPort),
             };
             await using var host = await ParameterServerHost.StartAsync(options, cancellationToken);
-            await Ready($"grpc={host.Url}");
+            await Ready($"grpc={host.Url} http={host.HttpUrl}");
             await host.WaitForShutdownAsync(cancellationToken);
             return 0;
         });
@@ -62,18 +71,25 @@ public static class RoleCommands
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
         var threads = new Option<int>("--threads") { Description = "libtorch threads (0: libtorch's default)", DefaultValueFactory = _ => 0 };
         var once = new Option<bool>("--once") { Description = "Exit after one job instead of waiting for the next" };
-        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, ParentPid };
+        var httpBind = new Option<string>("--http-bind") { Description = "Address of the worker's HTTP listener (/metrics, /timeline)", DefaultValueFactory = _ => "127.0.0.1" };
+        var httpPort = new Option<int>("--http-port") { Description = "Port of the worker's HTTP listener (0: any free port)", DefaultValueFactory = _ => 0 };
+        var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of each job to DIR/JOB/rank-R" };
+        var slowStep = new Option<int>("--slow-step-ms") { Description = "Test-only fault injection: add this many milliseconds to every step's compute", Hidden = true };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep, ParentPid };
+        Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
             var options = new WorkerOptions
             {
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
-                ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
+                ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)), Security = Security.Read(parse),
+                HttpBindAddress = parse.GetValue(httpBind)!, HttpPort = parse.GetValue(httpPort), SlowStepMillis = parse.GetValue(slowStep),
+                TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
             };
             var errors = options.Validate().ToList();
             if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);
-            using var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; }));
+            using var logging = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; o.IncludeScopes = true; o.TimestampFormat = "HH:mm:ss "; }));
             await new WorkerHost(options, logging).RunAsync(cancellationToken);
             return 0;
         });

@@ -2,6 +2,7 @@ using Cluster.Cli.Api;
 using Cluster.Cli.Watching;
 using Cluster.Coordinator.Api;
 using Cluster.Shared.Jobs;
+using Cluster.Shared.Security;
 using Cluster.Worker.Data;
 using Spectre.Console;
 
@@ -9,9 +10,11 @@ namespace Cluster.Cli.Local;
 
 /// <summary>
 /// `cluster local`: a coordinator, one parameter server and N workers as separate OS processes
-/// on loopback; submits the job, follows it, and stops every process it started.
+/// on loopback; submits the job, follows it, and stops every process it started. The roles get
+/// the cluster secret through their environment (never on a command line others can read).
 /// </summary>
-public sealed class LocalCluster(IAnsiConsole console)
+public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security, bool secretGenerated, IReadOnlyList<string> tlsArguments,
+    LocalObservability? observability = null)
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
@@ -19,7 +22,13 @@ public sealed class LocalCluster(IAnsiConsole console)
         RunAsync(spec, async (api, roles, token) =>
         {
             var job = await api.SubmitAsync(spec, token);
-            return await new JobWatcher(api, console, roles).WatchAsync(job.Id, token);
+            var result = await new JobWatcher(api, console, roles).WatchAsync(job.Id, token);
+            if (observability?.TimelinePath is { } timeline)
+            {
+                await api.SaveTimelineAsync(job.Id, timeline, token);
+                console.MarkupLineInterpolated($"Timeline (Chrome trace, opens in Perfetto): {timeline}");
+            }
+            return result;
         }, cancellationToken);
 
     /// <summary>Starts the cluster sized for <paramref name="spec"/>, runs <paramref name="work"/> against its API, stops it.</summary>
@@ -27,20 +36,27 @@ public sealed class LocalCluster(IAnsiConsole console)
     {
         Check(spec);
         string logDirectory = Directory.CreateTempSubdirectory("cluster-local-").FullName;
+        string secretFile = Path.Combine(logDirectory, "secret");
+        security.Secret.WriteTo(secretFile);
         var roles = new List<RoleProcess>();
         try
         {
-            var coordinator = Start(roles, "coordinator", ["coordinator", "--port", "0", "--http-port", "0"], logDirectory);
+            var coordinator = Start(roles, "coordinator", ["coordinator", "--port", "0", "--http-port", "0", .. tlsArguments], logDirectory);
             var urls = ParseUrls(await coordinator.WaitReadyAsync(ReadyTimeout, cancellationToken));
-            var server = Start(roles, "parameter server", ["ps", "--coordinator", urls["grpc"]], logDirectory);
-            await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
+            var servers = Enumerable.Range(0, spec.ParameterServers)
+                .Select(k => Start(roles, $"parameter server {k}", ["ps", "--coordinator", urls["grpc"], .. tlsArguments], logDirectory))
+                .ToList();
+            foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
             for (int i = 0; i < spec.Workers; i++)
-                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString()], logDirectory);
+                Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString(), .. tlsArguments, .. WorkerExtras(i, spec.Workers)], logDirectory);
             console.MarkupLineInterpolated(
-                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), 1 parameter server, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {spec.ParameterServers} parameter server(s), {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+            console.MarkupLineInterpolated(
+                $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}{string.Concat(tlsArguments.Select(a => " " + a))}`");
+            console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret)");
 
-            using var api = new CoordinatorApi(urls["http"], TimeSpan.FromSeconds(30));
+            using var api = new CoordinatorApi(urls["http"], security, TimeSpan.FromSeconds(30));
             return await work(api, roles, cancellationToken);
         }
         catch (InvalidOperationException e)
@@ -52,6 +68,13 @@ public sealed class LocalCluster(IAnsiConsole console)
             foreach (var role in roles) await role.DisposeAsync();
         }
     }
+
+    /// <summary>Extra worker options: TensorBoard output, and (test-only fault injection) a slowed last worker.</summary>
+    private string[] WorkerExtras(int index, int workers) =>
+    [
+        .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
+        .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
+    ];
 
     /// <summary>Rejects a bad job before any process starts.</summary>
     private static void Check(JobSpecification spec)
@@ -68,9 +91,10 @@ public sealed class LocalCluster(IAnsiConsole console)
         }
     }
 
-    private static RoleProcess Start(List<RoleProcess> roles, string name, string[] arguments, string logDirectory)
+    private RoleProcess Start(List<RoleProcess> roles, string name, string[] arguments, string logDirectory)
     {
-        var role = RoleProcess.Start(name, arguments, Path.Combine(logDirectory, name.Replace(' ', '-') + ".log"));
+        var environment = new Dictionary<string, string> { [ClusterSecret.EnvironmentVariable] = security.Secret.Value };
+        var role = RoleProcess.Start(name, arguments, Path.Combine(logDirectory, name.Replace(' ', '-') + ".log"), environment);
         roles.Add(role);
         return role;
     }
@@ -82,3 +106,6 @@ public sealed class LocalCluster(IAnsiConsole console)
             .Where(pair => pair.Length == 2)
             .ToDictionary(pair => pair[0], pair => pair[1]);
 }
+
+/// <summary>Observability options of `cluster local`: where to save the job's timeline, and a test-only slow worker.</summary>
+public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis, string? TensorBoardDirectory);

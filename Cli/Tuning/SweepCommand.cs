@@ -39,6 +39,8 @@ public static class SweepCommand
             lrs, batchSizes, weightDecays, search, trials, api, output,
         };
         job.AddTo(command);
+        var security = new SecurityOptions();
+        security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             bool json = parse.GetValue(output) switch
@@ -62,12 +64,15 @@ public static class SweepCommand
             IReadOnlyList<JobView> views;
             if (parse.GetValue(api) is { } url)
             {
-                using var remote = new CoordinatorApi(url, TimeSpan.FromSeconds(30));
+                using var remote = new CoordinatorApi(url, security.Read(parse), TimeSpan.FromSeconds(30));
                 views = await RunAsync(remote, [], plan, console, cancellationToken);
             }
             else
             {
-                views = await new LocalCluster(console).RunAsync(baseSpec, (client, roles, token) => RunAsync(client, roles, plan, console, token), cancellationToken);
+                bool given = parse.GetValue(security.Secret) is not null || parse.GetValue(security.SecretFile) is not null
+                    || Environment.GetEnvironmentVariable(Shared.Security.ClusterSecret.EnvironmentVariable) is { Length: > 0 };
+                var local = new LocalCluster(console, security.Read(parse, generateWhenMissing: true), secretGenerated: !given, [.. security.ChildArguments(parse)]);
+                views = await local.RunAsync(baseSpec, (client, roles, token) => RunAsync(client, roles, plan, console, token), cancellationToken);
             }
             var result = Rank(plan, views, baseSpec.IsLanguageModel);
             if (json) Console.Out.WriteLine(JsonSerializer.Serialize(result, CoordinatorApi.Json));

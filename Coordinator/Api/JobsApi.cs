@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Serialization;
 using Cluster.Coordinator.Jobs;
 using Cluster.Shared.Jobs;
 using Microsoft.AspNetCore.Builder;
@@ -16,44 +14,56 @@ public static class JobsApi
 {
     public static void MapJobsApi(this IEndpointRouteBuilder routes)
     {
-        var api = routes.MapGroup("/api");
-        api.MapPost("/jobs", Submit);
+        var api = routes.MapGroup("/api").WithTags("jobs");
+        api.MapPost("/jobs", Submit)
+            .Accepts<JobSpecification>("application/json").Produces<JobView>(StatusCodes.Status201Created).Produces<ErrorView>(StatusCodes.Status400BadRequest)
+            .WithSummary("Submit a job; it waits in the FIFO queue until enough workers are idle");
         api.MapGet("/jobs", (JobBoard board, TimeProvider time) =>
-            board.Read((jobs, _) => jobs.Values.Select(j => JobView.From(j, time.GetUtcNow())).ToList()));
+            board.Read((jobs, _) => jobs.Values.Select(j => JobView.From(j, time.GetUtcNow())).ToList()))
+            .WithSummary("Every job with its state, live progress and per-epoch results");
         api.MapGet("/jobs/{id}", (string id, JobBoard board, TimeProvider time) =>
             board.Read((jobs, _) => jobs.TryGetValue(id, out var job)
                 ? Results.Ok(JobView.From(job, time.GetUtcNow()))
-                : Results.NotFound(new ErrorView([$"id: '{id}' is not a job of this coordinator"]))));
+                : Results.NotFound(new ErrorView([$"id: '{id}' is not a job of this coordinator"]))))
+            .Produces<JobView>().Produces<ErrorView>(StatusCodes.Status404NotFound)
+            .WithSummary("One job with its state, live progress and per-epoch results");
         api.MapPost("/jobs/{id}/cancel", (string id, JobBoard board) =>
-            board.Cancel(id) ? Results.Ok() : Results.Conflict(new ErrorView([$"id: '{id}' is not a queued or running job"])));
-        api.MapGet("/cluster", (JobBoard board) => board.Read((_, members) => ClusterView.From(members)));
+            board.Cancel(id) ? Results.Ok() : Results.Conflict(new ErrorView([$"id: '{id}' is not a queued or running job"])))
+            .Produces(StatusCodes.Status200OK).Produces<ErrorView>(StatusCodes.Status409Conflict)
+            .WithSummary("Cancel a queued or running job");
+        api.MapGet("/cluster", (JobBoard board) => board.Read((_, members) => ClusterView.From(members)))
+            .WithSummary("Registered workers and parameter servers");
     }
 
-    private static readonly JsonSerializerOptions SpecJson = new(JsonSerializerDefaults.Web)
+    private static async Task<IResult> Submit(HttpRequest request, JobBoard board, CoordinatorOptions options, TimeProvider time)
     {
-        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
-    };
-
-    private static async Task<IResult> Submit(HttpRequest request, JobBoard board, TimeProvider time)
-    {
-        JobSpecification? spec;
+        byte[] body;
+        if (request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+            limit.MaxRequestBodySize = options.ApiBodyBytesMax;
         try
         {
-            spec = await JsonSerializer.DeserializeAsync<JobSpecification>(request.Body, SpecJson, request.HttpContext.RequestAborted);
+            using var buffer = new MemoryStream();
+            await request.Body.CopyToAsync(buffer, request.HttpContext.RequestAborted);
+            body = buffer.ToArray();
         }
-        catch (JsonException e)
+        catch (BadHttpRequestException e)
         {
-            return Results.BadRequest(new ErrorView([$"body: not a job specification ({e.Message})"]));
+            return Results.Json(new ErrorView([$"body: refused ({e.Message}); a job specification is at most {options.ApiBodyBytesMax} bytes"]), statusCode: e.StatusCode);
         }
-        if (spec is null) return Results.BadRequest(new ErrorView(["body: missing; expected a job specification as JSON"]));
+        var (spec, errors) = JobSpecJson.Parse(body);
+        if (spec is null) return Results.BadRequest(new ErrorView(errors));
         try
         {
-            var job = board.Submit(spec);
+            var job = board.Submit(spec, options.QueuedJobsMax);
             return Results.Created($"/api/jobs/{job.Id}", JobView.From(job, time.GetUtcNow()));
         }
         catch (JobRejectedException e)
         {
             return Results.BadRequest(new ErrorView(e.Errors));
+        }
+        catch (QueueFullException e)
+        {
+            return Results.Json(new ErrorView([e.Message]), statusCode: StatusCodes.Status429TooManyRequests);
         }
     }
 }

@@ -20,16 +20,20 @@ public sealed class JobBoard(TimeProvider time)
     private readonly Dictionary<string, string> _pendingAborts = [];
     private readonly Channel<JobRecord> _finished = Channel.CreateUnbounded<JobRecord>();
     private int _nextJob;
+    private int _nextServer;
 
     /// <summary>Jobs that just ended, for releasing their parameter-server state.</summary>
     public ChannelReader<JobRecord> FinishedJobs => _finished.Reader;
 
-    public JobRecord Submit(JobSpecification spec)
+    /// <summary>Queues a job; refuses it when <paramref name="queuedMax"/> jobs are already waiting.</summary>
+    public JobRecord Submit(JobSpecification spec, int queuedMax = int.MaxValue)
     {
         var errors = spec.Validate();
         if (errors.Count > 0) throw new JobRejectedException(errors);
         lock (_gate)
         {
+            if (_queue.Count >= queuedMax)
+                throw new QueueFullException($"queue: {_queue.Count} jobs are already waiting (the limit); submit again when some have started");
             var job = new JobRecord($"job-{++_nextJob}", spec, time.GetUtcNow());
             _jobs.Add(job.Id, job);
             _queue.AddLast(job);
@@ -38,9 +42,15 @@ public sealed class JobBoard(TimeProvider time)
         }
     }
 
-    public WorkerMember RegisterWorker(string host, string device, int processId)
+    /// <summary>Registers a worker; refuses it when <paramref name="liveMax"/> live workers are registered.</summary>
+    public WorkerMember RegisterWorker(string host, string device, int processId, int liveMax = int.MaxValue)
     {
-        lock (_gate) return _members.AddWorker(host, device, processId, time.GetUtcNow());
+        lock (_gate)
+        {
+            if (_members.Workers.Count(w => w.Alive) >= liveMax)
+                throw new QueueFullException($"workers: {liveMax} live workers are registered (the limit); this worker is refused");
+            return _members.AddWorker(host, device, processId, time.GetUtcNow());
+        }
     }
 
     public ParameterServerMember RegisterServer(string address)
@@ -156,7 +166,7 @@ public sealed class JobBoard(TimeProvider time)
 
     private void Schedule()
     {
-        while (_queue.First is { } head && _members.Servers.Count > 0)
+        while (_queue.First is { } head && _members.Servers.Count >= head.Value.Spec.ParameterServers)
         {
             var job = head.Value;
             var idle = _waiting.Where(w => w.Worker.Alive && w.Worker.JobId is null).Take(job.Spec.Workers).ToList();
@@ -164,7 +174,10 @@ public sealed class JobBoard(TimeProvider time)
             _queue.RemoveFirst();
             job.State = JobState.Running;
             job.StartedAt = time.GetUtcNow();
-            job.ParameterServers.Add(_members.Servers[0].Address);
+            // Spread jobs over the servers: each job starts where the previous one ended.
+            for (int k = 0; k < job.Spec.ParameterServers; k++)
+                job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
+            _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
             for (int rank = 0; rank < idle.Count; rank++)
             {
                 var (worker, reply) = idle[rank];
@@ -213,3 +226,6 @@ public sealed class JobRejectedException(IReadOnlyList<string> errors) : Excepti
 {
     public IReadOnlyList<string> Errors { get; } = errors;
 }
+
+/// <summary>A bounded collection of the coordinator (job queue, members) is full.</summary>
+public sealed class QueueFullException(string message) : Exception(message);

@@ -24,6 +24,9 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
     private readonly Dictionary<int, EpochPlan> _plans = [];
     private readonly Dictionary<int, EpochProgress> _epochs = [];
 
+    /// <summary>Largest training set a job may plan epochs over.</summary>
+    public const int TrainSamplesMax = 100_000_000;
+
     public string Id { get; } = id;
     public JobSpecification Spec { get; } = spec;
     public JobState State { get; set; } = JobState.Queued;
@@ -42,8 +45,10 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
     public EpochPlan Plan(int epoch, int trainSampleCount, DateTimeOffset now)
     {
         CheckEpoch(epoch);
-        if (trainSampleCount <= 0)
-            throw new ArgumentException($"train_sample_count: {trainSampleCount}; expected a positive count");
+        // The plan holds one index per sample: bound it, so a bad count cannot exhaust the coordinator's memory.
+        int countMax = Spec.TrainLimit > 0 ? Spec.TrainLimit : TrainSamplesMax;
+        if (trainSampleCount <= 0 || trainSampleCount > countMax)
+            throw new ArgumentException($"train_sample_count: {trainSampleCount}; expected 1 to {countMax}");
         TrainSampleCount ??= trainSampleCount;
         if (TrainSampleCount != trainSampleCount)
             throw new ArgumentException($"train_sample_count: {trainSampleCount} differs from the {TrainSampleCount} other ranks loaded; check every worker has the same dataset");

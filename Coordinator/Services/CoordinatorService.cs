@@ -8,9 +8,14 @@ namespace Cluster.Coordinator.Services;
 public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options) : Protos.Coordinator.CoordinatorBase
 {
     private static readonly TimeSpan AssignmentWaitMax = TimeSpan.FromSeconds(30);
+    private const int NameLengthMax = 256;
+    private const int AddressLengthMax = 2048;
+    private const int FailureMessageLengthMax = 4096;
 
     public override Task<RegisterParameterServerReply> RegisterParameterServer(RegisterParameterServerRequest request, ServerCallContext context)
     {
+        if (request.Address.Length > AddressLengthMax)
+            throw Invalid($"address: {request.Address.Length} characters; expected at most {AddressLengthMax}");
         if (!Uri.TryCreate(request.Address, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw Invalid($"address: '{request.Address}' is not an address; expected http://HOST:PORT or https://HOST:PORT");
         return Task.FromResult(new RegisterParameterServerReply { ServerId = board.RegisterServer(request.Address).Id });
@@ -18,7 +23,13 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
 
     public override Task<RegisterWorkerReply> RegisterWorker(RegisterWorkerRequest request, ServerCallContext context)
     {
-        var worker = board.RegisterWorker(request.Host, request.Device, request.ProcessId);
+        if (request.Host.Length is 0 or > NameLengthMax)
+            throw Invalid($"host: {request.Host.Length} characters; expected 1 to {NameLengthMax}");
+        if (request.Device.Length > NameLengthMax || !Shared.Jobs.DeviceNames.IsValid(request.Device))
+            throw Invalid($"device: not a device; expected auto, cpu, cuda or cuda:N");
+        Membership.WorkerMember worker;
+        try { worker = board.RegisterWorker(request.Host, request.Device, request.ProcessId, options.WorkersMax); }
+        catch (QueueFullException e) { throw new RpcException(new Status(StatusCode.ResourceExhausted, e.Message)); }
         return Task.FromResult(new RegisterWorkerReply
         {
             WorkerId = worker.Id,
@@ -64,7 +75,8 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
 
     public override Task<ReportFailureReply> ReportFailure(ReportFailureRequest request, ServerCallContext context)
     {
-        board.Fail(request.JobId, request.Message);
+        string message = request.Message.Length <= FailureMessageLengthMax ? request.Message : request.Message[..FailureMessageLengthMax] + " (cut)";
+        board.Fail(request.JobId, message);
         return Task.FromResult(new ReportFailureReply());
     }
 

@@ -1,6 +1,6 @@
 using Cluster.Coordinator.Jobs;
 using Cluster.Protos;
-using Grpc.Net.Client;
+using Cluster.Shared.Security;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
@@ -35,13 +35,17 @@ public sealed partial class MaintenanceService(JobBoard board, CoordinatorOption
                 {
                     try
                     {
-                        using var channel = GrpcChannel.ForAddress(address);
+                        using var channel = ClusterTransport.Channel(address, options.Security!, "parameter server");
                         await new ParameterServer.ParameterServerClient(channel).FinishAsync(
                             new FinishRequest { JobId = job.Id }, deadline: DateTime.UtcNow + FinishTimeout, cancellationToken: stoppingToken);
                     }
                     catch (Grpc.Core.RpcException e)
                     {
                         LogReleaseFailed(logger, job.Id, address, e.Status.Detail);
+                    }
+                    catch (ArgumentException e)
+                    {
+                        LogReleaseFailed(logger, job.Id, address, e.Message);
                     }
                 }
             }

@@ -1,65 +1,65 @@
 using System.Numerics.Tensors;
-using System.Runtime.InteropServices;
 
 namespace Cluster.ParameterServer.Aggregation;
 
 /// <summary>
-/// Collects one gradient per rank for the current step and combines them, always in rank
-/// order (so the result does not depend on arrival order), as the mean over all samples of
-/// the step: <c>sum_r (n_r / N) * g_r</c> where <c>g_r</c> is rank r's mean gradient over its
-/// <c>n_r</c> samples. This equals the gradient of one batch made of every rank's samples.
+/// Holds each rank's gradient for the current step and combines any partition of them, always
+/// in rank order (so the result does not depend on arrival order), as the mean over all samples
+/// of the step: <c>sum_r (n_r / N) * g_r</c>, where <c>g_r</c> is rank r's mean gradient over its
+/// <c>n_r</c> samples. That equals the gradient of one batch made of every rank's samples.
 /// Buffers are allocated once per job and reused every step.
 /// </summary>
 public sealed class StepAggregator
 {
-    private readonly byte[][] _rankGradients;
+    private readonly float[][] _rankGradients;
     private readonly int[] _sampleCounts;
-    private readonly bool[] _arrived;
-    private int _arrivedCount;
 
     public StepAggregator(int worldSize, int elementCount)
     {
-        _rankGradients = new byte[worldSize][];
-        for (int r = 0; r < worldSize; r++) _rankGradients[r] = new byte[elementCount * sizeof(float)];
+        _rankGradients = new float[worldSize][];
+        for (int r = 0; r < worldSize; r++) _rankGradients[r] = new float[elementCount];
         _sampleCounts = new int[worldSize];
-        _arrived = new bool[worldSize];
     }
 
-    public int WorldSize => _arrived.Length;
-    public bool IsComplete => _arrivedCount == WorldSize;
+    public int WorldSize => _rankGradients.Length;
 
-    /// <summary>Rank's receive buffer for the current step (written before <see cref="MarkArrived"/>).</summary>
-    public Memory<byte> BufferFor(int rank) => _rankGradients[rank];
+    /// <summary>Rank's receive buffer for the current step.</summary>
+    public Memory<float> BufferFor(int rank) => _rankGradients[rank];
 
-    public bool HasArrived(int rank) => _arrived[rank];
-
-    public void MarkArrived(int rank, int sampleCount)
+    public void SetSampleCount(int rank, int sampleCount)
     {
-        if (_arrived[rank]) throw new InvalidOperationException($"rank {rank} already pushed this step");
-        _arrived[rank] = true;
+        ArgumentOutOfRangeException.ThrowIfNegative(sampleCount);
         _sampleCounts[rank] = sampleCount;
-        _arrivedCount++;
     }
 
-    /// <summary>Writes the combined gradient into <paramref name="destination"/> and resets for the next step.</summary>
-    public void Combine(Span<float> destination)
+    /// <summary>
+    /// Writes the combined gradient of elements [start, start + destination.Length) into
+    /// <paramref name="destination"/>; ranks for which <paramref name="excluded"/> is true do not
+    /// take part (their samples leave the mean too).
+    /// </summary>
+    public void Combine(int start, Span<float> destination, ReadOnlySpan<bool> excluded = default)
     {
-        if (!IsComplete) throw new InvalidOperationException($"only {_arrivedCount} of {WorldSize} ranks have pushed");
         long total = 0;
-        foreach (int n in _sampleCounts) total += n;
+        for (int r = 0; r < WorldSize; r++)
+            if (!IsExcluded(excluded, r)) total += _sampleCounts[r];
         destination.Clear();
-        if (total > 0)
+        if (total == 0) return;
+        for (int r = 0; r < WorldSize; r++)
         {
-            for (int r = 0; r < WorldSize; r++)
-            {
-                if (_sampleCounts[r] == 0) continue;
-                float weight = (float)((double)_sampleCounts[r] / total);
-                var gradient = MemoryMarshal.Cast<byte, float>(_rankGradients[r].AsSpan());
-                if (weight == 1f) gradient.CopyTo(destination);
-                else TensorPrimitives.MultiplyAdd(gradient, weight, destination, destination);
-            }
+            if (_sampleCounts[r] == 0 || IsExcluded(excluded, r)) continue;
+            var gradient = _rankGradients[r].AsSpan(start, destination.Length);
+            float weight = (float)((double)_sampleCounts[r] / total);
+            TensorPrimitives.FusedMultiplyAdd(gradient, weight, destination, destination);
         }
-        Array.Clear(_arrived);
-        _arrivedCount = 0;
     }
+
+    /// <summary>True when no rank takes part in the partition (every one excluded).</summary>
+    public bool AllExcluded(ReadOnlySpan<bool> excluded)
+    {
+        for (int r = 0; r < WorldSize; r++)
+            if (!IsExcluded(excluded, r)) return false;
+        return true;
+    }
+
+    private static bool IsExcluded(ReadOnlySpan<bool> excluded, int rank) => !excluded.IsEmpty && excluded[rank];
 }

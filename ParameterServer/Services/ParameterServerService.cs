@@ -1,3 +1,4 @@
+using System.Buffers;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
@@ -7,32 +8,45 @@ using Grpc.Core;
 namespace Cluster.ParameterServer.Services;
 
 /// <summary>gRPC adapter over <see cref="ParameterStore"/> (see parameter_server.proto for the sequence).</summary>
-public sealed class ParameterServerService(ParameterStore store) : Protos.ParameterServer.ParameterServerBase
+public sealed class ParameterServerService(ParameterStore store, ParameterServerOptions options) : Protos.ParameterServer.ParameterServerBase
 {
+    private const int LayoutTensorsMax = 1 << 16;
+    private const int NameLengthMax = 1024;
+
     public override async Task<InitializeReply> Initialize(IAsyncStreamReader<InitializeMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == InitializeMessage.BodyOneofCase.Header ? m.Header : null, context);
         var errors = ValidateHeader(header).ToList();
         if (errors.Count > 0) throw Invalid(string.Join("; ", errors));
-        long elementCount;
-        try { elementCount = ParameterStore.ElementCount(header.Layout); }
-        catch (ArgumentException e) { throw Invalid(e.Message); }
+        long rangeBytes = header.RangeElements * sizeof(float);
+        if (rangeBytes > options.ModelBytesMax)
+            throw Exhausted($"range_elements: {header.RangeElements} float32 elements ({rangeBytes} bytes) exceed this server's limit of {options.ModelBytesMax} bytes per job");
+        // Weights, two optimizer moments, the combined gradient and one receive buffer per rank.
+        if ((double)rangeBytes * (header.WorldSize + 4) > options.JobMemoryBytesMax)
+            throw Exhausted($"world_size: {header.WorldSize} ranks of {rangeBytes} bytes each exceed this server's limit of {options.JobMemoryBytesMax} bytes of memory per job");
 
         var existing = store.Find(header.JobId);
+        if (existing is null && store.Jobs.Count >= options.JobsMax)
+            throw Exhausted($"job_id: '{header.JobId}' refused; this server already holds {store.Jobs.Count} jobs (the limit)");
         if (existing is not null)
         {
             // Drain the stream: the first Initialize already set the weights.
             while (await requestStream.MoveNext(context.CancellationToken)) { }
-            if (existing.ElementCount != elementCount)
+            if (existing.ElementCount != header.RangeElements || existing.RangeStart != header.RangeStart)
                 throw new RpcException(new Status(StatusCode.FailedPrecondition,
-                    $"job {header.JobId}: already holds {existing.ElementCount} elements; this layout has {elementCount}"));
+                    $"job {header.JobId}: already holds elements [{existing.RangeStart}, {existing.RangeStart + existing.ElementCount}); this Initialize is for [{header.RangeStart}, {header.RangeStart + header.RangeElements})"));
             return new InitializeReply { Created = false, Version = existing.Version };
         }
 
-        var weights = new byte[elementCount * sizeof(float)];
-        long received = await ReadChunksAsync(requestStream, m => m.Chunk, weights, context);
-        if (received != elementCount)
-            throw Invalid($"chunks: {received} elements received; the layout has {elementCount}");
+        var weights = new float[header.RangeElements];
+        long received = 0;
+        while (await requestStream.MoveNext(context.CancellationToken))
+        {
+            var chunk = requestStream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
+            received = Guard(() => ChunkReader.ReadDense(chunk, header.Dtype, weights, received));
+        }
+        if (received != header.RangeElements)
+            throw Invalid($"chunks: {received} elements received; range_elements is {header.RangeElements}");
         try
         {
             var (job, created) = store.GetOrCreate(header, weights);
@@ -44,23 +58,25 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
     public override async Task<PushReply> PushGradients(IAsyncStreamReader<PushMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == PushMessage.BodyOneofCase.Header ? m.Header : null, context);
-        var job = store.Find(header.JobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{header.JobId}' is not initialised on this server"));
-        if (header.Dtype != DType.Float32) throw Invalid($"dtype: {header.Dtype}; expected DTYPE_FLOAT32");
-        if (header.SampleCount < 0) throw Invalid($"sample_count: {header.SampleCount}; expected 0 or more");
-        Memory<byte> buffer;
-        try { buffer = job.BeginPush(header.Rank, header.Step); }
-        catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+        var job = FindJob(header.JobId);
+        if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
+            throw Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
+        Guard(() => ElementCodec.ElementBytes(header.Dtype));
+        var buffer = Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount));
         try
         {
-            long received = await ReadChunksAsync(requestStream, m => m.Chunk, buffer, context);
+            long received = 0;
+            while (await requestStream.MoveNext(context.CancellationToken))
+            {
+                var chunk = requestStream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
+                received = Guard(() => header.Sparse
+                    ? ChunkReader.ReadSparse(chunk, header.Dtype, buffer.Span, received)
+                    : ChunkReader.ReadDense(chunk, header.Dtype, buffer.Span, received));
+                job.Received(header.Rank, (int)received);
+            }
             if (received != job.ElementCount)
                 throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
-            return new PushReply { Version = job.CompletePush(header.Rank, header.Step, header.SampleCount) };
-        }
-        catch (PushRejectedException e)
-        {
-            job.AbortPush(header.Rank);
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message));
+            return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) };
         }
         catch
         {
@@ -71,25 +87,74 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
 
     public override async Task PullParameters(PullRequest request, IServerStreamWriter<PullMessage> responseStream, ServerCallContext context)
     {
-        var job = store.Find(request.JobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{request.JobId}' is not initialised on this server"));
-        await job.WaitForVersionAsync(request.MinVersion, context.CancellationToken);
+        var job = FindJob(request.JobId);
+        int elementBytes = Guard(() => ElementCodec.ElementBytes(request.Dtype));
         await responseStream.WriteAsync(new PullMessage
         {
-            Header = new PullHeader { Version = job.Version, ElementCount = job.ElementCount, Dtype = DType.Float32 },
+            Header = new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype },
         });
-        foreach (var chunk in TensorWire.Chunks(job.Weights))
-            await responseStream.WriteAsync(new PullMessage { Chunk = chunk });
+        byte[]? encoded = request.Dtype == DType.Float32 ? null : ArrayPool<byte>.Shared.Rent(job.PartitionElements * elementBytes);
+        try
+        {
+            for (int p = 0; p < job.PartitionCount; p++)
+            {
+                await job.WaitForPartitionAsync(p, request.MinVersion, context.CancellationToken);
+                await WritePartitionAsync(responseStream, job, p, request.Dtype, encoded);
+            }
+        }
+        finally
+        {
+            if (encoded is not null) ArrayPool<byte>.Shared.Return(encoded);
+        }
     }
 
     public override Task<FinishReply> Finish(FinishRequest request, ServerCallContext context) =>
         Task.FromResult(new FinishReply { Removed = store.Remove(request.JobId) });
 
+    /// <summary>One partition as one or more chunks: float32 wraps the master weights, other types go through <paramref name="encoded"/>.</summary>
+    private static async Task WritePartitionAsync(IServerStreamWriter<PullMessage> stream, JobParameters job, int partition, DType dtype, byte[]? encoded)
+    {
+        var weights = job.Partition(partition);
+        int start = job.PartitionStart(partition);
+        if (encoded is null)
+        {
+            foreach (var chunk in TensorWire.Chunks(FloatMemory.AsBytes(weights), start))
+                await stream.WriteAsync(new PullMessage { Chunk = chunk });
+            return;
+        }
+        int elementBytes = ElementCodec.ElementBytes(dtype);
+        ElementCodec.Encode(weights.Span, encoded, dtype);
+        // Each message is serialised before WriteAsync completes, so the buffer can be reused for the next partition.
+        foreach (var chunk in TensorWire.Chunks(encoded.AsMemory(0, weights.Length * elementBytes), start, elementBytes))
+            await stream.WriteAsync(new PullMessage { Chunk = chunk });
+    }
+
+    private JobParameters FindJob(string jobId) =>
+        store.Find(jobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{jobId}' is not initialised on this server"));
+
     private static IEnumerable<string> ValidateHeader(InitializeHeader header)
     {
         if (header.JobId.Length == 0) yield return "job_id: empty; expected the coordinator's job id";
-        if (header.WorldSize <= 0) yield return $"world_size: {header.WorldSize}; expected 1 or more";
-        if (header.Layout is null) yield return "layout: missing";
-        if (header.Dtype != DType.Float32) yield return $"dtype: {header.Dtype}; expected DTYPE_FLOAT32";
+        if (header.JobId.Length > NameLengthMax) yield return $"job_id: {header.JobId.Length} characters; expected at most {NameLengthMax}";
+        if (header.WorldSize is <= 0 or > Shared.Jobs.JobSpecification.WorkersMax)
+            yield return $"world_size: {header.WorldSize}; expected 1 to {Shared.Jobs.JobSpecification.WorkersMax}";
+        if (header.Layout is null) { yield return "layout: missing"; yield break; }
+        if (header.Layout.Tensors.Count > LayoutTensorsMax)
+        {
+            yield return $"layout: {header.Layout.Tensors.Count} tensors; expected at most {LayoutTensorsMax}";
+            yield break;
+        }
+        if (header.Layout.Tensors.Any(t => t.Name.Length > NameLengthMax || t.Shape.Count > 32))
+            yield return $"layout: a tensor name longer than {NameLengthMax} characters or more than 32 dimensions";
+        long modelElements;
+        string? layoutError = null;
+        try { modelElements = ParameterStore.ElementCount(header.Layout); }
+        catch (ArgumentException e) { modelElements = 0; layoutError = e.Message; }
+        if (layoutError is not null) { yield return layoutError; yield break; }
+        if (header.RangeStart < 0 || header.RangeElements <= 0 || header.RangeStart > modelElements - header.RangeElements)
+            yield return $"range_start, range_elements: [{header.RangeStart}, {header.RangeStart + header.RangeElements}) is not a range of the model's {modelElements} elements";
+        if (header.PartitionElements < 0) yield return $"partition_elements: {header.PartitionElements}; expected 0 (default) or more";
+        if (header.Dtype is not (DType.Float32 or DType.Bfloat16 or DType.Float16)) yield return $"dtype: {header.Dtype}; expected a known element type";
         if (header.Optimizer is null) { yield return "optimizer: missing"; yield break; }
         foreach (string error in OptimizerSettings.FromProto(header.Optimizer).Validate()) yield return error;
     }
@@ -103,18 +168,21 @@ public sealed class ParameterServerService(ParameterStore store) : Protos.Parame
         return header(stream.Current) ?? throw Invalid("stream: the first message is not a header");
     }
 
-    private static async Task<long> ReadChunksAsync<TMessage>(
-        IAsyncStreamReader<TMessage> stream, Func<TMessage, TensorChunk?> chunk, Memory<byte> destination, ServerCallContext context)
+    /// <summary>Malformed input → InvalidArgument naming the field.</summary>
+    private static T Guard<T>(Func<T> read)
     {
-        long received = 0;
-        while (await stream.MoveNext(context.CancellationToken))
-        {
-            var next = chunk(stream.Current) ?? throw Invalid("stream: a second header; expected chunks after the header");
-            try { received = TensorWire.CopyNextChunk(next, destination.Span, received); }
-            catch (InvalidDataException e) { throw Invalid(e.Message); }
-        }
-        return received;
+        try { return read(); }
+        catch (InvalidDataException e) { throw Invalid(e.Message); }
+    }
+
+    /// <summary>A push that does not fit the job's state → FailedPrecondition.</summary>
+    private static T Rejected<T>(Func<T> action)
+    {
+        try { return action(); }
+        catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
 
     private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+
+    private static RpcException Exhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
 }

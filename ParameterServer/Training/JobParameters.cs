@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Threading.Channels;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
@@ -7,111 +8,223 @@ using Cluster.Shared.Optimizers;
 namespace Cluster.ParameterServer.Training;
 
 /// <summary>
-/// One job's float32 master weights on this server, BSP-synchronous: version t is produced by
-/// the gradients of every rank for step t. Pulls of version t are served straight from the
-/// master buffer: under BSP it cannot change while any rank still pulls it, because version
-/// t + 1 needs every rank's push for step t, which a rank sends only after its pull.
+/// One job's float32 master weights for this server's key range, cut into partitions, under
+/// BSP. Step t of a partition is applied as soon as every rank has delivered that partition
+/// (pipelining), and a pull streams each partition as soon as it reaches the version asked
+/// for. Pulls read the master buffer directly: a partition at version t cannot move on while
+/// any rank still pulls it, because version t + 1 needs every rank's push for step t, which a
+/// rank sends only after its pull of version t has ended.
 /// </summary>
 public sealed class JobParameters
 {
     private readonly object _gate = new();
-    private readonly byte[] _weights;
+    private readonly float[] _weights;
     private readonly float[] _combinedGradient;
     private readonly StepAggregator _aggregator;
     private readonly IOptimizer _optimizer;
-    private readonly bool[] _receiving;
-    private TaskCompletionSource _nextVersion = NewSignal();
+    private readonly long[] _partitionVersions;
+    private readonly int[] _partitionArrivals;
+    private readonly bool[][] _excluded;          // [partition][rank]: rank's part was rejected this step
+    private readonly RankPush[] _ranks;
+    private int _partitionsAhead;                 // partitions already at Version + 1
+    private TaskCompletionSource _progress = NewSignal();
+    private Exception? _failure;
+    private readonly Channel<int> _ready = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
 
-    public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, byte[] initialWeights)
+    public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, float[] initialWeights,
+        long rangeStart = 0, int partitionElements = DefaultPartitionElements)
     {
-        JobId = jobId;
-        Layout = layout;
+        ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(partitionElements, 1);
+        (JobId, Layout, RangeStart, PartitionElements) = (jobId, layout, rangeStart, partitionElements);
         _weights = initialWeights;
-        ElementCount = initialWeights.Length / sizeof(float);
+        ElementCount = initialWeights.Length;
+        PartitionCount = (ElementCount + partitionElements - 1) / partitionElements;
         _combinedGradient = new float[ElementCount];
         _aggregator = new StepAggregator(worldSize, ElementCount);
         _optimizer = optimizer.Create(ElementCount);
-        _receiving = new bool[worldSize];
+        _partitionVersions = new long[PartitionCount];
+        _partitionArrivals = new int[PartitionCount];
+        _excluded = Enumerable.Range(0, PartitionCount).Select(_ => new bool[worldSize]).ToArray();
+        _ranks = Enumerable.Range(0, worldSize).Select(_ => new RankPush()).ToArray();
+        _ = Task.Run(ApplyLoopAsync);
     }
+
+    public const int DefaultPartitionElements = Shared.Sharding.KeyRanges.DefaultPartitionElements;
 
     public string JobId { get; }
     public TensorLayout Layout { get; }
+    public long RangeStart { get; }
     public int ElementCount { get; }
+    public int PartitionElements { get; }
+    public int PartitionCount { get; }
     public int WorldSize => _aggregator.WorldSize;
+    /// <summary>The version every partition has reached.</summary>
     public long Version { get; private set; }
+    /// <summary>Partitions of pushes refused for NaN or Inf (counted as absent, never applied).</summary>
     public long RejectedGradients { get; private set; }
 
-    /// <summary>The master weights as raw bytes (see the class remarks for when they may be read).</summary>
-    public ReadOnlyMemory<byte> Weights => _weights;
+    public ReadOnlySpan<float> WeightsAsFloats => _weights;
 
-    public ReadOnlySpan<float> WeightsAsFloats => MemoryMarshal.Cast<byte, float>(_weights.AsSpan());
+    /// <summary>Elements of partition <paramref name="partition"/> of the master weights (see the class remarks).</summary>
+    public ReadOnlyMemory<float> Partition(int partition) => _weights.AsMemory(PartitionStart(partition), PartitionLength(partition));
 
-    /// <summary>Rank's buffer to receive the gradient of <paramref name="step"/> into, after checking the push is for the current step.</summary>
-    public Memory<byte> BeginPush(int rank, long step)
+    public int PartitionStart(int partition) => partition * PartitionElements;
+    public int PartitionLength(int partition) => Math.Min(PartitionElements, ElementCount - PartitionStart(partition));
+
+    /// <summary>Opens rank's push of <paramref name="step"/>; returns the buffer to receive it into.</summary>
+    public Memory<float> BeginPush(int rank, long step, int sampleCount)
     {
         lock (_gate)
         {
             CheckRank(rank);
+            var push = _ranks[rank];
+            if (push.Open)
+                throw new PushRejectedException($"rank: {rank} is already pushing step {push.Step} of job {JobId} on another call");
             if (step != Version)
                 throw new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
-            if (_aggregator.HasArrived(rank))
+            if (push.Step == step && push.Delivered == PartitionCount)
                 throw new PushRejectedException($"rank: {rank} already pushed step {step} of job {JobId}");
-            if (_receiving[rank])
-                throw new PushRejectedException($"rank: {rank} is already pushing step {step} of job {JobId} on another call");
-            _receiving[rank] = true;
+            if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
+            push.Open = true;
+            _aggregator.SetSampleCount(rank, sampleCount);
             return _aggregator.BufferFor(rank);
         }
     }
 
-    /// <summary>Releases a rank's buffer after a push that failed before <see cref="CompletePush"/>.</summary>
-    public void AbortPush(int rank)
-    {
-        lock (_gate)
-            if (rank >= 0 && rank < WorldSize) _receiving[rank] = false;
-    }
-
-    /// <summary>Records a fully received push; applies the optimizer when it completes the step. Returns the version after.</summary>
-    public long CompletePush(int rank, long step, int sampleCount)
+    /// <summary>
+    /// Rank has received its first <paramref name="receivedElements"/> elements: every partition
+    /// they complete counts as delivered, and a partition delivered by every rank is applied.
+    /// A partition holding NaN or Inf is refused: it takes no part in the mean.
+    /// </summary>
+    public void Received(int rank, int receivedElements)
     {
         lock (_gate)
         {
-            CheckRank(rank);
-            _receiving[rank] = false;
-            if (step != Version || _aggregator.HasArrived(rank))
-                throw new PushRejectedException($"step: {step} of rank {rank} is no longer open in job {JobId} (version {Version})");
-            var gradient = MemoryMarshal.Cast<byte, float>(_aggregator.BufferFor(rank).Span);
-            if (!float.IsFinite(TensorPrimitives.MaxMagnitude(gradient)))
+            var push = _ranks[rank];
+            int delivered = receivedElements >= ElementCount ? PartitionCount : receivedElements / PartitionElements;
+            var gradient = _aggregator.BufferFor(rank).Span;
+            for (int p = push.Delivered; p < delivered; p++)
             {
-                RejectedGradients++;
-                throw new PushRejectedException($"gradient: rank {rank} step {step} contains NaN or Inf; rejected, not applied");
+                if (!float.IsFinite(TensorPrimitives.MaxMagnitude(gradient.Slice(PartitionStart(p), PartitionLength(p)))))
+                {
+                    _excluded[p][rank] = true;
+                    push.Rejected = true;
+                    RejectedGradients++;
+                }
+                if (++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
             }
-            _aggregator.MarkArrived(rank, sampleCount);
-            if (!_aggregator.IsComplete) return Version;
+            push.Delivered = Math.Max(push.Delivered, delivered);
+        }
+    }
 
-            _aggregator.Combine(_combinedGradient);
-            _optimizer.Step(MemoryMarshal.Cast<byte, float>(_weights.AsSpan()), _combinedGradient);
-            Version++;
-            var reached = _nextVersion;
-            _nextVersion = NewSignal();
-            reached.SetResult();
+    /// <summary>Closes rank's push; returns the version the server holds.</summary>
+    public long CompletePush(int rank)
+    {
+        lock (_gate)
+        {
+            var push = _ranks[rank];
+            push.Open = false;
+            if (push.Delivered != PartitionCount)
+                throw new PushRejectedException(
+                    $"chunks: rank {rank} delivered {push.Delivered} of {PartitionCount} partitions of step {push.Step}; push the rest again");
+            if (push.Rejected)
+                throw new PushRejectedException(
+                    $"gradient: rank {rank} step {push.Step} contains NaN or Inf; the partitions holding them were refused, not applied");
             return Version;
         }
     }
 
-    /// <summary>Completes when the version is at least <paramref name="minVersion"/>.</summary>
-    public async Task WaitForVersionAsync(long minVersion, CancellationToken cancellationToken)
+    /// <summary>
+    /// Closes a push that failed; the partitions it delivered stay delivered. No worker retries a
+    /// push yet: a retry would have to skip the partitions already delivered rather than write
+    /// them again while they may be being applied.
+    /// </summary>
+    public void AbortPush(int rank)
+    {
+        lock (_gate)
+            if (rank >= 0 && rank < WorldSize) _ranks[rank].Open = false;
+    }
+
+    /// <summary>Completes when partition <paramref name="partition"/> has reached <paramref name="minVersion"/>.</summary>
+    public async Task WaitForPartitionAsync(int partition, long minVersion, CancellationToken cancellationToken)
     {
         while (true)
         {
-            Task next;
+            Task progress;
             lock (_gate)
             {
-                if (Version >= minVersion) return;
-                next = _nextVersion.Task;
+                if (_partitionVersions[partition] >= minVersion) return;
+                if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
+                progress = _progress.Task;
             }
-            await next.WaitAsync(cancellationToken);
+            await progress.WaitAsync(cancellationToken);
         }
     }
+
+    /// <summary>Completes when every partition has reached <paramref name="minVersion"/>.</summary>
+    public async Task WaitForVersionAsync(long minVersion, CancellationToken cancellationToken)
+    {
+        for (int p = 0; p < PartitionCount; p++) await WaitForPartitionAsync(p, minVersion, cancellationToken);
+    }
+
+    /// <summary>
+    /// Applies partitions as they become complete, on its own task, so that the optimizer works
+    /// on partition p while the pushes of partition p + 1 are still being received. The heavy
+    /// work runs outside the lock: nobody reads or writes a complete partition until its
+    /// version moves on (the class remarks give the BSP argument).
+    /// </summary>
+    private async Task ApplyLoopAsync()
+    {
+        try
+        {
+            await ApplyReadyPartitionsAsync();
+        }
+        catch (Exception e)
+        {
+            // A bug, not an input: make every waiter fail loudly instead of hanging to its deadline.
+            lock (_gate)
+            {
+                _failure = e;
+                _progress.TrySetException(e);
+            }
+        }
+    }
+
+    private async Task ApplyReadyPartitionsAsync()
+    {
+        await foreach (int partition in _ready.Reader.ReadAllAsync())
+        {
+            int start = PartitionStart(partition), length = PartitionLength(partition);
+            var combined = _combinedGradient.AsSpan(start, length);
+            // A partition that every rank sent with NaN or Inf is not applied at all: not even
+            // weight decay or momentum moves it.
+            if (!_aggregator.AllExcluded(_excluded[partition]))
+            {
+                _aggregator.Combine(start, combined, _excluded[partition]);
+                _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
+            }
+            lock (_gate)
+            {
+                _partitionVersions[partition]++;
+                _partitionArrivals[partition] = 0;
+                Array.Clear(_excluded[partition]);
+                if (++_partitionsAhead == PartitionCount)
+                {
+                    _partitionsAhead = 0;
+                    Version++;
+                }
+                var progress = _progress;
+                _progress = NewSignal();
+                progress.SetResult();
+            }
+        }
+    }
+
+    /// <summary>Stops the applier once the job is dropped.</summary>
+    public void Close() => _ready.Writer.TryComplete();
+
+    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private void CheckRank(int rank)
     {
@@ -119,7 +232,13 @@ public sealed class JobParameters
             throw new PushRejectedException($"rank: {rank} is out of range; job {JobId} has ranks 0 to {WorldSize - 1}");
     }
 
-    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private sealed class RankPush
+    {
+        public long Step = -1;
+        public int Delivered;
+        public bool Open;
+        public bool Rejected;
+    }
 }
 
 /// <summary>A push that does not fit the job's current state; the caller gets FailedPrecondition.</summary>

@@ -42,19 +42,26 @@ public sealed class ParameterStore
     }
 
     /// <summary>Creates the job unless it exists; returns it and whether this call created it.</summary>
-    public (JobParameters Job, bool Created) GetOrCreate(InitializeHeader header, byte[] initialWeights)
+    public (JobParameters Job, bool Created) GetOrCreate(InitializeHeader header, float[] initialWeights)
     {
         var created = false;
         var job = _jobs.GetOrAdd(header.JobId, _ =>
         {
             created = true;
-            return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer), initialWeights);
+            int partition = header.PartitionElements > 0 ? header.PartitionElements : JobParameters.DefaultPartitionElements;
+            return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer),
+                initialWeights, header.RangeStart, partition);
         });
-        if (!created && job.ElementCount * (long)sizeof(float) != initialWeights.Length)
+        if (!created && (job.ElementCount != initialWeights.Length || job.RangeStart != header.RangeStart))
             throw new ArgumentException(
-                $"job {header.JobId}: already holds {job.ElementCount} elements; this Initialize sent {initialWeights.Length / sizeof(float)}");
+                $"job {header.JobId}: already holds elements [{job.RangeStart}, {job.RangeStart + job.ElementCount}); this Initialize sent [{header.RangeStart}, {header.RangeStart + initialWeights.Length})");
         return (job, created);
     }
 
-    public bool Remove(string jobId) => _jobs.TryRemove(jobId, out _);
+    public bool Remove(string jobId)
+    {
+        if (!_jobs.TryRemove(jobId, out var job)) return false;
+        job.Close();
+        return true;
+    }
 }

@@ -51,6 +51,14 @@ public sealed record JobSpecification
 
     [System.Text.Json.Serialization.JsonIgnore]
     public bool IsLanguageModel => LanguageModels.Contains(Model);
+    /// <summary>Parameter-server shards the model is cut across.</summary>
+    public int ParameterServers { get; init; } = 1;
+    /// <summary>Element type of gradients and parameters on the wire: float32, bfloat16 or float16.</summary>
+    public string WireDtype { get; init; } = "float32";
+    /// <summary>Top-k sparsification of pushed gradients (fraction sent per partition, with error feedback); 0: off.</summary>
+    public double TopKRatio { get; init; }
+
+    public const int ParameterServersMax = 256;
 
     /// <summary>Every problem with this job, each naming the field, the value and what was expected.</summary>
     public IReadOnlyList<string> Validate()
@@ -74,6 +82,12 @@ public sealed record JobSpecification
             errors.Add($"train-limit: {TrainLimit} is out of range; expected 0 (all) or a positive count");
         if (TestLimit < 0)
             errors.Add($"test-limit: {TestLimit} is out of range; expected 0 (all) or a positive count");
+        if (ParameterServers is <= 0 or > ParameterServersMax)
+            errors.Add($"ps: {ParameterServers} is out of range; expected 1 to {ParameterServersMax}");
+        if (!Wire.ElementCodec.Names.Contains(WireDtype))
+            errors.Add($"wire-dtype: '{WireDtype}' is not a wire type; expected one of {string.Join(", ", Wire.ElementCodec.Names)}");
+        if (!(TopKRatio >= 0 && TopKRatio < 1))
+            errors.Add($"topk: {TopKRatio} is out of range; expected 0 (off) or a fraction below 1");
         if (!DeviceNames.IsValid(Device))
             errors.Add($"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N");
         errors.AddRange(Optimizer.Validate());
@@ -118,6 +132,9 @@ public sealed record JobSpecification
         TrainLimit = TrainLimit,
         TestLimit = TestLimit,
         Device = Device,
+        WireDtype = WireDtype,
+        TopkRatio = TopKRatio,
+        ParameterServers = ParameterServers,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -139,6 +156,9 @@ public sealed record JobSpecification
         Freeze = spec.Freeze.Count == 0 ? [] : [.. spec.Freeze],
         ReplaceHead = spec.ReplaceHead,
         SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
+        WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
+        TopKRatio = spec.TopkRatio,
+        ParameterServers = Math.Max(1, spec.ParameterServers),
     };
 }
 

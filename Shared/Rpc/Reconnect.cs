@@ -21,6 +21,12 @@ public static class Reconnect
             {
                 return await call(giveUpAt);
             }
+            catch (RpcException e) when (IsTlsRefusal(e))
+            {
+                throw new PeerRefusedException(
+                    $"{peer} at {address} refused the connection ({e.Status.Detail}); with TLS, check that this member's certificate " +
+                    "is signed by the cluster CA and that it trusts that CA (--tls-dir)", e);
+            }
             catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
             {
                 if (DateTime.UtcNow + RetryDelay >= giveUpAt)
@@ -28,9 +34,34 @@ public static class Reconnect
                         $"{peer} at {address} is not reachable: no answer within {timeout.TotalSeconds:0.#} s ({e.Status.Detail})", e);
                 await Task.Delay(RetryDelay, cancellationToken);
             }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated)
+            {
+                throw new PeerRefusedException($"{peer} at {address} refused this member: {e.Status.Detail}; give the cluster's secret", e);
+            }
+            catch (RpcException e) when (e.StatusCode is StatusCode.Internal && e.Status.Detail.StartsWith("Error starting gRPC call", StringComparison.Ordinal))
+            {
+                throw new PeerRefusedException(
+                    $"{peer} at {address} refused the connection ({e.Status.Detail}); with TLS, check that this member's certificate " +
+                    "is signed by the cluster CA and that it trusts that CA (--tls-dir)", e);
+            }
         }
     }
+
+    /// <summary>
+    /// A TLS handshake that failed, or a connection the server dropped right after it (how a
+    /// refused client certificate looks under TLS 1.3): a configuration error, not worth retrying.
+    /// </summary>
+    private static bool IsTlsRefusal(RpcException e)
+    {
+        for (var inner = e.Status.DebugException; inner is not null; inner = inner.InnerException)
+            if (inner is System.Security.Authentication.AuthenticationException) return true;
+        return e.Status.Detail.Contains("did not complete the HTTP/2 handshake", StringComparison.Ordinal)
+            || e.Status.Detail.Contains("SSL connection could not be established", StringComparison.Ordinal);
+    }
 }
+
+/// <summary>A peer of the cluster answered but refused this member (wrong secret, certificate not of the cluster CA).</summary>
+public sealed class PeerRefusedException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>A peer of the cluster could not be reached before its deadline.</summary>
 public sealed class PeerUnreachableException(string message, Exception? inner = null) : Exception(message, inner);

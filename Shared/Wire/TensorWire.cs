@@ -11,20 +11,30 @@ namespace Cluster.Shared.Wire;
 /// </summary>
 public static class TensorWire
 {
-    /// <summary>Largest chunk payload: well under gRPC's 4 MB message limit.</summary>
+    /// <summary>Largest chunk payload a receiver accepts: well under gRPC's 4 MB message limit.</summary>
     public const int ChunkBytesMax = 1 << 20;
+
+    /// <summary>
+    /// Payload of the chunks senders cut: below .NET's large-object threshold (85,000 bytes), so
+    /// that the receiver's per-message buffers are short-lived small objects, not LOH churn.
+    /// </summary>
+    public const int ChunkBytesSent = 64 << 10;
 
     private const int ElementBytes = sizeof(float);
 
-    /// <summary>The chunks of <paramref name="elements"/>, wrapping (not copying) the buffer.</summary>
-    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements)
+    /// <summary>
+    /// The chunks of <paramref name="elements"/> (of <paramref name="elementBytes"/> each, the first
+    /// at element <paramref name="firstElement"/>), wrapping (not copying) the buffer.
+    /// </summary>
+    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements, long firstElement = 0, int elementBytes = ElementBytes)
     {
-        for (int offset = 0; offset < elements.Length; offset += ChunkBytesMax)
+        int step = ChunkBytesSent / elementBytes * elementBytes;
+        for (int offset = 0; offset < elements.Length; offset += step)
         {
-            int length = Math.Min(ChunkBytesMax, elements.Length - offset);
+            int length = Math.Min(step, elements.Length - offset);
             yield return new TensorChunk
             {
-                OffsetElements = offset / ElementBytes,
+                OffsetElements = firstElement + offset / elementBytes,
                 Data = UnsafeByteOperations.UnsafeWrap(elements.Slice(offset, length)),
             };
         }

@@ -1,5 +1,6 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
 using Cluster.Shared.Wire;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -7,84 +8,93 @@ using Grpc.Net.Client;
 namespace Cluster.Worker.Training;
 
 /// <summary>
-/// The worker's side of parameter_server.proto: Initialize, PushGradients and
-/// PullParameters over one gRPC channel, streaming flat buffers in chunks.
+/// The worker's side of parameter_server.proto for one server (one key range): Initialize,
+/// PushGradients and PullParameters over one gRPC channel, streaming in chunks.
 /// </summary>
 public sealed class ParameterServerClient : IDisposable
 {
     private readonly GrpcChannel _channel;
     private readonly ParameterServer.ParameterServerClient _client;
-    private readonly TimeSpan _callTimeout;
-    private readonly TimeSpan _barrierTimeout;
-    private readonly TimeSpan _connectTimeout;
+    private readonly TimeSpan _connectTimeout, _callTimeout, _barrierTimeout;
 
-    public ParameterServerClient(string address, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
+    public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
     {
-        _connectTimeout = connectTimeout;
         Address = address;
-        _channel = GrpcChannel.ForAddress(address);
+        _channel = ClusterTransport.Channel(address, security, "parameter server");
         _client = new ParameterServer.ParameterServerClient(_channel);
-        (_callTimeout, _barrierTimeout) = (callTimeout, barrierTimeout);
+        (_connectTimeout, _callTimeout, _barrierTimeout) = (connectTimeout, callTimeout, barrierTimeout);
     }
 
     public string Address { get; }
 
-    /// <summary>The first call to the server: retried until <c>connectTimeout</c> while the server is not up yet.</summary>
-    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<byte> parameters, CancellationToken cancellationToken) =>
+    /// <summary>Stopwatch timestamp of the last push's acknowledgement (step timeline: end of "push").</summary>
+    public long LastPushDoneTimestamp { get; private set; }
+
+    /// <summary>Stopwatch timestamp of the last pull's first chunk of parameters (step timeline: end of "wait").</summary>
+    public long LastPullFirstChunkTimestamp { get; private set; }
+
+    /// <summary>The first call to the server: retried until the connect timeout while the server is not up yet.</summary>
+    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken) =>
         Reconnect.UntilAsync("parameter server", Address, _connectTimeout, async deadline =>
         {
             using var call = _client.Initialize(deadline: Min(deadline, Deadline(_callTimeout)), cancellationToken: cancellationToken);
-            await SendAsync(call.RequestStream, new InitializeMessage { Header = header }, chunk => new InitializeMessage { Chunk = chunk }, parameters, cancellationToken);
+            await SendAsync(call.RequestStream, new InitializeMessage { Header = header }, chunk => new InitializeMessage { Chunk = chunk },
+                TensorWire.Chunks(FloatMemory.AsBytes(parameters)), cancellationToken);
             return await call.ResponseAsync;
         }, cancellationToken);
 
-    public async Task<long> PushAsync(PushHeader header, ReadOnlyMemory<byte> gradient, CancellationToken cancellationToken)
+    /// <summary>Pushes one step's gradient for this server's range, already cut into chunks.</summary>
+    public async Task<long> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
     {
         using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
-        await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, gradient, cancellationToken));
-        return (await Guard(() => call.ResponseAsync)).Version;
+        await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, chunks, cancellationToken));
+        long version = (await Guard(() => call.ResponseAsync)).Version;
+        LastPushDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+        return version;
     }
 
-    /// <summary>A client stream of one header message, then the buffer as chunks (wrapped, not copied).</summary>
-    private static async Task SendAsync<TMessage>(
-        IClientStreamWriter<TMessage> stream, TMessage header, Func<TensorChunk, TMessage> wrap, ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken)
-    {
-        await stream.WriteAsync(header, cancellationToken);
-        foreach (var chunk in TensorWire.Chunks(buffer))
-            await stream.WriteAsync(wrap(chunk), cancellationToken);
-        await stream.CompleteAsync();
-    }
-
-    private static DateTime Min(DateTime a, DateTime b) => a < b ? a : b;
-
-    /// <summary>Waits for version >= <paramref name="minVersion"/> and copies it into <paramref name="destination"/>; returns its version.</summary>
-    public async Task<long> PullAsync(string jobId, long minVersion, Memory<byte> destination, CancellationToken cancellationToken)
+    /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>
+    public async Task PullAsync(string jobId, long minVersion, DType dtype, Memory<float> destination, CancellationToken cancellationToken)
     {
         using var call = _client.PullParameters(
-            new PullRequest { JobId = jobId, MinVersion = minVersion },
+            new PullRequest { JobId = jobId, MinVersion = minVersion, Dtype = dtype },
             deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
-        return await Guard(async () =>
+        await Guard(async () =>
         {
             var stream = call.ResponseStream;
             if (!await stream.MoveNext(cancellationToken) || stream.Current.BodyCase != PullMessage.BodyOneofCase.Header)
                 throw new InvalidDataException($"parameter server {Address}: pull stream did not start with a header");
             var header = stream.Current.Header;
-            if (header.ElementCount * sizeof(float) != destination.Length)
+            if (header.ElementCount != destination.Length)
                 throw new InvalidDataException(
-                    $"parameter server {Address}: holds {header.ElementCount} elements for job {jobId}; this model has {destination.Length / sizeof(float)}");
+                    $"parameter server {Address}: holds {header.ElementCount} elements for job {jobId}; this worker expects {destination.Length}");
             long received = 0;
             while (await stream.MoveNext(cancellationToken))
-                received = TensorWire.CopyNextChunk(stream.Current.Chunk, destination.Span, received);
+            {
+                if (received == 0) LastPullFirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+                received = ChunkReader.ReadDense(stream.Current.Chunk, header.Dtype, destination.Span, received);
+            }
             if (received != header.ElementCount)
                 throw new InvalidDataException($"parameter server {Address}: sent {received} of {header.ElementCount} elements");
-            return header.Version;
+            return true;
         });
     }
 
     public async Task FinishAsync(string jobId, CancellationToken cancellationToken) =>
         await Guard(async () => await _client.FinishAsync(new FinishRequest { JobId = jobId }, deadline: Deadline(_callTimeout), cancellationToken: cancellationToken));
 
+    /// <summary>A client stream of one header message, then the chunks (which wrap the caller's buffers).</summary>
+    private static async Task SendAsync<TMessage>(
+        IClientStreamWriter<TMessage> stream, TMessage header, Func<TensorChunk, TMessage> wrap, IEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
+    {
+        await stream.WriteAsync(header, cancellationToken);
+        foreach (var chunk in chunks)
+            await stream.WriteAsync(wrap(chunk), cancellationToken);
+        await stream.CompleteAsync();
+    }
+
     private static DateTime Deadline(TimeSpan timeout) => DateTime.UtcNow + timeout;
+    private static DateTime Min(DateTime a, DateTime b) => a < b ? a : b;
 
     /// <summary>Turns transport failures into errors that name the server's address.</summary>
     private async Task<T> Guard<T>(Func<Task<T>> call)
@@ -103,4 +113,3 @@ public sealed class ParameterServerClient : IDisposable
 
     public void Dispose() => _channel.Dispose();
 }
-

@@ -4,6 +4,7 @@ using Cluster.Shared.Jobs;
 using Cluster.Worker.Checkpoints;
 using Cluster.Worker.Evaluation;
 using Cluster.Worker.Tasks;
+using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -19,9 +20,12 @@ public sealed class ParameterServerTrainer(
     Assignment assignment,
     Coordinator.CoordinatorClient coordinator,
     WorkerOptions options,
-    ILogger logger)
+    ILogger logger,
+    WorkerTelemetry telemetry)
 {
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
+    private StepTimer? _timer;
+    private TensorBoardLog? _tensorBoard;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -31,28 +35,32 @@ public sealed class ParameterServerTrainer(
         using var task = TrainingTasks.Create(job, device);
         var model = task.Model;
         using var vector = new ParameterVector(model);
-        var parameters = new byte[vector.ByteCount];
-        var gradients = new byte[vector.ByteCount];
-        using var server = new ParameterServerClient(assignment.ParameterServers[0], options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout);
+        var parameters = new float[vector.ElementCount];
+        var gradients = new float[vector.ElementCount];
+        using var servers = new ShardedParameterClient(
+            assignment, vector.ElementCount, Shared.Wire.ElementCodec.Parse(spec.WireDtype), spec.TopkRatio, options);
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
-        vector.ReadParameters(parameters);
-        await server.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        vector.ReadParameters(AsBytes(parameters));
+        await servers.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        await servers.PullAsync(0, parameters, cancellationToken);
+        vector.WriteParameters(AsBytes(parameters));
 
         long step = 0;
         for (int epoch = 0; epoch < spec.Epochs; epoch++)
         {
-            step = await TrainEpochAsync(epoch, step, task, vector, server, parameters, gradients, cancellationToken);
-            await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
-            vector.WriteParameters(parameters);
+            // Each step ends with the next version loaded, so the epoch's final version is in the model here.
+            step = await TrainEpochAsync(epoch, step, task, vector, servers, parameters, gradients, cancellationToken);
             if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
             await EvaluateAsync(epoch, task, cancellationToken);
         }
     }
 
+    private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
+
     private async Task<long> TrainEpochAsync(
         int epoch, long step, ITrainingTask task, ParameterVector vector,
-        ParameterServerClient server, byte[] parameters, byte[] gradients, CancellationToken cancellationToken)
+        ShardedParameterClient servers, float[] parameters, float[] gradients, CancellationToken cancellationToken)
     {
         var shard = await coordinator.GetShardAsync(
             new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
@@ -62,42 +70,62 @@ public sealed class ParameterServerTrainer(
         int stepCount = offsets.Length - 1;
 
         var sinceReport = Stopwatch.StartNew();
-        double lossSum = 0;
-        long sampleCount = 0;
+        double lossSum = 0, epochLossSum = 0;
+        long sampleCount = 0, epochSampleCount = 0;
+        _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
+        _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
+        int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
         for (int s = 0; s < stepCount; s++, step++)
         {
-            await server.PullAsync(assignment.JobId, step, parameters, cancellationToken);
-            vector.WriteParameters(parameters);
+            _timer.BeginStep(step);
+            // Test-only fault injection: a slow device, counted as compute.
+            if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
             lossSum += task.ComputeGradient(batch);
             sampleCount += batch.Length;
-            vector.ReadGradients(gradients);
-            var header = new PushHeader { JobId = assignment.JobId, Rank = assignment.Rank, Step = step, SampleCount = batch.Length, Dtype = DType.Float32 };
-            await server.PushAsync(header, gradients, cancellationToken);
+            vector.ReadGradients(AsBytes(gradients));
+            _timer.Computed();
+            await servers.PushAndPullAsync(step, batch.Length, gradients, parameters, cancellationToken);
+            _timer.Exchanged(servers.PushesDoneTimestamp, servers.PullsStartedTimestamp, wireBytes, wireBytes, offsets[s + 1] - offsets[s]);
+            vector.WriteParameters(AsBytes(parameters));
 
             if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
             {
-                await coordinator.ReportProgressAsync(new ReportProgressRequest
+                var report = new ReportProgressRequest
                 {
                     JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch,
                     StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
-                }, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                };
+                _timer.Drain(report);
+                _tensorBoard?.Progress(report, step + 1);
+                await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
                 (lossSum, sampleCount) = (0, 0);
                 sinceReport.Restart();
             }
         }
+        WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, epoch, step, epochSampleCount == 0 ? 0 : epochLossSum / epochSampleCount);
         return step;
     }
 
     private async Task EvaluateAsync(int epoch, ITrainingTask task, CancellationToken cancellationToken)
     {
+        int classCount = task.ClassCount;
         var (start, count) = Evaluator.Slice(task.TestCount, assignment.Rank, assignment.WorldSize);
         var result = task.Evaluate(start, count);
         var request = new ReportEvaluationRequest
         {
-            JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = task.ClassCount, LossSum = result.LossSum,
+            JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
+        // Scored predictions: test samples, or tokens for a language model.
+        long scored = result.Confusion.Sum();
+        if (_tensorBoard is not null && scored > 0)
+        {
+            long correct = 0;
+            for (int c = 0; c < classCount; c++) correct += result.Confusion[c * classCount + c];
+            _tensorBoard.Evaluation(epoch, result.LossSum / scored, (double)correct / scored);
+        }
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
     }
 

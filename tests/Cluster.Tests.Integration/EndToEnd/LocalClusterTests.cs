@@ -12,11 +12,13 @@ public sealed class LocalClusterTests
     [Fact]
     public async Task A_small_job_trains_reports_metrics_as_json_and_leaves_no_process_behind()
     {
-        using var command = ClusterCommand.Start(
+        // As a newcomer runs it: no secret given, so `cluster local` makes one.
+        using var command = ClusterCommand.StartWith(new Dictionary<string, string?> { ["CLUSTER_SECRET"] = null },
             "local", "--model", "mlp", "--workers", "2", "--epochs", "1", "--train-limit", "6000", "--test-limit", "2000", "--output", "json");
         int exitCode = await command.WaitAsync(SmallJobTimeout);
 
         Assert.True(exitCode == 0, $"exit code {exitCode}\n{command.Stderr}");
+        Assert.Contains("Cluster secret: generated for this run", command.Stderr, StringComparison.Ordinal);
         using var result = JsonDocument.Parse(command.Stdout);
         var root = result.RootElement;
         Assert.Equal("succeeded", root.GetProperty("state").GetString());

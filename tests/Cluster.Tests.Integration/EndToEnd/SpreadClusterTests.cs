@@ -40,7 +40,7 @@ public sealed class SpreadClusterTests
         Assert.Contains("\"state\": \"succeeded\"", statusOut, StringComparison.Ordinal);
 
         // Both workers are idle again and still registered.
-        using var http = new HttpClient();
+        using var http = TestSecurity.HttpClient();
         var cluster = await http.GetFromJsonAsync<JsonElement>($"{urls["http"]}/api/cluster");
         Assert.Equal(["idle", "idle"], cluster.GetProperty("workers").EnumerateArray().Select(w => w.GetProperty("state").GetString()));
     }
@@ -50,7 +50,7 @@ public sealed class SpreadClusterTests
     {
         using var local = ClusterCommand.Start("local", "--model", "cnn", "--workers", "2", "--epochs", "1", "--test-limit", "500");
         string api = await WaitForApiAsync(local);
-        using var http = new HttpClient();
+        using var http = TestSecurity.HttpClient();
         int workerPid = 0;
         var giveUpAt = DateTime.UtcNow + Startup;
         while (workerPid == 0 && DateTime.UtcNow < giveUpAt)
@@ -81,7 +81,7 @@ public sealed class SpreadClusterTests
     public async Task A_parameter_server_that_cannot_be_reached_fails_the_job_with_its_address()
     {
         const string deadServer = "http://127.0.0.1:9";
-        await using var coordinator = await Coordinator.CoordinatorHost.StartAsync(new Coordinator.CoordinatorOptions(), CancellationToken.None);
+        await using var coordinator = await Coordinator.CoordinatorHost.StartAsync(new Coordinator.CoordinatorOptions { Security = TestSecurity.Loopback }, CancellationToken.None);
         coordinator.Board.RegisterServer(deadServer);
         using var worker = ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--once", "--connect-timeout", "2");
 

@@ -31,15 +31,17 @@ public sealed class DistributedEquivalenceTests
     // 9e-5 (1 worker) and 4e-4 (2 workers) after 50 steps, while they stay below 1e-5 after
     // 10 steps. The mlp with Adam and the cnn with SGD show the machinery itself is exact.
     [Theory]
-    [InlineData("mlp", "adam", 1, 64, 1e-5)]   // 1 worker, batch 64  vs single process, batch 64
-    [InlineData("cnn", "sgd", 1, 64, 1e-5)]
-    [InlineData("mlp", "adam", 2, 64, 1e-4)]   // 2 workers, batch 64 vs single process, batch 128
-    [InlineData("cnn", "sgd", 2, 64, 1e-4)]
-    public async Task Cluster_ends_with_the_parameters_of_single_process_training(string model, string optimizer, int workers, int batchSize, double tolerance)
+    [InlineData("mlp", "adam", 1, 64, 1, 1e-5)]   // 1 worker, batch 64  vs single process, batch 64
+    [InlineData("cnn", "sgd", 1, 64, 1, 1e-5)]
+    [InlineData("mlp", "adam", 2, 64, 1, 1e-4)]   // 2 workers, batch 64 vs single process, batch 128
+    [InlineData("cnn", "sgd", 2, 64, 1, 1e-4)]
+    [InlineData("mlp", "adam", 2, 64, 2, 1e-4)]   // the model cut across 2 parameter servers
+    public async Task Cluster_ends_with_the_parameters_of_single_process_training(
+        string model, string optimizer, int workers, int batchSize, int servers, double tolerance)
     {
         var spec = new JobSpecification
         {
-            Model = model, Epochs = 1, Optimizer = optimizer == "sgd" ? new Shared.Optimizers.OptimizerSettings { Kind = "sgd", LearningRate = 0.01, Momentum = 0.9 } : new(), BatchSize = batchSize, Workers = workers, Seed = 11, Device = "cpu",
+            Model = model, Epochs = 1, ParameterServers = servers, Optimizer = optimizer == "sgd" ? new Shared.Optimizers.OptimizerSettings { Kind = "sgd", LearningRate = 0.01, Momentum = 0.9 } : new(), BatchSize = batchSize, Workers = workers, Seed = 11, Device = "cpu",
             TrainLimit = Steps * workers * batchSize, TestLimit = 500,
         };
 
@@ -65,23 +67,31 @@ public sealed class DistributedEquivalenceTests
     private static async Task<float[]> TrainOnClusterAsync(JobSpecification spec)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
-        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), cancel.Token);
-        await using var server = await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl }, cancel.Token);
+        await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, cancel.Token);
+        var servers = new List<ParameterServerHost>();
+        for (int k = 0; k < spec.ParameterServers; k++)
+            servers.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl, Security = TestSecurity.Loopback }, cancel.Token));
         var workers = Enumerable.Range(0, spec.Workers)
             .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once"))
             .ToList();
         try
         {
             var job = coordinator.Board.Submit(spec);
-            JobParameters? parameters;
-            while ((parameters = server.Store.Find(job.Id)) is null)
+            var ranges = new List<JobParameters>();
+            foreach (var server in servers)
             {
-                AssertNoWorkerExited(workers);
-                await Task.Delay(100, cancel.Token);
+                JobParameters? range;
+                while ((range = server.Store.Find(job.Id)) is null)
+                {
+                    AssertNoWorkerExited(workers);
+                    await Task.Delay(100, cancel.Token);
+                }
+                ranges.Add(range);
             }
-            await parameters.WaitForVersionAsync(Steps, cancel.Token);
             // Version `Steps` is final: the epoch has exactly `Steps` steps, so nothing updates it again.
-            float[] weights = parameters.WeightsAsFloats.ToArray();
+            foreach (var range in ranges) await range.WaitForVersionAsync(Steps, cancel.Token);
+            float[] weights = [.. ranges.OrderBy(r => r.RangeStart).SelectMany(r => r.WeightsAsFloats.ToArray())];
+            if (spec.ParameterServers > 1) Assert.All(ranges, r => Assert.True(r.ElementCount < weights.Length, "each server holds only its key range"));
 
             foreach (var worker in workers) Assert.Equal(0, await worker.WaitAsync(JobTimeout));
             string state = coordinator.Board.Read((jobs, _) => jobs[job.Id].State.ToString());
@@ -91,6 +101,7 @@ public sealed class DistributedEquivalenceTests
         finally
         {
             foreach (var worker in workers) worker.Dispose();
+            foreach (var server in servers) await server.DisposeAsync();
         }
     }
 

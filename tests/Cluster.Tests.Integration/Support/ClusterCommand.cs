@@ -20,7 +20,11 @@ public sealed class ClusterCommand : IDisposable
     public string Stdout { get { lock (_stdout) return _stdout.ToString(); } }
     public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
 
-    public static ClusterCommand Start(params string[] arguments)
+    /// <summary>Starts `cluster ARGS` with the tests' cluster secret in CLUSTER_SECRET.</summary>
+    public static ClusterCommand Start(params string[] arguments) => StartWith(new Dictionary<string, string?> { ["CLUSTER_SECRET"] = TestSecurity.Secret.Value }, arguments);
+
+    /// <summary>Starts `cluster ARGS` with these environment variables set (null: removed).</summary>
+    public static ClusterCommand StartWith(IReadOnlyDictionary<string, string?> environment, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -31,6 +35,11 @@ public sealed class ClusterCommand : IDisposable
         };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "cluster.dll"));
         foreach (string argument in arguments) start.ArgumentList.Add(argument);
+        foreach (var (name, value) in environment)
+        {
+            if (value is null) start.Environment.Remove(name);
+            else start.Environment[name] = value;
+        }
         var process = new Process { StartInfo = start };
         var command = new ClusterCommand(process);
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (command._stdout) command._stdout.AppendLine(e.Data); };

@@ -22,16 +22,40 @@ public sealed class TensorWireTests
         new() { OffsetElements = offsetElements, Data = ByteString.CopyFrom(new byte[byteLength]) };
 
     [Fact]
-    public void A_buffer_of_2_5_MiB_splits_into_three_chunks_with_element_offsets()
+    public void A_buffer_splits_into_chunks_of_the_sent_size_with_element_offsets()
     {
-        byte[] source = RandomBytes(5 * (1 << 19), seed: 1); // 2.5 MiB
+        // Two and a half sent chunks: two full ones and a half one.
+        int sent = TensorWire.ChunkBytesSent;
+        byte[] source = RandomBytes(5 * sent / 2, seed: 1);
 
         var chunks = TensorWire.Chunks(source).ToList();
 
         Assert.Equal(3, chunks.Count);
-        Assert.Equal([0L, 262_144L, 524_288L], chunks.Select(c => c.OffsetElements));
-        Assert.Equal([1 << 20, 1 << 20, 1 << 19], chunks.Select(c => c.Data.Length));
+        Assert.Equal([0L, sent / 4, 2L * sent / 4], chunks.Select(c => c.OffsetElements));
+        Assert.Equal([sent, sent, sent / 2], chunks.Select(c => c.Data.Length));
         Assert.All(chunks, c => Assert.True(c.Data.Length <= TensorWire.ChunkBytesMax));
+    }
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void Chunks_hold_whole_elements_and_count_offsets_from_the_first_element(int elementBytes)
+    {
+        int elements = TensorWire.ChunkBytesSent / elementBytes * 3 + 5;
+        byte[] source = RandomBytes(elements * elementBytes, seed: 3);
+
+        var chunks = TensorWire.Chunks(source, firstElement: 1000, elementBytes: elementBytes).ToList();
+
+        Assert.Equal(4, chunks.Count);
+        Assert.All(chunks, c => Assert.Equal(0, c.Data.Length % elementBytes));
+        long expectedOffset = 1000;
+        foreach (var chunk in chunks)
+        {
+            Assert.Equal(expectedOffset, chunk.OffsetElements);
+            expectedOffset += chunk.Data.Length / elementBytes;
+        }
+        Assert.Equal(1000 + elements, expectedOffset);
+        Assert.True(source.AsSpan().SequenceEqual(chunks.SelectMany(c => c.Data.ToByteArray()).ToArray()), "chunks do not concatenate to the source");
     }
 
     [Fact]

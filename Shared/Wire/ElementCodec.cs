@@ -10,7 +10,7 @@ namespace Cluster.Shared.Wire;
 /// half of a float32, rounded to nearest even; NaN stays NaN) and float16 (IEEE half). All
 /// conversions are SIMD over spans.
 /// </summary>
-public static class WireFormat
+public static class ElementCodec
 {
     public static int ElementBytes(DType dtype) => dtype switch
     {

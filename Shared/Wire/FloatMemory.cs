@@ -1,0 +1,36 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+
+namespace Cluster.Shared.Wire;
+
+/// <summary>Views float memory as bytes without copying, so float32 tensors go to the wire as they are.</summary>
+public static class FloatMemory
+{
+    public static ReadOnlyMemory<byte> AsBytes(ReadOnlyMemory<float> floats)
+    {
+        if (!MemoryMarshal.TryGetArray(floats, out var segment))
+            throw new ArgumentException("floats: expected memory over an array");
+        return new ByteView(segment.Array!, segment.Offset, segment.Count).Memory;
+    }
+
+    private sealed class ByteView(float[] array, int offset, int length) : MemoryManager<byte>
+    {
+        private GCHandle _pin;
+
+        public override Span<byte> GetSpan() => MemoryMarshal.AsBytes(array.AsSpan(offset, length));
+
+        public override unsafe MemoryHandle Pin(int elementIndex = 0)
+        {
+            if (!_pin.IsAllocated) _pin = GCHandle.Alloc(array, GCHandleType.Pinned);
+            byte* start = (byte*)_pin.AddrOfPinnedObject() + (long)offset * sizeof(float) + elementIndex;
+            return new MemoryHandle(start, default, this);
+        }
+
+        public override void Unpin()
+        {
+            if (_pin.IsAllocated) _pin.Free();
+        }
+
+        protected override void Dispose(bool disposing) => Unpin();
+    }
+}

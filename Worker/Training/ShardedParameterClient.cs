@@ -1,0 +1,86 @@
+using Cluster.Protos;
+using Cluster.Shared.Sharding;
+
+namespace Cluster.Worker.Training;
+
+/// <summary>
+/// Talks to all K parameter servers of a job at once: each owns one key range of the flat
+/// vector. A step pushes every range and, at the same time, pulls the next version of every
+/// range, so pulling overlaps pushing and the servers' per-partition aggregation.
+/// </summary>
+public sealed class ShardedParameterClient : IDisposable
+{
+    private readonly ParameterServerClient[] _servers;
+    private readonly GradientEncoder _encoder;
+    private readonly string _jobId;
+    private readonly int _rank;
+
+    public ShardedParameterClient(Assignment assignment, int elementCount, DType dtype, double topKRatio, WorkerOptions options)
+    {
+        _jobId = assignment.JobId;
+        _rank = assignment.Rank;
+        Dtype = dtype;
+        int serverCount = assignment.ParameterServers.Count;
+        PartitionElements = KeyRanges.PartitionElementsFor(elementCount, serverCount);
+        Ranges = KeyRanges.Split(elementCount, serverCount, PartitionElements);
+        _servers = assignment.ParameterServers
+            .Select(address => new ParameterServerClient(address, options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout))
+            .ToArray();
+        _encoder = new GradientEncoder(Ranges, elementCount, PartitionElements, dtype, topKRatio);
+    }
+
+    public IReadOnlyList<KeyRange> Ranges { get; }
+    public int PartitionElements { get; }
+    public DType Dtype { get; }
+
+    /// <summary>Creates the job on every server (idempotent) with this rank's initial parameters.</summary>
+    public Task InitializeAsync(InitializeHeader template, float[] parameters, CancellationToken cancellationToken) =>
+        Task.WhenAll(_servers.Select((server, k) =>
+        {
+            var header = template.Clone();
+            header.RangeStart = Ranges[k].Start;
+            header.RangeElements = Ranges[k].Length;
+            header.PartitionElements = PartitionElements;
+            return server.InitializeAsync(header, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken);
+        }));
+
+    /// <summary>Pulls version <paramref name="minVersion"/> (or later) of every range into <paramref name="parameters"/>.</summary>
+    public Task PullAsync(long minVersion, float[] parameters, CancellationToken cancellationToken) =>
+        Task.WhenAll(_servers.Select((server, k) =>
+            server.PullAsync(_jobId, minVersion, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken)));
+
+    /// <summary>Pushes the gradient of <paramref name="step"/> and pulls version step + 1 into <paramref name="parameters"/>, all servers at once.</summary>
+    public Task PushAndPullAsync(long step, int sampleCount, float[] gradient, float[] parameters, CancellationToken cancellationToken)
+    {
+        var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
+        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k), cancellationToken));
+        return Task.WhenAll([.. pushes, PullAsync(step + 1, parameters, cancellationToken)]);
+    }
+
+    /// <summary>When the last server acknowledged this rank's push (Stopwatch timestamp).</summary>
+    public long PushesDoneTimestamp
+    {
+        get
+        {
+            long latest = 0;
+            foreach (var server in _servers) latest = Math.Max(latest, server.LastPushDoneTimestamp);
+            return latest;
+        }
+    }
+
+    /// <summary>When every server had started sending the new version (Stopwatch timestamp): the end of the barrier wait.</summary>
+    public long PullsStartedTimestamp
+    {
+        get
+        {
+            long latest = 0;
+            foreach (var server in _servers) latest = Math.Max(latest, server.LastPullFirstChunkTimestamp);
+            return latest;
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var server in _servers) server.Dispose();
+    }
+}

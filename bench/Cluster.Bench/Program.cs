@@ -1,0 +1,81 @@
+using System.Text;
+using System.Text.Json;
+using Cluster.Bench;
+using Cluster.Bench.Suites;
+using Cluster.Protos;
+
+// bench/run [--quick] [--json PATH]: every figure measured in this one run, side by side
+// with the baseline it is judged against (local training, raw loopback sockets).
+bool quick = args.Contains("--quick");
+int onlyAt = Array.IndexOf(args, "--only");
+string? only = onlyAt >= 0 && onlyAt + 1 < args.Length ? args[onlyAt + 1] : null;
+bool Run(string suite) => only is null || only == suite;
+int jsonAt = Array.IndexOf(args, "--json");
+string? jsonPath = jsonAt >= 0 && jsonAt + 1 < args.Length ? args[jsonAt + 1] : null;
+var results = new List<Measurement>();
+void Report(Measurement m)
+{
+    results.Add(m);
+    Console.Error.WriteLine($"  {m.Suite} / {m.Name}: {m.Value:0.###} {m.Unit}" + (m.Ratio is { } r ? $" (ratio {r:0.###} of {m.RatioOf})" : ""));
+}
+
+// 1. The physical limit.
+double loopback = await LoopbackSocket.MeasureGigabytesPerSecondAsync(quick ? 256L << 20 : 2L << 30);
+Report(new("loopback", "raw TCP socket, one direction", loopback, "GB/s"));
+
+// 2. Parameter-server sync of a 25M-parameter (100 MB) model: push + pull per step.
+int syncElements = quick ? 2_500_000 : 25_000_000;
+int syncSteps = quick ? 3 : 10;
+double? fp32OneWorkerSeconds = null;
+foreach (var (workers, servers, dtype) in !Run("ps-sync") ? [] : new[] { (1, 1, DType.Float32), (1, 1, DType.Bfloat16), (1, 2, DType.Float32), (1, 2, DType.Bfloat16), (2, 1, DType.Float32), (2, 2, DType.Float32), (2, 2, DType.Bfloat16) })
+{
+    var r = await ParameterServerSync.MeasureAsync(syncElements, workers, servers, dtype, syncSteps);
+    string name = $"{syncElements * 4 / 1_000_000} MB model, {workers} worker(s), K={servers}, {r.Dtype}";
+    if (workers == 1 && servers == 1 && dtype == DType.Float32) fp32OneWorkerSeconds = r.SecondsPerStep;
+    Report(new("ps-sync", name + ": effective bandwidth per worker", r.EffectiveGBps, "GB/s", r.EffectiveGBps / loopback, "raw loopback"));
+    Report(new("ps-sync", name + ": time per step", r.SecondsPerStep * 1000, "ms",
+        fp32OneWorkerSeconds is { } baseline && workers == 1 && servers == 1 ? r.SecondsPerStep / baseline : null,
+        workers == 1 && servers == 1 ? "fp32, 1 worker, K=1" : null));
+}
+
+// 3. Flatten / unflatten between TorchSharp and the wire buffer.
+if (Run("flatten"))
+{
+    var (flatten, unflatten) = Flatten.Measure(quick ? 4_000_000 : 24_000_000, quick ? 5 : 20);
+    Report(new("flatten", "gradients -> wire buffer", flatten, "GB/s"));
+    Report(new("flatten", "wire buffer -> parameters", unflatten, "GB/s"));
+}
+
+// 4. Local single-process training vs a 1-worker cluster on the same batches.
+foreach (var (model, samples) in !Run("local-vs-cluster") ? [] : new[] { ("cnn", quick ? 3200 : 12800), ("mlp", quick ? 6400 : 32000) })
+{
+    double local = Training.LocalSamplesPerSecond(model, samples, 64);
+    double cluster = await Training.ClusterSamplesPerSecondAsync(model, 1, samples, 64);
+    Report(new("local-vs-cluster", $"{model}: local single process", local, "samples/s"));
+    Report(new("local-vs-cluster", $"{model}: 1-worker cluster", cluster, "samples/s", cluster / local, "local single process"));
+}
+
+// 5. Scaling with workers: the cnn is compute-bound, the mlp communication-bound.
+foreach (string model in !Run("scaling") ? [] : new[] { "cnn", "mlp" })
+{
+    double? one = null;
+    foreach (int workers in quick ? new[] { 1, 2 } : new[] { 1, 2, 4 })
+    {
+        int samples = (quick ? 3200 : 12800) * (model == "mlp" ? 2 : 1);
+        double rate = await Training.ClusterSamplesPerSecondAsync(model, workers, samples, 64);
+        one ??= rate;
+        Report(new("scaling", $"{model}: {workers} worker(s)", rate, "samples/s", rate / one, "1 worker"));
+    }
+}
+
+var table = new StringBuilder();
+table.AppendLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}, .NET {Environment.Version}; mode: {(quick ? "quick" : "full")}");
+table.AppendLine();
+table.AppendLine("| suite | measurement | value | unit | ratio | ratio of |");
+table.AppendLine("| --- | --- | ---: | --- | ---: | --- |");
+foreach (var m in results)
+    table.AppendLine($"| {m.Suite} | {m.Name} | {m.Value:0.###} | {m.Unit} | {(m.Ratio is { } r ? r.ToString("0.###") : "")} | {m.RatioOf} |");
+Console.Write(table);
+if (jsonPath is not null)
+    await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(new { quick, processorCount = Environment.ProcessorCount, results },
+        new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }));

@@ -1,0 +1,59 @@
+using System.Diagnostics;
+using Cluster.ParameterServer;
+using Cluster.Protos;
+using Cluster.Shared.Optimizers;
+using Cluster.Shared.Wire;
+using Cluster.Worker;
+using Cluster.Worker.Training;
+
+namespace Cluster.Bench.Suites;
+
+/// <summary>
+/// One BSP step's synchronisation as workers see it: push the gradient and pull the next
+/// version from K parameter servers (real gRPC on loopback, servers applying Adam), for a model
+/// of <c>elementCount</c> float32 parameters. Reported per worker: seconds per step, and the
+/// bytes it moved (pushed + pulled) per second.
+/// </summary>
+public static class ParameterServerSync
+{
+    public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps);
+
+    public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps)
+    {
+        var hosts = new List<ParameterServerHost>();
+        for (int k = 0; k < servers; k++) hosts.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions(), CancellationToken.None));
+        try
+        {
+            string jobId = $"bench-{Guid.NewGuid():N}";
+            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1" };
+            var clients = Enumerable.Range(0, workers).Select(rank =>
+            {
+                var assignment = new Assignment { JobId = jobId, Rank = rank, WorldSize = workers };
+                assignment.ParameterServers.AddRange(hosts.Select(h => h.Url));
+                return new ShardedParameterClient(assignment, elementCount, dtype, topKRatio: 0, options);
+            }).ToList();
+            var parameters = clients.Select(_ => new float[elementCount]).ToList();
+            var gradients = clients.Select(_ => Enumerable.Repeat(1e-3f, elementCount).ToArray()).ToList();
+            var header = new InitializeHeader { JobId = jobId, WorldSize = workers, Dtype = DType.Float32, Optimizer = new OptimizerSettings().ToProto() };
+            header.Layout = new TensorLayout();
+            header.Layout.Tensors.Add(new TensorSpec { Name = "weights", Shape = { elementCount }, Dtype = DType.Float32 });
+            await Task.WhenAll(clients.Select((c, r) => c.InitializeAsync(header, parameters[r], CancellationToken.None)));
+
+            const int warmup = 2;
+            var watch = new Stopwatch();
+            for (int step = 0; step < warmup + steps; step++)
+            {
+                if (step == warmup) watch.Start();
+                await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, gradients[r], parameters[r], CancellationToken.None)));
+            }
+            double seconds = watch.Elapsed.TotalSeconds / steps;
+            double bytes = 2.0 * elementCount * ElementCodec.ElementBytes(dtype);
+            foreach (var client in clients) client.Dispose();
+            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9);
+        }
+        finally
+        {
+            foreach (var host in hosts) await host.DisposeAsync();
+        }
+    }
+}

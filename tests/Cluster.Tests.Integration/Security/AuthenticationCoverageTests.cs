@@ -1,0 +1,185 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Reflection;
+using Cluster.Coordinator;
+using Cluster.ParameterServer;
+using Cluster.Tests.Integration.Support;
+using Google.Protobuf.Reflection;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Cluster.Tests.Integration.Security;
+
+/// <summary>
+/// Nobody gets in without the cluster secret: every RPC method of every service in the wire
+/// contracts (read from the generated descriptors, so a new method is covered the day it is
+/// added) and every HTTP endpoint the coordinator maps (read from its endpoint data source)
+/// refuses a call without the secret and one with a wrong secret.
+/// </summary>
+[Trait("Tier", "integration")]
+public sealed class AuthenticationCoverageTests : IAsyncLifetime
+{
+    private static readonly TimeSpan CallDeadline = TimeSpan.FromSeconds(10);
+    private CoordinatorHost _coordinator = null!;
+    private ParameterServerHost _server = null!;
+
+    public async Task InitializeAsync()
+    {
+        _coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, CancellationToken.None);
+        _server = await ParameterServerHost.StartAsync(
+            new ParameterServerOptions { CoordinatorUrl = _coordinator.GrpcUrl, Security = TestSecurity.Loopback }, CancellationToken.None);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _server.DisposeAsync();
+        await _coordinator.DisposeAsync();
+    }
+
+    /// <summary>Every service of every .proto compiled into Cluster.Protos.</summary>
+    public static List<ServiceDescriptor> Services() =>
+        [.. typeof(Protos.Coordinator).Assembly.GetTypes()
+            .Select(type => type.GetProperty("Descriptor", BindingFlags.Public | BindingFlags.Static))
+            .Where(property => property?.PropertyType == typeof(FileDescriptor))
+            .SelectMany(property => ((FileDescriptor)property!.GetValue(null)!).Services)
+            .DistinctBy(service => service.FullName)];
+
+    [Fact]
+    public async Task Every_rpc_method_of_every_service_refuses_calls_without_the_secret_or_with_a_wrong_one()
+    {
+        var methods = Services().SelectMany(s => s.Methods).ToList();
+        Assert.Contains(methods, m => m.FullName == "cluster.Coordinator.RegisterWorker");
+        Assert.Contains(methods, m => m.FullName == "cluster.ParameterServer.PushGradients");
+        string[] hosts = [_coordinator.GrpcUrl, _server.Url];
+        var failures = new List<string>();
+        foreach (var method in methods)
+        {
+            foreach (string host in hosts)
+            {
+                var (none, noneDetail) = await CallAsync(host, method, authorization: null);
+                if (none != StatusCode.Unauthenticated) failures.Add($"{method.FullName} at {host} without a secret: {none} {noneDetail}");
+                var (wrong, _) = await CallAsync(host, method, authorization: "Bearer " + Shared.Security.ClusterSecret.Generate().Value);
+                if (wrong != StatusCode.Unauthenticated) failures.Add($"{method.FullName} at {host} with a wrong secret: {wrong}");
+                var (bare, _) = await CallAsync(host, method, authorization: TestSecurity.Secret.Value);
+                if (bare != StatusCode.Unauthenticated) failures.Add($"{method.FullName} at {host} with the secret but no Bearer scheme: {bare}");
+                if (none == StatusCode.Unauthenticated)
+                    Assert.Contains("no cluster secret presented", noneDetail, StringComparison.Ordinal);
+            }
+            // The method really is served somewhere (so the refusals above are not just "no such method").
+            var withSecret = new List<StatusCode>();
+            foreach (string host in hosts) withSecret.Add((await CallAsync(host, method, TestSecurity.Secret.AuthorizationHeader)).Status);
+            if (!withSecret.Any(s => s is not (StatusCode.Unimplemented or StatusCode.Unauthenticated)))
+                failures.Add($"{method.FullName} is served by no host of this test ({string.Join(", ", withSecret)}); start the host that serves it here");
+        }
+        Assert.True(failures.Count == 0, string.Join(Environment.NewLine, failures));
+        Assert.True(methods.Count >= 12, $"only {methods.Count} methods found in the descriptors");
+    }
+
+    [Fact]
+    public async Task Every_http_endpoint_refuses_requests_without_the_secret_or_with_a_wrong_one_with_401()
+    {
+        var routes = HttpRoutes(_coordinator.Endpoints).ToList();
+        Assert.Contains(routes, r => r.Method == "POST" && r.Path == "/api/jobs");
+        Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/api/cluster");
+        var failures = new List<string>();
+        using var http = new HttpClient();
+        foreach (var (method, path) in routes.Append(("GET", "/no/such/page")).Append(("GET", "/")))
+        {
+            foreach (string? authorization in new[] { null, "Bearer wrong-secret-of-enough-length", "Basic " + TestSecurity.Secret.Value })
+            {
+                using var request = new HttpRequestMessage(new HttpMethod(method), _coordinator.HttpUrl + path) { Content = method == "GET" ? null : new StringContent("{}", MediaTypeHeaderValue.Parse("application/json")) };
+                if (authorization is not null) request.Headers.TryAddWithoutValidation("authorization", authorization);
+                using var response = await http.SendAsync(request);
+                string body = await response.Content.ReadAsStringAsync();
+                if (response.StatusCode != HttpStatusCode.Unauthorized || !body.Contains("authorization:", StringComparison.Ordinal))
+                    failures.Add($"{method} {path} with {authorization ?? "no authorization"}: {(int)response.StatusCode} {body}");
+            }
+            using var allowed = new HttpRequestMessage(new HttpMethod(method), _coordinator.HttpUrl + path) { Content = method == "GET" ? null : new StringContent("{}", MediaTypeHeaderValue.Parse("application/json")) };
+            allowed.Headers.Authorization = new AuthenticationHeaderValue("Bearer", TestSecurity.Secret.Value);
+            using var answer = await http.SendAsync(allowed);
+            if (answer.StatusCode == HttpStatusCode.Unauthorized) failures.Add($"{method} {path} with the secret: 401");
+        }
+        Assert.True(failures.Count == 0, string.Join(Environment.NewLine, failures));
+    }
+
+    [Fact]
+    public async Task A_worker_or_client_with_a_wrong_secret_is_refused_with_a_message_that_says_so()
+    {
+        var wrong = new Dictionary<string, string?> { ["CLUSTER_SECRET"] = Shared.Security.ClusterSecret.Generate().Value };
+        using var worker = ClusterCommand.StartWith(wrong, "worker", "--coordinator", _coordinator.GrpcUrl, "--once");
+        Assert.Equal(1, await worker.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains($"coordinator at {_coordinator.GrpcUrl} refused this member: the cluster secret presented is wrong", worker.Stderr, StringComparison.Ordinal);
+
+        using var status = ClusterCommand.StartWith(wrong, "status", "--api", _coordinator.HttpUrl);
+        Assert.Equal(2, await status.WaitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("authorization: the cluster secret presented is wrong", status.Stderr, StringComparison.Ordinal);
+        Assert.Empty(_coordinator.Board.Read((_, members) => members.Workers.ToList()));
+    }
+
+    /// <summary>The coordinator's HTTP routes (not its gRPC methods), with route parameters filled in.</summary>
+    private static IEnumerable<(string Method, string Path)> HttpRoutes(IEnumerable<Endpoint> endpoints)
+    {
+        foreach (var endpoint in endpoints.OfType<RouteEndpoint>())
+        {
+            if (endpoint.Metadata.Any(m => m.GetType().Namespace?.StartsWith("Grpc.", StringComparison.Ordinal) == true)) continue;
+            if (endpoint.DisplayName?.StartsWith("gRPC", StringComparison.Ordinal) == true) continue;
+            string path = "/" + string.Join("/", endpoint.RoutePattern.PathSegments.Select(segment =>
+                string.Concat(segment.Parts.Select(part => part is Microsoft.AspNetCore.Routing.Patterns.RoutePatternLiteralPart literal ? literal.Content : "job-1"))));
+            var methods = endpoint.Metadata.GetMetadata<IHttpMethodMetadata>()?.HttpMethods ?? ["GET"];
+            foreach (string method in methods) yield return (method, path);
+        }
+    }
+
+    /// <summary>Calls a method with an empty request through a raw byte marshaller; returns the status it ended with.</summary>
+    private static async Task<(StatusCode Status, string Detail)> CallAsync(string url, MethodDescriptor descriptor, string? authorization)
+    {
+        using var channel = GrpcChannel.ForAddress(url);
+        var invoker = channel.CreateCallInvoker();
+        var marshaller = Marshallers.Create<byte[]>(bytes => bytes, bytes => bytes);
+        var type = (descriptor.IsClientStreaming, descriptor.IsServerStreaming) switch
+        {
+            (false, false) => MethodType.Unary,
+            (true, false) => MethodType.ClientStreaming,
+            (false, true) => MethodType.ServerStreaming,
+            _ => MethodType.DuplexStreaming,
+        };
+        var method = new Method<byte[], byte[]>(type, descriptor.Service.FullName, descriptor.Name, marshaller, marshaller);
+        var headers = new Metadata();
+        if (authorization is not null) headers.Add("authorization", authorization);
+        var options = new CallOptions(headers, DateTime.UtcNow + CallDeadline);
+        try
+        {
+            switch (type)
+            {
+                case MethodType.Unary:
+                    await invoker.AsyncUnaryCall(method, null, options, []);
+                    break;
+                case MethodType.ClientStreaming:
+                    using (var call = invoker.AsyncClientStreamingCall(method, null, options))
+                    {
+                        try { await call.RequestStream.CompleteAsync(); } catch (RpcException) { } catch (InvalidOperationException) { }
+                        await call.ResponseAsync;
+                    }
+                    break;
+                case MethodType.ServerStreaming:
+                    using (var call = invoker.AsyncServerStreamingCall(method, null, options, []))
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None)) { }
+                    break;
+                default:
+                    using (var call = invoker.AsyncDuplexStreamingCall(method, null, options))
+                    {
+                        try { await call.RequestStream.CompleteAsync(); } catch (RpcException) { } catch (InvalidOperationException) { }
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None)) { }
+                    }
+                    break;
+            }
+            return (StatusCode.OK, "");
+        }
+        catch (RpcException e)
+        {
+            return (e.StatusCode, e.Status.Detail);
+        }
+    }
+}
