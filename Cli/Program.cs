@@ -8,6 +8,7 @@ using Cluster.Shared.Rpc;
 //   cluster local             a whole cluster on this machine, one process per role
 //   cluster coordinator|ps|worker   one role, for clusters spread over machines
 //   cluster submit|status     jobs on a running coordinator
+//   cluster sweep             hyperparameter search, one job per trial
 //   cluster secret|certs      a cluster secret, development TLS certificates
 var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
 var local = JobCommands.Local();
@@ -17,6 +18,7 @@ root.Subcommands.Add(RoleCommands.ParameterServer());
 root.Subcommands.Add(RoleCommands.Worker());
 root.Subcommands.Add(JobCommands.Submit());
 root.Subcommands.Add(JobCommands.Status());
+root.Subcommands.Add(Cluster.Cli.Tuning.SweepCommand.Create());
 root.Subcommands.Add(SecurityCommands.Secret());
 root.Subcommands.Add(SecurityCommands.Certificates());
 

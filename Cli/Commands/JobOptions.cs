@@ -10,8 +10,8 @@ public sealed class JobOptions
     private static readonly JobSpecification Defaults = new();
 
     public Option<string> Model { get; } = new("--model") { Description = $"Model: {string.Join(", ", JobSpecification.KnownModels)}", DefaultValueFactory = _ => Defaults.Model };
-    public Option<string> Dataset { get; } = new("--dataset") { Description = "Dataset: fashion-mnist or mnist", DefaultValueFactory = _ => Defaults.Dataset };
-    public Option<string?> Data { get; } = new("--data") { Description = "Directory with the dataset's IDX files (raw or .gz); default: data/<dataset> in the repository, then /usr/share/datasets/<dataset>" };
+    public Option<string> Dataset { get; } = new("--dataset") { Description = $"Dataset: {string.Join(", ", JobSpecification.KnownDatasets)}", DefaultValueFactory = _ => Defaults.Dataset };
+    public Option<string?> Data { get; } = new("--data") { Description = "Directory with the dataset's files (IDX raw or .gz; CIFAR-10 binary; for text a file or directory of plain text); default: data/<dataset> in the repository, then /usr/share/datasets/<dataset>; text: /usr/share/common-licenses" };
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Passes over the training set", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Samples per worker per step", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<int> Workers { get; } = new("--workers") { Description = "Number of workers", DefaultValueFactory = _ => Defaults.Workers };
@@ -23,13 +23,19 @@ public sealed class JobOptions
     public Option<string> Device { get; } = new("--device") { Description = "auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => Defaults.Device };
     public Option<int> TrainLimit { get; } = new("--train-limit") { Description = "Train on the first N samples only (0: all)", DefaultValueFactory = _ => 0 };
     public Option<int> TestLimit { get; } = new("--test-limit") { Description = "Evaluate on the first N test samples only (0: all)", DefaultValueFactory = _ => 0 };
+    public Option<string> Loss { get; } = new("--loss") { Description = $"Classifier loss: {string.Join(", ", JobSpecification.KnownLosses)}", DefaultValueFactory = _ => Defaults.Loss };
+    public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Fine-tune: start from this safetensors checkpoint (a path on the workers)" };
+    public Option<string[]> Freeze { get; } = new("--freeze") { Description = "Fine-tune: keep parameters whose names start with these prefixes as loaded (e.g. conv1,conv2)", AllowMultipleArgumentsPerToken = true };
+    public Option<bool> ReplaceHead { get; } = new("--replace-head") { Description = "Fine-tune: do not load the last layer; train it from fresh weights" };
+    public Option<string?> SaveTo { get; } = new("--save-to") { Description = "Write the trained parameters as safetensors to this path (on rank 0's machine) after the last epoch" };
+
     public Option<int> ParameterServers { get; } = new("--ps") { Description = "Parameter-server shards the model is cut across", DefaultValueFactory = _ => 1 };
     public Option<string> WireDtype { get; } = new("--wire-dtype") { Description = "Gradients and parameters on the wire: float32, bfloat16 or float16", DefaultValueFactory = _ => "float32" };
     public Option<double> TopK { get; } = new("--topk") { Description = "Send only this fraction of each gradient partition (largest first, error feedback); 0: off", DefaultValueFactory = _ => 0.0 };
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo })
             command.Options.Add(option);
     }
 
@@ -55,5 +61,10 @@ public sealed class JobOptions
         ParameterServers = parse.GetValue(ParameterServers),
         WireDtype = parse.GetValue(WireDtype)!,
         TopKRatio = parse.GetValue(TopK),
+        Loss = parse.GetValue(Loss)!,
+        InitFrom = parse.GetValue(InitFrom) is { } from ? Path.GetFullPath(from) : null,
+        Freeze = [.. (parse.GetValue(Freeze) ?? []).SelectMany(f => f.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
+        ReplaceHead = parse.GetValue(ReplaceHead),
+        SaveTo = parse.GetValue(SaveTo) is { } to ? Path.GetFullPath(to) : null,
     };
 }

@@ -18,7 +18,21 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
-    public async Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken)
+    public Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken) =>
+        RunAsync(spec, async (api, roles, token) =>
+        {
+            var job = await api.SubmitAsync(spec, token);
+            var result = await new JobWatcher(api, console, roles).WatchAsync(job.Id, token);
+            if (observability?.TimelinePath is { } timeline)
+            {
+                await api.SaveTimelineAsync(job.Id, timeline, token);
+                console.MarkupLineInterpolated($"Timeline (Chrome trace, opens in Perfetto): {timeline}");
+            }
+            return result;
+        }, cancellationToken);
+
+    /// <summary>Starts the cluster sized for <paramref name="spec"/>, runs <paramref name="work"/> against its API, stops it.</summary>
+    public async Task<T> RunAsync<T>(JobSpecification spec, Func<CoordinatorApi, IReadOnlyList<RoleProcess>, CancellationToken, Task<T>> work, CancellationToken cancellationToken)
     {
         Check(spec);
         string logDirectory = Directory.CreateTempSubdirectory("cluster-local-").FullName;
@@ -43,14 +57,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret)");
 
             using var api = new CoordinatorApi(urls["http"], security, TimeSpan.FromSeconds(30));
-            var job = await api.SubmitAsync(spec, cancellationToken);
-            var result = await new JobWatcher(api, console, roles).WatchAsync(job.Id, cancellationToken);
-            if (observability?.TimelinePath is { } timeline)
-            {
-                await api.SaveTimelineAsync(job.Id, timeline, cancellationToken);
-                console.MarkupLineInterpolated($"Timeline (Chrome trace, opens in Perfetto): {timeline}");
-            }
-            return result;
+            return await work(api, roles, cancellationToken);
         }
         catch (InvalidOperationException e)
         {

@@ -23,7 +23,10 @@ public static class ResultPrinter
         if (job.Epochs.Count > 0)
         {
             var last = job.Epochs[^1];
-            console.MarkupLineInterpolated($"Test accuracy [bold]{last.Accuracy:P2}[/] (macro precision {last.Precision:0.0000}, recall {last.Recall:0.0000}, F1 {last.F1:0.0000})");
+            if (last.Perplexity is { } perplexity)
+                console.MarkupLineInterpolated($"Validation loss [bold]{last.TestLoss:0.0000}[/] nats per character, perplexity [bold]{perplexity:0.00}[/] (next-character accuracy {last.Accuracy:P2})");
+            else
+                console.MarkupLineInterpolated($"Test accuracy [bold]{last.Accuracy:P2}[/] (macro precision {last.Precision:0.0000}, recall {last.Recall:0.0000}, F1 {last.F1:0.0000})");
         }
         if (job.Error is not null) console.MarkupLineInterpolated($"[red]{job.Error}[/]");
     }

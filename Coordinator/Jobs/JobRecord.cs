@@ -6,10 +6,14 @@ namespace Cluster.Coordinator.Jobs;
 
 public enum JobState { Queued, Running, Succeeded, Failed, Cancelled }
 
-/// <summary>Results of one finished epoch.</summary>
+/// <summary>
+/// Results of one finished epoch. Perplexity (e^test loss per token) only for language models;
+/// per-class metrics and the merged confusion matrix (row-major [true * classes + predicted]) only for classifiers.
+/// </summary>
 public sealed record EpochResult(
     int Epoch, double TrainLoss, double TestLoss, double Accuracy, double Precision, double Recall, double F1,
-    double SamplesPerSecond, double Seconds);
+    double SamplesPerSecond, double Seconds, double? Perplexity = null,
+    IReadOnlyList<ClassMetrics>? PerClass = null, IReadOnlyList<long>? Confusion = null);
 
 /// <summary>
 /// A job's state at the coordinator: its ranks, epoch plans, progress reports and the
@@ -101,7 +105,10 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
         Results.Add(new EpochResult(
             epoch, progress.SampleCount == 0 ? 0 : progress.LossSum / progress.SampleCount, metrics.Loss,
             metrics.Accuracy, metrics.Precision, metrics.Recall, metrics.F1,
-            seconds > 0 ? progress.SampleCount / seconds : 0, seconds));
+            seconds > 0 ? progress.SampleCount / seconds : 0, seconds,
+            Spec.IsLanguageModel ? Math.Exp(metrics.Loss) : null,
+            Spec.IsLanguageModel ? null : ClassMetrics.FromConfusion(progress.Confusion, classCount),
+            Spec.IsLanguageModel ? null : [.. progress.Confusion]));
         return true;
     }
 

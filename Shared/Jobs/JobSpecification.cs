@@ -8,8 +8,11 @@ namespace Cluster.Shared.Jobs;
 /// </summary>
 public sealed record JobSpecification
 {
-    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn"];
-    public static readonly IReadOnlyList<string> KnownDatasets = ["fashion-mnist", "mnist"];
+    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn", "resnet", "lstm", "transformer"];
+    public static readonly IReadOnlyList<string> KnownDatasets = ["fashion-mnist", "mnist", "cifar10", "synthetic", "text"];
+    /// <summary>Character language models: they train on the "text" dataset and report perplexity.</summary>
+    public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
+    public static readonly IReadOnlyList<string> KnownLosses = ["cross-entropy", "mse", "bce"];
     public static readonly IReadOnlyList<string> KnownSchemes = ["ps"];
     public static readonly IReadOnlyList<string> KnownSyncModes = ["bsp"];
 
@@ -35,6 +38,19 @@ public sealed record JobSpecification
     public int TestLimit { get; init; }
     /// <summary>"auto" (CUDA when present), "cpu", "cuda" or "cuda:N".</summary>
     public string Device { get; init; } = "auto";
+    /// <summary>Training loss of a classifier: "cross-entropy", "mse" or "bce" (both against one-hot targets).</summary>
+    public string Loss { get; init; } = "cross-entropy";
+    /// <summary>Fine-tuning: a safetensors checkpoint on the workers to start from; null: fresh weights.</summary>
+    public string? InitFrom { get; init; }
+    /// <summary>Fine-tuning: parameter-name prefixes (e.g. "conv1") that stay as loaded.</summary>
+    public IReadOnlyList<string> Freeze { get; init; } = [];
+    /// <summary>Fine-tuning: keep the head (the last layer) freshly initialised instead of loading it.</summary>
+    public bool ReplaceHead { get; init; }
+    /// <summary>Where rank 0 writes the trained parameters (safetensors) after the last epoch; null: nowhere.</summary>
+    public string? SaveTo { get; init; }
+
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool IsLanguageModel => LanguageModels.Contains(Model);
     /// <summary>Parameter-server shards the model is cut across.</summary>
     public int ParameterServers { get; init; } = 1;
     /// <summary>Element type of gradients and parameters on the wire: float32, bfloat16 or float16.</summary>
@@ -75,10 +91,36 @@ public sealed record JobSpecification
         if (!DeviceNames.IsValid(Device))
             errors.Add($"device: '{Device}' is not a device; expected auto, cpu, cuda or cuda:N");
         errors.AddRange(Optimizer.Validate());
+        errors.AddRange(ValidateTask());
         return errors;
     }
 
-    public Protos.JobSpec ToProto() => new()
+    private IEnumerable<string> ValidateTask()
+    {
+        if (!KnownLosses.Contains(Loss))
+            yield return $"loss: '{Loss}' is not a known loss; expected one of {string.Join(", ", KnownLosses)}";
+        if (IsLanguageModel != (Dataset == "text") && KnownModels.Contains(Model) && KnownDatasets.Contains(Dataset))
+            yield return $"dataset: '{Dataset}' does not fit model '{Model}'; the language models ({string.Join(", ", LanguageModels)}) train on 'text', the image models on the image datasets";
+        if (IsLanguageModel && Loss != "cross-entropy")
+            yield return $"loss: '{Loss}' does not fit language model '{Model}'; expected cross-entropy";
+        if ((Freeze.Count > 0 || ReplaceHead) && string.IsNullOrEmpty(InitFrom))
+            yield return "init-from: missing; freeze and replace-head fine-tune a checkpoint, expected a checkpoint path";
+        if (Freeze.Count > 0 && Optimizer.WeightDecay > 0)
+            yield return $"freeze: frozen layers would still move under weight-decay {Optimizer.WeightDecay}; expected weight-decay 0";
+    }
+
+    public Protos.JobSpec ToProto()
+    {
+        var proto = ToProtoCore();
+        proto.Loss = Loss;
+        proto.InitFrom = InitFrom ?? "";
+        proto.Freeze.AddRange(Freeze);
+        proto.ReplaceHead = ReplaceHead;
+        proto.SaveTo = SaveTo ?? "";
+        return proto;
+    }
+
+    private Protos.JobSpec ToProtoCore() => new()
     {
         Model = Model,
         Dataset = Dataset,
@@ -108,6 +150,12 @@ public sealed record JobSpecification
         TrainLimit = spec.TrainLimit,
         TestLimit = spec.TestLimit,
         Device = spec.Device,
+        Loss = spec.Loss.Length == 0 ? "cross-entropy" : spec.Loss,
+        InitFrom = spec.InitFrom.Length == 0 ? null : spec.InitFrom,
+        // The shared empty list when none, so that a spec without freezing round-trips equal (lists compare by reference in record equality).
+        Freeze = spec.Freeze.Count == 0 ? [] : [.. spec.Freeze],
+        ReplaceHead = spec.ReplaceHead,
+        SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
         WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
         TopKRatio = spec.TopkRatio,
         ParameterServers = Math.Max(1, spec.ParameterServers),

@@ -10,25 +10,24 @@ namespace Cluster.Worker.Data;
 /// </summary>
 public sealed class BatchLoader : IDisposable
 {
-    // Fashion-MNIST's pixel mean and standard deviation (of x / 255) over the training set.
-    private const double PixelMean = 0.2860;
-    private const double PixelStd = 0.3530;
-
     private readonly Tensor _pixels;
     private readonly Tensor _labels;
     private readonly Device _device;
+    private readonly double _pixelMean;
+    private readonly double _pixelStd;
 
     public BatchLoader(ImageDataset dataset, Device device)
     {
-        _pixels = torch.tensor(dataset.Pixels, dtype: ScalarType.Byte).reshape(dataset.Count, 1, dataset.Height, dataset.Width);
+        _pixels = torch.tensor(dataset.Pixels, dtype: ScalarType.Byte).reshape(dataset.Count, dataset.Channels, dataset.Height, dataset.Width);
         _labels = torch.tensor(dataset.Labels, dtype: ScalarType.Byte).to(ScalarType.Int64);
         _device = device;
+        (_pixelMean, _pixelStd) = (dataset.PixelMean, dataset.PixelStd);
         Count = dataset.Count;
     }
 
     public int Count { get; }
 
-    /// <summary>Inputs [n, 1, H, W] float32 and labels [n] int64 on the training device.</summary>
+    /// <summary>Inputs [n, C, H, W] float32 and labels [n] int64 on the training device.</summary>
     public (Tensor Inputs, Tensor Labels) Batch(ReadOnlySpan<int> indices)
     {
         var positions = new long[indices.Length];
@@ -46,7 +45,7 @@ public sealed class BatchLoader : IDisposable
 
     private (Tensor Inputs, Tensor Labels) Select(Tensor index)
     {
-        var inputs = _pixels.index_select(0, index).to(ScalarType.Float32).div_(255.0).sub_(PixelMean).div_(PixelStd);
+        var inputs = _pixels.index_select(0, index).to(ScalarType.Float32).div_(255.0).sub_(_pixelMean).div_(_pixelStd);
         var labels = _labels.index_select(0, index);
         return (inputs.to(_device), labels.to(_device));
     }

@@ -1,7 +1,9 @@
 namespace Cluster.Worker.Data;
 
 /// <summary>
-/// Finds and loads MNIST-format datasets. Search order: the job's data directory, then
+/// Finds and loads datasets by name: the image datasets (IDX: fashion-mnist, mnist; CIFAR-10
+/// binary: cifar10; generated: synthetic) and the text corpus (text, see <see cref="TextCorpus"/>).
+/// Search order for files: the job's data directory, then
 /// <c>data/&lt;name&gt;</c> in the working directory and above it (the repository ships
 /// Fashion-MNIST there), then Debian's <c>/usr/share/datasets/&lt;name&gt;</c>.
 /// </summary>
@@ -14,15 +16,24 @@ public static class DatasetCatalog
 
     public static TrainTest Load(string dataset, string? dataDir)
     {
+        if (dataset == "synthetic") return SyntheticDataset.Create();
+        if (dataset == "cifar10") return Cifar10File.Load(Cifar10File.Locate(dataDir));
+        if (dataset == "text") throw new ArgumentException("dataset: 'text' is a corpus, not images; load it with TextCorpus");
         string directory = Locate(dataset, dataDir);
         return new TrainTest(
             LoadSplit(directory, "train", classCount: 10),
             LoadSplit(directory, "t10k", classCount: 10));
     }
 
-    /// <summary>The directory holding all four files, or an error naming what is missing where.</summary>
+    /// <summary>Where the dataset's files are (the four IDX files' directory for IDX sets), or an error naming what is missing where.</summary>
     public static string Locate(string dataset, string? dataDir)
     {
+        switch (dataset)
+        {
+            case "synthetic": return "(generated)";
+            case "cifar10": return Cifar10File.Locate(dataDir);
+            case "text": return TextCorpus.Locate(dataDir);
+        }
         if (dataDir is not null)
         {
             var missing = FileStems.Where(stem => FindFile(dataDir, stem) is null).ToList();
@@ -38,7 +49,7 @@ public static class DatasetCatalog
             $"data: no directory with the four IDX files of {dataset} ({string.Join(", ", FileStems.Select(s => s + "[.gz]"))}); looked in {string.Join(", ", candidates)}. Give --data DIR");
     }
 
-    private static IEnumerable<string> DefaultDirectories(string dataset)
+    public static IEnumerable<string> DefaultDirectories(string dataset)
     {
         for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
             yield return Path.Combine(dir.FullName, "data", dataset);

@@ -11,8 +11,11 @@ public static class Evaluator
 
     public sealed record Result(long[] Confusion, int ClassCount, double LossSum);
 
-    public static Result Evaluate(nn.Module<Tensor, Tensor> model, BatchLoader loader, int start, int count, int classCount)
+    /// <summary>Cross-entropy, or <paramref name="sumLoss"/> (logits, labels → summed per-sample loss).</summary>
+    public static Result Evaluate(nn.Module<Tensor, Tensor> model, BatchLoader loader, int start, int count, int classCount,
+        Func<Tensor, Tensor, Tensor>? sumLoss = null)
     {
+        sumLoss ??= (logits, labels) => nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum);
         model.eval();
         var confusion = new long[classCount * classCount];
         double lossSum = 0;
@@ -23,12 +26,19 @@ public static class Evaluator
             int batchCount = Math.Min(EvaluationBatchSize, start + count - batchStart);
             var (inputs, labels) = loader.Range(batchStart, batchCount);
             var logits = model.forward(inputs);
-            lossSum += nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>();
-            var cells = labels.mul(classCount).add_(logits.argmax(1)).bincount(null, classCount * classCount).cpu();
-            var counts = cells.data<long>().ToArray();
-            for (int i = 0; i < counts.Length; i++) confusion[i] += counts[i];
+            lossSum += sumLoss(logits, labels).item<float>();
+            AddToConfusion(confusion, labels, logits.argmax(1), classCount);
         }
         return new Result(confusion, classCount, lossSum);
+    }
+
+    /// <summary>Adds each (label, prediction) pair to the row-major matrix <c>[label * classCount + prediction]</c>.</summary>
+    public static void AddToConfusion(long[] confusion, Tensor labels, Tensor predictions, int classCount)
+    {
+        using var scope = torch.NewDisposeScope();
+        var cells = labels.mul(classCount).add_(predictions).bincount(null, classCount * classCount).cpu();
+        var counts = cells.data<long>().ToArray();
+        for (int i = 0; i < counts.Length; i++) confusion[i] += counts[i];
     }
 
     /// <summary>Rank's contiguous slice [start, start + count) of a set of <paramref name="total"/> samples.</summary>

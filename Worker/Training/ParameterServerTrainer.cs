@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using Cluster.Protos;
 using Cluster.Shared.Jobs;
-using Cluster.Worker.Data;
+using Cluster.Worker.Checkpoints;
 using Cluster.Worker.Evaluation;
-using Cluster.Worker.Models;
+using Cluster.Worker.Tasks;
 using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
@@ -31,14 +31,9 @@ public sealed class ParameterServerTrainer(
     {
         var spec = assignment.Spec;
         var device = DeviceSelector.Resolve(options.Device ?? spec.Device);
-        var data = DatasetCatalog.Load(spec.Dataset, spec.DataDir.Length == 0 ? null : spec.DataDir);
-        var train = data.Train.Take(spec.TrainLimit);
-        var test = data.Test.Take(spec.TestLimit);
-
-        using var trainLoader = new BatchLoader(train, device);
-        using var testLoader = new BatchLoader(test, device);
-        using var model = ModelZoo.Create(spec.Model, spec.Seed, train.Height, train.Width, train.ClassCount);
-        model.to(device);
+        var job = JobSpecification.FromProto(spec, assignment.WorldSize);
+        using var task = TrainingTasks.Create(job, device);
+        var model = task.Model;
         using var vector = new ParameterVector(model);
         var parameters = new float[vector.ElementCount];
         var gradients = new float[vector.ElementCount];
@@ -55,19 +50,20 @@ public sealed class ParameterServerTrainer(
         for (int epoch = 0; epoch < spec.Epochs; epoch++)
         {
             // Each step ends with the next version loaded, so the epoch's final version is in the model here.
-            step = await TrainEpochAsync(epoch, step, model, trainLoader, vector, servers, parameters, gradients, cancellationToken);
-            await EvaluateAsync(epoch, model, testLoader, train.ClassCount, cancellationToken);
+            step = await TrainEpochAsync(epoch, step, task, vector, servers, parameters, gradients, cancellationToken);
+            if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
+            await EvaluateAsync(epoch, task, cancellationToken);
         }
     }
 
     private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
 
     private async Task<long> TrainEpochAsync(
-        int epoch, long step, nn.Module<Tensor, Tensor> model, BatchLoader loader, ParameterVector vector,
+        int epoch, long step, ITrainingTask task, ParameterVector vector,
         ShardedParameterClient servers, float[] parameters, float[] gradients, CancellationToken cancellationToken)
     {
         var shard = await coordinator.GetShardAsync(
-            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = loader.Count },
+            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
             deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
         int[] indices = [.. shard.SampleIndices];
         int[] offsets = [.. shard.StepOffsets];
@@ -85,7 +81,7 @@ public sealed class ParameterServerTrainer(
             // Test-only fault injection: a slow device, counted as compute.
             if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
-            lossSum += GradientStep.Compute(model, loader, batch);
+            lossSum += task.ComputeGradient(batch);
             sampleCount += batch.Length;
             vector.ReadGradients(AsBytes(gradients));
             _timer.Computed();
@@ -112,20 +108,23 @@ public sealed class ParameterServerTrainer(
         return step;
     }
 
-    private async Task EvaluateAsync(int epoch, nn.Module<Tensor, Tensor> model, BatchLoader loader, int classCount, CancellationToken cancellationToken)
+    private async Task EvaluateAsync(int epoch, ITrainingTask task, CancellationToken cancellationToken)
     {
-        var (start, count) = Evaluator.Slice(loader.Count, assignment.Rank, assignment.WorldSize);
-        var result = Evaluator.Evaluate(model, loader, start, count, classCount);
+        int classCount = task.ClassCount;
+        var (start, count) = Evaluator.Slice(task.TestCount, assignment.Rank, assignment.WorldSize);
+        var result = task.Evaluate(start, count);
         var request = new ReportEvaluationRequest
         {
             JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
-        if (_tensorBoard is not null && count > 0)
+        // Scored predictions: test samples, or tokens for a language model.
+        long scored = result.Confusion.Sum();
+        if (_tensorBoard is not null && scored > 0)
         {
             long correct = 0;
             for (int c = 0; c < classCount; c++) correct += result.Confusion[c * classCount + c];
-            _tensorBoard.Evaluation(epoch, result.LossSum / count, (double)correct / count);
+            _tensorBoard.Evaluation(epoch, result.LossSum / scored, (double)correct / scored);
         }
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
     }

@@ -23,7 +23,7 @@ public sealed class JobSpecificationTests
 
     [Theory]
     [InlineData("model", "resnet9000")]
-    [InlineData("dataset", "cifar10")]
+    [InlineData("dataset", "imagenet")]
     [InlineData("epochs", "0")]
     [InlineData("epochs", "-1")]
     [InlineData("epochs", "10001")]

@@ -1,0 +1,65 @@
+namespace Cluster.Worker.Data;
+
+/// <summary>
+/// Reads CIFAR-10's binary version (cifar-10-binary.tar.gz, unpacked): files of 3073-byte
+/// records, one label byte (0-9) then 1024 red, 1024 green and 1024 blue pixels of a 32x32
+/// image, row-major. Training files are data_batch_1.bin to data_batch_5.bin (those present,
+/// in order), the test file test_batch.bin; the directory may also hold them in
+/// cifar-10-batches-bin/.
+/// </summary>
+public static class Cifar10File
+{
+    public const int Side = 32;
+    public const int Channels = 3;
+    public const int ClassCount = 10;
+    public const int RecordBytes = 1 + Channels * Side * Side;
+    public const string TestFile = "test_batch.bin";
+    // Mean and standard deviation of CIFAR-10's training pixels (x / 255), over all channels.
+    private const double PixelMean = 0.4734;
+    private const double PixelStd = 0.2516;
+
+    public static string[] TrainFiles { get; } = [.. Enumerable.Range(1, 5).Select(i => $"data_batch_{i}.bin")];
+
+    public static DatasetCatalog.TrainTest Load(string directory)
+    {
+        var train = TrainFiles.Select(f => Path.Combine(directory, f)).Where(File.Exists).ToList();
+        return new DatasetCatalog.TrainTest(Read(train), Read([Path.Combine(directory, TestFile)]));
+    }
+
+    /// <summary>The directory holding test_batch.bin and at least one data_batch_N.bin, or an error naming where it looked.</summary>
+    public static string Locate(string? dataDir)
+    {
+        var candidates = dataDir is not null
+            ? [dataDir, Path.Combine(dataDir, "cifar-10-batches-bin")]
+            : DatasetCatalog.DefaultDirectories("cifar10").SelectMany(d => new[] { d, Path.Combine(d, "cifar-10-batches-bin") }).ToList();
+        foreach (string candidate in candidates)
+            if (File.Exists(Path.Combine(candidate, TestFile)) && TrainFiles.Any(f => File.Exists(Path.Combine(candidate, f))))
+                return candidate;
+        string where = dataDir is null ? string.Join(", ", candidates) : dataDir;
+        throw new FileNotFoundException(
+            $"data: {where} lacks the CIFAR-10 binary files; expected {TestFile} and data_batch_1.bin..data_batch_5.bin (cifar-10-binary.tar.gz, unpacked). Give --data DIR");
+    }
+
+    public static ImageDataset Read(IReadOnlyList<string> paths)
+    {
+        var pixels = new List<byte[]>();
+        var labels = new List<byte>();
+        foreach (string path in paths)
+        {
+            byte[] bytes = File.ReadAllBytes(path);
+            if (bytes.Length == 0 || bytes.Length % RecordBytes != 0)
+                throw new InvalidDataException($"{path}: {bytes.Length} bytes is not a whole number of {RecordBytes}-byte CIFAR-10 records");
+            for (int offset = 0; offset < bytes.Length; offset += RecordBytes)
+            {
+                byte label = bytes[offset];
+                if (label >= ClassCount)
+                    throw new InvalidDataException($"{path}: record {offset / RecordBytes} has label {label}; expected 0 to {ClassCount - 1}");
+                labels.Add(label);
+                pixels.Add(bytes[(offset + 1)..(offset + RecordBytes)]);
+            }
+        }
+        if (labels.Count == 0) throw new InvalidDataException("CIFAR-10: no records read");
+        return new ImageDataset(
+            [.. pixels.SelectMany(p => p)], [.. labels], Side, Side, ClassCount, Channels, PixelMean, PixelStd);
+    }
+}
