@@ -41,7 +41,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         builder.Services.AddGrpc();
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton<JobBoard>();
+        builder.Services.AddSingleton(services => new JobBoard(services.GetRequiredService<TimeProvider>()) { RingJoinWindow = options.RingJoinWindow });
         builder.Services.AddHostedService<MaintenanceService>();
         var app = builder.Build();
         app.MapGrpcService<CoordinatorService>();

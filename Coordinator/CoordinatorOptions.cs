@@ -13,6 +13,8 @@ public sealed record CoordinatorOptions
     public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(1);
     /// <summary>Silence after which a worker is declared dead.</summary>
     public TimeSpan HeartbeatTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>Scheme "allreduce": how long a ring re-formation waits for the previous members to rejoin.</summary>
+    public TimeSpan RingJoinWindow { get; init; } = TimeSpan.FromSeconds(10);
 
     public IEnumerable<string> Validate()
     {

@@ -1,5 +1,6 @@
 using Cluster.Protos;
 using Cluster.Shared.Rpc;
+using Cluster.Worker.AllReduce;
 using Cluster.Worker.Training;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -52,11 +53,14 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             await stopping.CancelAsync();
             await heartbeats;
+            if (_peers is not null) await _peers.DisposeAsync();
         }
         if (_coordinatorLost is not null) throw _coordinatorLost;
     }
 
     private PeerUnreachableException? _coordinatorLost;
+    /// <summary>The RingPeer service, started with the first allreduce job and kept for the process's life.</summary>
+    private PeerHost? _peers;
 
     private async Task RunJobAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment, CancellationToken cancellationToken)
     {
@@ -64,7 +68,15 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         lock (_gate) (_currentJobId, _currentJob) = (assignment.JobId, job);
         try
         {
-            await new ParameterServerTrainer(assignment, coordinator, options, _logger).RunAsync(job.Token);
+            if (assignment.Spec.Scheme == "allreduce")
+            {
+                _peers ??= await PeerHost.StartAsync(options.PeerBindAddress, options.PeerPort, options.PeerAdvertiseHost, cancellationToken);
+                await new AllReduceTrainer(assignment, coordinator, _peers, options, _logger).RunAsync(job.Token);
+            }
+            else
+            {
+                await new ParameterServerTrainer(assignment, coordinator, options, _logger).RunAsync(job.Token);
+            }
             WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
         }
         catch (OperationCanceledException) when (job.IsCancellationRequested && !cancellationToken.IsCancellationRequested)

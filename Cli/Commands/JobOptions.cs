@@ -22,11 +22,13 @@ public sealed class JobOptions
     public Option<long> Seed { get; } = new("--seed") { Description = "Seed of initial weights and data order", DefaultValueFactory = _ => Defaults.Seed };
     public Option<string> Device { get; } = new("--device") { Description = "auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => Defaults.Device };
     public Option<int> TrainLimit { get; } = new("--train-limit") { Description = "Train on the first N samples only (0: all)", DefaultValueFactory = _ => 0 };
+    public Option<string> Scheme { get; } = new("--scheme") { Description = $"How gradients are combined: {string.Join(", ", JobSpecification.KnownSchemes)}", DefaultValueFactory = _ => Defaults.Scheme };
+    public Option<int> BucketBytes { get; } = new("--bucket-bytes") { Description = "Scheme allreduce: bytes of gradient per ring pass (0: 32 MiB)", DefaultValueFactory = _ => 0 };
     public Option<int> TestLimit { get; } = new("--test-limit") { Description = "Evaluate on the first N test samples only (0: all)", DefaultValueFactory = _ => 0 };
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, Scheme, BucketBytes })
             command.Options.Add(option);
     }
 
@@ -49,5 +51,7 @@ public sealed class JobOptions
         Device = parse.GetValue(Device)!,
         TrainLimit = parse.GetValue(TrainLimit),
         TestLimit = parse.GetValue(TestLimit),
+        Scheme = parse.GetValue(Scheme)!,
+        BucketBytes = parse.GetValue(BucketBytes),
     };
 }

@@ -20,7 +20,8 @@ public static class RoleCommands
     {
         var httpPort = new Option<int>("--http-port") { Description = "JSON API port (0: any free port)", DefaultValueFactory = _ => 0 };
         var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
-        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, ParentPid };
+        var ringJoinWindow = new Option<double>("--ring-join-window") { Description = "Scheme allreduce: seconds a ring re-formation waits for the previous members", DefaultValueFactory = _ => 10.0 };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, ringJoinWindow, ParentPid };
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
@@ -28,6 +29,7 @@ public static class RoleCommands
             {
                 BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
                 HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
+                RingJoinWindow = TimeSpan.FromSeconds(parse.GetValue(ringJoinWindow)),
             };
             await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
             await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");
@@ -62,7 +64,15 @@ public static class RoleCommands
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
         var threads = new Option<int>("--threads") { Description = "libtorch threads (0: libtorch's default)", DefaultValueFactory = _ => 0 };
         var once = new Option<bool>("--once") { Description = "Exit after one job instead of waiting for the next" };
-        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, ParentPid };
+        var peerBind = new Option<string>("--peer-bind") { Description = "Scheme allreduce: address the peer (ring) service listens on", DefaultValueFactory = _ => "127.0.0.1" };
+        var peerPort = new Option<int>("--peer-port") { Description = "Scheme allreduce: peer service port (0: any free port)", DefaultValueFactory = _ => 0 };
+        var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "Scheme allreduce: host name other workers use to reach this one (default: the bound address)" };
+        var peerTimeout = new Option<double>("--peer-timeout") { Description = "Scheme allreduce: seconds of silence from a ring neighbour before the ring is re-formed", DefaultValueFactory = _ => 30.0 };
+        var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
+        {
+            CoordinatorUrl, device, threads, once, ConnectTimeout, peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, ParentPid,
+        };
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
@@ -70,6 +80,8 @@ public static class RoleCommands
             {
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
                 ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
+                PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
+                PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),
             };
             var errors = options.Validate().ToList();
             if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);

@@ -24,13 +24,17 @@ public sealed class LocalCluster(IAnsiConsole console)
         {
             var coordinator = Start(roles, "coordinator", ["coordinator", "--port", "0", "--http-port", "0"], logDirectory);
             var urls = ParseUrls(await coordinator.WaitReadyAsync(ReadyTimeout, cancellationToken));
-            var server = Start(roles, "parameter server", ["ps", "--coordinator", urls["grpc"]], logDirectory);
-            await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
+            bool withServer = spec.Scheme != "allreduce";
+            if (withServer)
+            {
+                var server = Start(roles, "parameter server", ["ps", "--coordinator", urls["grpc"]], logDirectory);
+                await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
+            }
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
             for (int i = 0; i < spec.Workers; i++)
                 Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString()], logDirectory);
             console.MarkupLineInterpolated(
-                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), 1 parameter server, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {(withServer ? "1 parameter server" : "ring all-reduce")}, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
 
             using var api = new CoordinatorApi(urls["http"], TimeSpan.FromSeconds(30));
             var job = await api.SubmitAsync(spec, cancellationToken);
