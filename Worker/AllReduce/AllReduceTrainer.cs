@@ -56,6 +56,7 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
                 step = await TrainEpochAsync(epoch, step, model, trainLoader, cancellationToken);
                 await EvaluateAsync(epoch, model, testLoader, train.ClassCount, cancellationToken);
             }
+            _ring.MarkCompleted();
             await SaveAsync(cancellationToken);
         }
         catch (RingExcludedException)

@@ -108,6 +108,9 @@ public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
         }
     }
 
+    /// <summary>Marks the link broken (so that disposing it does not wait for the successor).</summary>
+    public void Abort(string reason) => Break(new RingBrokenException($"ring generation {_generation}: {reason}"));
+
     private RingBrokenException Break(RingBrokenException failure)
     {
         Interlocked.CompareExchange(ref _failure, failure, null);
@@ -120,13 +123,35 @@ public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
         if (_failure is not null) throw new RingBrokenException(_failure.Message, _failure);
     }
 
+    /// <summary>
+    /// Leaves the generation. After a completed collective the leave is graceful: the incoming
+    /// call is released as a success (everything needed was read), the queued segments are
+    /// flushed and the stream completed, and the successor is given up to <see cref="CloseTimeout"/>
+    /// to read them before the call is cancelled. A broken link is cancelled at once.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         _outgoing.Writer.TryComplete();
+        bool graceful = _failure is null;
+        _inbox.Release(_jobId, _generation, graceful);
+        if (graceful)
+        {
+            try
+            {
+                await _writer.WaitAsync(CloseTimeout);
+                await _call.RequestStream.CompleteAsync().WaitAsync(CloseTimeout);
+                await _call.ResponseAsync.WaitAsync(CloseTimeout);
+            }
+            catch (Exception e) when (e is RpcException or TimeoutException or InvalidOperationException or OperationCanceledException)
+            {
+                // The successor left first or is gone: nothing more to deliver.
+            }
+        }
         if (!_broken.IsCancellationRequested) await _broken.CancelAsync();
         try { await _writer; } catch (OperationCanceledException) { }
         _call.Dispose();
-        _inbox.Release(_jobId, _generation);
         _broken.Dispose();
     }
+
+    private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);
 }

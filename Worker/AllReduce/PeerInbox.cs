@@ -38,14 +38,18 @@ public sealed class PeerInbox
         return reader;
     }
 
-    /// <summary>Ends the incoming calls of a job up to <paramref name="generation"/> (the predecessor's writes then fail).</summary>
-    public void Release(string jobId, long generation)
+    /// <summary>
+    /// Ends the incoming calls of a job up to <paramref name="generation"/>: as a success when this
+    /// member read all it needed (<paramref name="graceful"/>), else as Aborted (the predecessor's writes then fail).
+    /// </summary>
+    public void Release(string jobId, long generation, bool graceful = false)
     {
         lock (_gate)
         {
             foreach (var key in _slots.Keys.Where(k => k.JobId == jobId && k.Generation <= generation).ToList())
             {
-                _slots[key].Released.TrySetException(new RpcException(new Status(StatusCode.Aborted, $"job {jobId}: ring generation {key.Generation} is over")));
+                if (graceful && key.Generation == generation) _slots[key].Released.TrySetResult();
+                else _slots[key].Released.TrySetException(new RpcException(new Status(StatusCode.Aborted, $"job {jobId}: ring generation {key.Generation} is over")));
                 _slots.Remove(key);
             }
         }

@@ -33,6 +33,7 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
     {
         for (int attempt = 1; ; attempt++)
         {
+            _link?.Abort("left for a new generation");
             await CloseLinkAsync();
             var reply = await RequestJoinAsync(committedStep, cancellationToken);
             if (reply.Excluded) return false;
@@ -118,8 +119,14 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
         _link = null;
     }
 
+    /// <summary>Every collective of the job is done: leaving the ring lets the successor read what is still in flight.</summary>
+    public void MarkCompleted() => _completed = true;
+
+    private bool _completed;
+
     public async ValueTask DisposeAsync()
     {
+        if (!_completed) _link?.Abort("the job ended on this member");
         await CloseLinkAsync();
         peers.Inbox.Release(assignment.JobId, long.MaxValue);
         foreach (var channel in _channels.Values) channel.Dispose();
