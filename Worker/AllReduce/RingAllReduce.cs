@@ -32,12 +32,15 @@ namespace Cluster.Worker.AllReduce;
 /// </summary>
 public sealed class RingAllReduce
 {
-    private const int ChunkElementsMax = TensorWire.ChunkBytesMax / sizeof(float);
     private const int ReduceScatter = 0, AllGather = 1;
-    private readonly int _position, _size, _bucketElements;
+    private readonly int _position, _size, _bucketElements, _chunkElements;
 
-    public RingAllReduce(int position, int size, int bucketBytes)
+    /// <param name="chunkBytes">Largest message payload; at most <see cref="TensorWire.ChunkBytesMax"/>.</param>
+    public RingAllReduce(int position, int size, int bucketBytes, int chunkBytes = TensorWire.ChunkBytesMax)
     {
+        if (chunkBytes < sizeof(float) || chunkBytes > TensorWire.ChunkBytesMax)
+            throw new ArgumentOutOfRangeException(nameof(chunkBytes), chunkBytes, $"expected 4 to {TensorWire.ChunkBytesMax}");
+        _chunkElements = chunkBytes / sizeof(float);
         if (size <= 0 || position < 0 || position >= size)
             throw new ArgumentOutOfRangeException(nameof(position), $"position {position} of a ring of {size}");
         if (bucketBytes < sizeof(float))
@@ -59,7 +62,7 @@ public sealed class RingAllReduce
         for (int bucket = 0; bucket < bucketCount; bucket++)
         {
             int start = bucket * _bucketElements;
-            var span = new BucketSpan(bucket, start, Math.Min(_bucketElements, elementCount - start), _size);
+            var span = new BucketSpan(bucket, start, Math.Min(_bucketElements, elementCount - start), _size, _chunkElements);
             await ReduceBucketAsync(link, step, span, vector, sampleCount, cancellationToken);
         }
     }
@@ -144,15 +147,15 @@ public sealed class RingAllReduce
     private int Mod(int k) => ((k % _size) + _size) % _size;
 
     /// <summary>One bucket [Start, Start + Length) of the vector, cut into <c>size</c> segments.</summary>
-    private readonly record struct BucketSpan(int Index, int Start, int Length, int Size)
+    private readonly record struct BucketSpan(int Index, int Start, int Length, int Size, int ChunkElements)
     {
         /// <summary>The chunks (offset in the vector, element count) of segment <paramref name="segment"/>.</summary>
         public IEnumerable<(int Offset, int Length)> Chunks(int segment)
         {
             int from = Start + (int)((long)Length * segment / Size);
             int to = Start + (int)((long)Length * (segment + 1) / Size);
-            for (int offset = from; offset < to; offset += ChunkElementsMax)
-                yield return (offset, Math.Min(ChunkElementsMax, to - offset));
+            for (int offset = from; offset < to; offset += ChunkElements)
+                yield return (offset, Math.Min(ChunkElements, to - offset));
         }
     }
 }

@@ -67,7 +67,8 @@ internal static class Member
             HttpHandler = new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true },
         });
         await using var link = await GrpcRingLink.OpenAsync(host.Inbox, channel, successor, "bench", 1, rank, (rank + world - 1) % world, TimeSpan.FromSeconds(60), default);
-        var ring = new RingAllReduce(rank, world, Cluster.Shared.Jobs.JobSpecification.BucketBytesDefault);
+        int chunkBytes = int.TryParse(Environment.GetEnvironmentVariable("RING_CHUNK_BYTES"), out int c) ? c : Cluster.Shared.Wire.TensorWire.ChunkBytesMax;
+        var ring = new RingAllReduce(rank, world, Cluster.Shared.Jobs.JobSpecification.BucketBytesDefault, chunkBytes);
         var vector = new byte[bytes];
         new Random(rank).NextBytes(vector.AsSpan(0, Math.Min(bytes, 4096)));
         System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(vector.AsSpan()).Fill(rank + 1);
