@@ -22,7 +22,7 @@ namespace Cluster.Tests.Integration.AllReduce;
 /// batches within 1e-4.
 /// </summary>
 [Trait("Tier", "integration")]
-public sealed class AllReduceEquivalenceTests
+public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
 {
     private const int Steps = 50;
     private const double Tolerance = 1e-4;
@@ -58,11 +58,12 @@ public sealed class AllReduceEquivalenceTests
         Assert.True(initial.Zip(replicas[0]).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "training did not change the parameters");
     }
 
-    private static void AssertClose(float[] expected, float[] actual, string what)
+    private void AssertClose(float[] expected, float[] actual, string what)
     {
         Assert.Equal(expected.Length, actual.Length);
         double largest = 0;
         for (int i = 0; i < expected.Length; i++) largest = Math.Max(largest, Math.Abs(expected[i] - actual[i]));
+        output.WriteLine($"largest difference from {what}: {largest:E3}");
         Assert.True(largest <= Tolerance, $"largest difference from {what} after {Steps} steps: {largest:E3}; expected <= {Tolerance:E0}");
     }
 
@@ -70,10 +71,10 @@ public sealed class AllReduceEquivalenceTests
     private static async Task<float[][]> TrainWithAllReduceAsync(JobSpecification spec)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
-        string output = Directory.CreateTempSubdirectory("allreduce-params-").FullName;
+        string parametersOut = Directory.CreateTempSubdirectory("allreduce-params-").FullName;
         await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions(), cancel.Token);
         var workers = Enumerable.Range(0, spec.Workers)
-            .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once", "--parameters-out", output))
+            .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once", "--parameters-out", parametersOut))
             .ToList();
         try
         {
@@ -83,13 +84,13 @@ public sealed class AllReduceEquivalenceTests
             var (state, error) = coordinator.Board.Read((jobs, _) => (jobs[job.Id].State.ToString(), jobs[job.Id].Error));
             Assert.True(state == "Succeeded", $"job {state}: {error}");
             return Enumerable.Range(0, spec.Workers)
-                .Select(rank => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(Path.Combine(output, $"{job.Id}.rank{rank}.f32"))).ToArray())
+                .Select(rank => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(Path.Combine(parametersOut, $"{job.Id}.rank{rank}.f32"))).ToArray())
                 .ToArray();
         }
         finally
         {
             foreach (var worker in workers) worker.Dispose();
-            Directory.Delete(output, recursive: true);
+            Directory.Delete(parametersOut, recursive: true);
         }
     }
 
