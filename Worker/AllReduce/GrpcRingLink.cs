@@ -6,62 +6,64 @@ using Grpc.Net.Client;
 namespace Cluster.Worker.AllReduce;
 
 /// <summary>
-/// One generation's <see cref="IRingLink"/> over gRPC: a client stream to the successor, fed by
-/// a writer task from a bounded queue (so receiving, adding and sending overlap), and the
-/// predecessor's stream taken from the <see cref="PeerInbox"/>. Any failure breaks the link;
-/// disposing it cancels both calls so that the break travels on around the ring.
+/// One generation's <see cref="IRingLink"/> over gRPC. Incoming: this member's Stream call to its
+/// predecessor (server streaming). Outgoing: the successor's Stream call to this member, taken
+/// from the <see cref="PeerInbox"/> and fed by a writer task from a bounded queue, so that
+/// receiving, adding and sending overlap. Any failure breaks the link; disposing a broken link
+/// cancels both calls so that the break travels on around the ring.
 /// </summary>
 public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
 {
     private const int QueuedSegmentsMax = 64;
-    private readonly Channel<RingMessage> _outgoing = Channel.CreateBounded<RingMessage>(new BoundedChannelOptions(QueuedSegmentsMax) { SingleReader = true, SingleWriter = true });
+    private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);
+    private readonly Channel<RingSegment> _outgoing = Channel.CreateBounded<RingSegment>(new BoundedChannelOptions(QueuedSegmentsMax) { SingleReader = true, SingleWriter = true });
     private readonly CancellationTokenSource _broken = new();
-    private readonly AsyncClientStreamingCall<RingMessage, RingStreamReply> _call;
+    private readonly AsyncServerStreamingCall<RingSegment> _call;
+    private readonly IServerStreamWriter<RingSegment> _successor;
     private readonly Task _writer;
-    private readonly IAsyncStreamReader<RingMessage> _incoming;
     private readonly PeerInbox _inbox;
     private readonly string _jobId;
     private readonly long _generation;
     private readonly TimeSpan _peerTimeout;
     private Exception? _failure;
 
-    private GrpcRingLink(PeerInbox inbox, string jobId, long generation, AsyncClientStreamingCall<RingMessage, RingStreamReply> call,
-        IAsyncStreamReader<RingMessage> incoming, TimeSpan peerTimeout, string successor)
+    private GrpcRingLink(PeerInbox inbox, string jobId, long generation, AsyncServerStreamingCall<RingSegment> call,
+        IServerStreamWriter<RingSegment> successor, TimeSpan peerTimeout, int successorRank)
     {
-        (_inbox, _jobId, _generation, _call, _incoming, _peerTimeout) = (inbox, jobId, generation, call, incoming, peerTimeout);
-        _writer = WriteLoopAsync(successor);
+        (_inbox, _jobId, _generation, _call, _successor, _peerTimeout) = (inbox, jobId, generation, call, successor, peerTimeout);
+        _writer = WriteLoopAsync(successorRank);
     }
 
-    /// <summary>Opens the stream to the successor and waits (up to the peer timeout) for the predecessor's.</summary>
-    public static async Task<GrpcRingLink> OpenAsync(PeerInbox inbox, GrpcChannel successor, string successorAddress, string jobId, long generation,
-        int rank, int predecessorRank, TimeSpan peerTimeout, CancellationToken cancellationToken)
+    /// <summary>Opens the stream from the predecessor and waits (up to the peer timeout) for the successor's call.</summary>
+    public static async Task<GrpcRingLink> OpenAsync(PeerInbox inbox, GrpcChannel predecessor, string predecessorAddress, string jobId, long generation,
+        int rank, int successorRank, TimeSpan peerTimeout, CancellationToken cancellationToken)
     {
-        var call = new RingPeer.RingPeerClient(successor).Stream(cancellationToken: cancellationToken);
+        var call = new RingPeer.RingPeerClient(predecessor).Stream(
+            new RingHello { JobId = jobId, Generation = generation, FromRank = rank }, cancellationToken: cancellationToken);
         try
         {
             using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             timeout.CancelAfter(peerTimeout);
-            await call.RequestStream.WriteAsync(new RingMessage { Hello = new RingHello { JobId = jobId, Generation = generation, FromRank = rank } }, timeout.Token);
-            var incoming = await inbox.AcceptAsync(jobId, generation, predecessorRank, timeout.Token);
-            return new GrpcRingLink(inbox, jobId, generation, call, incoming, peerTimeout, successorAddress);
+            var successor = await inbox.AcceptAsync(jobId, generation, successorRank, timeout.Token);
+            return new GrpcRingLink(inbox, jobId, generation, call, successor, peerTimeout, successorRank);
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException or InvalidOperationException && !cancellationToken.IsCancellationRequested)
         {
             call.Dispose();
             inbox.Release(jobId, generation);
-            throw new RingBrokenException($"ring generation {generation}: could not connect to successor {successorAddress} or predecessor rank {predecessorRank} within {peerTimeout.TotalSeconds:0.#} s ({e.Message})", e);
+            throw new RingBrokenException($"ring generation {generation}: the successor (rank {successorRank}) did not call within {peerTimeout.TotalSeconds:0.#} s " +
+                $"or the predecessor at {predecessorAddress} failed ({e.Message})", e);
         }
     }
 
     public async ValueTask SendAsync(RingSegment segment, CancellationToken cancellationToken)
     {
         ThrowIfBroken();
-        var message = new RingMessage { Segment = segment };
-        if (_outgoing.Writer.TryWrite(message)) return;
+        if (_outgoing.Writer.TryWrite(segment)) return;
         using var either = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
         try
         {
-            await _outgoing.Writer.WriteAsync(message, either.Token);
+            await _outgoing.Writer.WriteAsync(segment, either.Token);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
@@ -77,9 +79,9 @@ public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
         timeout.CancelAfter(_peerTimeout);
         try
         {
-            if (!await _incoming.MoveNext(timeout.Token))
+            if (!await _call.ResponseStream.MoveNext(timeout.Token))
                 throw new RingBrokenException($"ring generation {_generation}: the predecessor ended its stream");
-            return _incoming.Current.Segment ?? throw new RingBrokenException($"ring generation {_generation}: the predecessor sent a {_incoming.Current.BodyCase} mid-stream");
+            return _call.ResponseStream.Current;
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException or IOException or InvalidOperationException && !cancellationToken.IsCancellationRequested)
         {
@@ -91,16 +93,16 @@ public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
         }
     }
 
-    private async Task WriteLoopAsync(string successor)
+    private async Task WriteLoopAsync(int successorRank)
     {
         try
         {
-            await foreach (var message in _outgoing.Reader.ReadAllAsync(_broken.Token))
-                await _call.RequestStream.WriteAsync(message, _broken.Token);
+            await foreach (var segment in _outgoing.Reader.ReadAllAsync(_broken.Token))
+                await _successor.WriteAsync(segment, _broken.Token);
         }
         catch (Exception e) when (!_broken.IsCancellationRequested)
         {
-            Break(new RingBrokenException($"ring generation {_generation}: sending to the successor {successor} failed ({e.Message})", e));
+            Break(new RingBrokenException($"ring generation {_generation}: sending to the successor (rank {successorRank}) failed ({e.Message})", e));
         }
         catch (Exception)
         {
@@ -124,34 +126,23 @@ public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
     }
 
     /// <summary>
-    /// Leaves the generation. After a completed collective the leave is graceful: the incoming
-    /// call is released as a success (everything needed was read), the queued segments are
-    /// flushed and the stream completed, and the successor is given up to <see cref="CloseTimeout"/>
-    /// to read them before the call is cancelled. A broken link is cancelled at once.
+    /// Leaves the generation. After a completed collective the leave is graceful: the queued
+    /// segments are written (up to <see cref="CloseTimeout"/>) and the successor's call ends as a
+    /// success, so it reads them all. A broken link ends the successor's call as Aborted at once.
     /// </summary>
     public async ValueTask DisposeAsync()
     {
         _outgoing.Writer.TryComplete();
         bool graceful = _failure is null;
-        _inbox.Release(_jobId, _generation, graceful);
         if (graceful)
         {
-            try
-            {
-                await _writer.WaitAsync(CloseTimeout);
-                await _call.RequestStream.CompleteAsync().WaitAsync(CloseTimeout);
-                await _call.ResponseAsync.WaitAsync(CloseTimeout);
-            }
-            catch (Exception e) when (e is RpcException or TimeoutException or InvalidOperationException or OperationCanceledException)
-            {
-                // The successor left first or is gone: nothing more to deliver.
-            }
+            try { await _writer.WaitAsync(CloseTimeout); }
+            catch (TimeoutException) { graceful = false; }
         }
+        _inbox.Release(_jobId, _generation, graceful);
         if (!_broken.IsCancellationRequested) await _broken.CancelAsync();
         try { await _writer; } catch (OperationCanceledException) { }
         _call.Dispose();
         _broken.Dispose();
     }
-
-    private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);
 }

@@ -4,9 +4,10 @@ using Grpc.Core;
 namespace Cluster.Worker.AllReduce;
 
 /// <summary>
-/// Where the RingPeer service (one per worker process) meets the trainer: incoming Stream calls
-/// wait here, keyed by (job, generation), until the trainer takes them; the call stays open
-/// until the trainer releases it. Fetch calls read from the vectors the trainer publishes.
+/// Where the RingPeer service (one per worker process) meets the trainer: the successor's Stream
+/// call waits here, keyed by (job, generation), until the trainer takes its response stream to
+/// write segments into; the call stays open until the trainer releases it. Fetch calls read from
+/// the vectors the trainer publishes.
 /// </summary>
 public sealed class PeerInbox
 {
@@ -14,33 +15,33 @@ public sealed class PeerInbox
     private readonly Dictionary<(string JobId, long Generation), Slot> _slots = [];
     private readonly Dictionary<string, Func<FetchRequest, ReadOnlyMemory<byte>?>> _sources = [];
 
-    /// <summary>Called by the service for an incoming stream; completes when the trainer releases it.</summary>
-    public async Task OfferAsync(RingHello hello, IAsyncStreamReader<RingMessage> reader, CancellationToken callCancelled)
+    /// <summary>Called by the service for the successor's Stream call; completes when the trainer releases it.</summary>
+    public async Task OfferAsync(RingHello hello, IServerStreamWriter<RingSegment> writer, CancellationToken callCancelled)
     {
         Slot slot;
         lock (_gate)
         {
             slot = SlotFor(hello.JobId, hello.Generation);
-            if (!slot.Arrived.TrySetResult((hello, reader)))
-                throw new RpcException(new Status(StatusCode.AlreadyExists, $"job {hello.JobId} generation {hello.Generation} already has a predecessor stream"));
+            if (!slot.Arrived.TrySetResult((hello, writer)))
+                throw new RpcException(new Status(StatusCode.AlreadyExists, $"job {hello.JobId} generation {hello.Generation} already has a successor stream"));
         }
         await slot.Released.Task.WaitAsync(callCancelled);
     }
 
-    /// <summary>The predecessor's stream for this generation, once it has called.</summary>
-    public async Task<IAsyncStreamReader<RingMessage>> AcceptAsync(string jobId, long generation, int fromRank, CancellationToken cancellationToken)
+    /// <summary>The successor's stream to write this generation's segments into, once it has called.</summary>
+    public async Task<IServerStreamWriter<RingSegment>> AcceptAsync(string jobId, long generation, int fromRank, CancellationToken cancellationToken)
     {
         Slot slot;
         lock (_gate) slot = SlotFor(jobId, generation);
-        var (hello, reader) = await slot.Arrived.Task.WaitAsync(cancellationToken);
+        var (hello, writer) = await slot.Arrived.Task.WaitAsync(cancellationToken);
         if (hello.FromRank != fromRank)
-            throw new RingBrokenException($"ring: generation {generation} stream came from rank {hello.FromRank}; expected the predecessor, rank {fromRank}");
-        return reader;
+            throw new RingBrokenException($"ring: generation {generation} stream was asked for by rank {hello.FromRank}; expected the successor, rank {fromRank}");
+        return writer;
     }
 
     /// <summary>
-    /// Ends the incoming calls of a job up to <paramref name="generation"/>: as a success when this
-    /// member read all it needed (<paramref name="graceful"/>), else as Aborted (the predecessor's writes then fail).
+    /// Ends the successor's calls of a job up to <paramref name="generation"/>: as a success when
+    /// every segment was written (<paramref name="graceful"/>), else as Aborted (the successor's reads then fail).
     /// </summary>
     public void Release(string jobId, long generation, bool graceful = false)
     {
@@ -81,7 +82,7 @@ public sealed class PeerInbox
 
     private sealed class Slot
     {
-        public TaskCompletionSource<(RingHello, IAsyncStreamReader<RingMessage>)> Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource<(RingHello, IServerStreamWriter<RingSegment>)> Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource Released { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 }

@@ -7,19 +7,16 @@ namespace Cluster.Worker.AllReduce;
 /// <summary>gRPC adapter of ring.proto's RingPeer over <see cref="PeerInbox"/>.</summary>
 public sealed class RingPeerService(PeerInbox inbox) : RingPeer.RingPeerBase
 {
-    public override async Task<RingStreamReply> Stream(IAsyncStreamReader<RingMessage> requestStream, ServerCallContext context)
+    public override async Task Stream(RingHello request, IServerStreamWriter<RingSegment> responseStream, ServerCallContext context)
     {
-        if (!await requestStream.MoveNext(context.CancellationToken) || requestStream.Current.BodyCase != RingMessage.BodyOneofCase.Hello)
-            throw new RpcException(new Status(StatusCode.InvalidArgument, "ring stream: the first message must be a hello"));
         try
         {
-            await inbox.OfferAsync(requestStream.Current.Hello, requestStream, context.CancellationToken);
+            await inbox.OfferAsync(request, responseStream, context.CancellationToken);
         }
         catch (OperationCanceledException)
         {
             throw new RpcException(new Status(StatusCode.Cancelled, "ring stream: cancelled"));
         }
-        return new RingStreamReply();
     }
 
     public override async Task Fetch(FetchRequest request, IServerStreamWriter<FetchMessage> responseStream, ServerCallContext context)

@@ -47,8 +47,8 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
             var predecessor = Members[(Position + Size - 1) % Size];
             try
             {
-                _link = await GrpcRingLink.OpenAsync(peers.Inbox, ChannelTo(successor.PeerAddress), successor.PeerAddress, assignment.JobId, Generation,
-                    assignment.Rank, predecessor.Rank, options.PeerTimeout, cancellationToken);
+                _link = await GrpcRingLink.OpenAsync(peers.Inbox, ChannelTo(predecessor.PeerAddress), predecessor.PeerAddress, assignment.JobId, Generation,
+                    assignment.Rank, successor.Rank, options.PeerTimeout, cancellationToken);
                 return true;
             }
             catch (RingBrokenException e) when (attempt < JoinAttemptsMax)

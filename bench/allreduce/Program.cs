@@ -61,12 +61,13 @@ internal static class Member
         Console.WriteLine($"ADDRESS {host.Address}");
         string[] addresses = Console.ReadLine()!.Split(' ');
 
-        string successor = addresses[(rank + 1) % world];
-        using var channel = GrpcChannel.ForAddress(successor, new GrpcChannelOptions
+        string predecessor = addresses[(rank + world - 1) % world];
+        using var channel = GrpcChannel.ForAddress(predecessor, new GrpcChannelOptions
         {
             HttpHandler = new SocketsHttpHandler { InitialHttp2StreamWindowSize = 16 << 20, EnableMultipleHttp2Connections = true },
+            MaxReceiveMessageSize = 8 << 20,
         });
-        await using var link = await GrpcRingLink.OpenAsync(host.Inbox, channel, successor, "bench", 1, rank, (rank + world - 1) % world, TimeSpan.FromSeconds(60), default);
+        await using var link = await GrpcRingLink.OpenAsync(host.Inbox, channel, predecessor, "bench", 1, rank, (rank + 1) % world, TimeSpan.FromSeconds(60), default);
         int chunkBytes = int.TryParse(Environment.GetEnvironmentVariable("RING_CHUNK_BYTES"), out int c) ? c : Cluster.Shared.Wire.TensorWire.ChunkBytesMax;
         var ring = new RingAllReduce(rank, world, Cluster.Shared.Jobs.JobSpecification.BucketBytesDefault, chunkBytes);
         var vector = new byte[bytes];

@@ -11,6 +11,7 @@ using Cluster.Worker.Data;
 using Cluster.Worker.Models;
 using Cluster.Worker.Training;
 using TorchSharp;
+using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace Cluster.Tests.Integration.AllReduce;
