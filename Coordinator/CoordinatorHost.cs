@@ -62,7 +62,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         });
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton<JobBoard>();
+        builder.Services.AddSingleton(services => new JobBoard(services.GetRequiredService<TimeProvider>()) { RingJoinWindow = options.RingJoinWindow });
         builder.Services.AddHostedService<MaintenanceService>();
         builder.Services.AddObservability();
         var app = builder.Build();

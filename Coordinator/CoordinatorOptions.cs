@@ -25,6 +25,8 @@ public sealed record CoordinatorOptions
     public int QueuedJobsMax { get; init; } = 256;
     /// <summary>Live workers that may be registered at once.</summary>
     public int WorkersMax { get; init; } = 4096;
+    /// <summary>Scheme "allreduce": how long a ring re-formation waits for the previous members to rejoin.</summary>
+    public TimeSpan RingJoinWindow { get; init; } = TimeSpan.FromSeconds(10);
 
     public IEnumerable<string> Validate()
     {

@@ -2,6 +2,7 @@ using Cluster.Protos;
 using Cluster.Shared.Rpc;
 using Cluster.Shared.Security;
 using Cluster.Worker.Telemetry;
+using Cluster.Worker.AllReduce;
 using Cluster.Worker.Training;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
@@ -57,11 +58,14 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             await stopping.CancelAsync();
             await heartbeats;
+            if (_peers is not null) await _peers.DisposeAsync();
         }
         if (_coordinatorLost is not null) throw _coordinatorLost;
     }
 
     private PeerUnreachableException? _coordinatorLost;
+    /// <summary>The RingPeer service, started with the first allreduce job and kept for the process's life.</summary>
+    private PeerHost? _peers;
 
     private async Task RunJobAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment, CancellationToken cancellationToken)
     {
@@ -72,7 +76,15 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         string outcome = "failed";
         try
         {
-            await new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token);
+            if (assignment.Spec.Scheme == "allreduce")
+            {
+                _peers ??= await PeerHost.StartAsync(options.PeerBindAddress, options.PeerPort, options.PeerAdvertiseHost, options.Security!, cancellationToken);
+                await new AllReduceTrainer(assignment, coordinator, _peers, options, _logger).RunAsync(job.Token);
+            }
+            else
+            {
+                await new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token);
+            }
             WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
             outcome = "succeeded";
         }

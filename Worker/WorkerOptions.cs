@@ -31,6 +31,16 @@ public sealed record WorkerOptions
     public string? TensorBoardDirectory { get; init; }
     /// <summary>Test-only fault injection: extra milliseconds added to the compute phase of every step.</summary>
     public int SlowStepMillis { get; init; }
+    /// <summary>Scheme "allreduce": address the RingPeer service binds.</summary>
+    public string PeerBindAddress { get; init; } = "127.0.0.1";
+    /// <summary>Scheme "allreduce": port of the RingPeer service; 0 picks a free one.</summary>
+    public int PeerPort { get; init; }
+    /// <summary>Scheme "allreduce": host name peers use to reach this worker; null: the bound address.</summary>
+    public string? PeerAdvertiseHost { get; init; }
+    /// <summary>Scheme "allreduce": longest silence of a ring neighbour before the ring is re-formed.</summary>
+    public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Scheme "allreduce": directory to write each job's final parameters to (raw float32); null: none.</summary>
+    public string? ParametersOutDirectory { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -45,6 +55,12 @@ public sealed record WorkerOptions
             yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
         if (SlowStepMillis < 0)
             yield return $"slow-step-ms: {SlowStepMillis} is out of range; expected 0 or more";
+        if (!System.Net.IPAddress.TryParse(PeerBindAddress, out _))
+            yield return $"peer-bind: '{PeerBindAddress}' is not an IP address";
+        if (PeerPort is < 0 or > 65535)
+            yield return $"peer-port: {PeerPort} is out of range; expected 0 to 65535";
+        if (PeerTimeout <= TimeSpan.Zero)
+            yield return $"peer-timeout: {PeerTimeout.TotalSeconds} s; expected more than 0";
         if (Threads < 0)
             yield return $"threads: {Threads} is out of range; expected 0 (default) or more";
     }

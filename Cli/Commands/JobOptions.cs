@@ -22,6 +22,8 @@ public sealed class JobOptions
     public Option<long> Seed { get; } = new("--seed") { Description = "Seed of initial weights and data order", DefaultValueFactory = _ => Defaults.Seed };
     public Option<string> Device { get; } = new("--device") { Description = "auto, cpu, cuda or cuda:N", DefaultValueFactory = _ => Defaults.Device };
     public Option<int> TrainLimit { get; } = new("--train-limit") { Description = "Train on the first N samples only (0: all)", DefaultValueFactory = _ => 0 };
+    public Option<string> Scheme { get; } = new("--scheme") { Description = $"How gradients are combined: {string.Join(", ", JobSpecification.KnownSchemes)}", DefaultValueFactory = _ => Defaults.Scheme };
+    public Option<int> BucketBytes { get; } = new("--bucket-bytes") { Description = "Scheme allreduce: bytes of gradient per ring pass (0: 32 MiB)", DefaultValueFactory = _ => 0 };
     public Option<int> TestLimit { get; } = new("--test-limit") { Description = "Evaluate on the first N test samples only (0: all)", DefaultValueFactory = _ => 0 };
     public Option<string> Loss { get; } = new("--loss") { Description = $"Classifier loss: {string.Join(", ", JobSpecification.KnownLosses)}", DefaultValueFactory = _ => Defaults.Loss };
     public Option<string?> InitFrom { get; } = new("--init-from") { Description = "Fine-tune: start from this safetensors checkpoint (a path on the workers)" };
@@ -35,7 +37,7 @@ public sealed class JobOptions
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes })
             command.Options.Add(option);
     }
 
@@ -66,5 +68,7 @@ public sealed class JobOptions
         Freeze = [.. (parse.GetValue(Freeze) ?? []).SelectMany(f => f.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
         ReplaceHead = parse.GetValue(ReplaceHead),
         SaveTo = parse.GetValue(SaveTo) is { } to ? Path.GetFullPath(to) : null,
+        Scheme = parse.GetValue(Scheme)!,
+        BucketBytes = parse.GetValue(BucketBytes),
     };
 }

@@ -22,7 +22,8 @@ public static class RoleCommands
         var httpPort = new Option<int>("--http-port") { Description = "JSON API port (0: any free port)", DefaultValueFactory = _ => 0 };
         var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
         var queuedMax = new Option<int>("--queued-jobs-max") { Description = "Jobs that may wait in the queue", DefaultValueFactory = _ => new CoordinatorOptions().QueuedJobsMax };
-        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ParentPid };
+        var ringJoinWindow = new Option<double>("--ring-join-window") { Description = "Scheme allreduce: seconds a ring re-formation waits for the previous members", DefaultValueFactory = _ => 10.0 };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ringJoinWindow, ParentPid };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -32,6 +33,7 @@ public static class RoleCommands
                 BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
                 HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
                 QueuedJobsMax = parse.GetValue(queuedMax), Security = Security.Read(parse),
+                RingJoinWindow = TimeSpan.FromSeconds(parse.GetValue(ringJoinWindow)),
             };
             await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
             await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");
@@ -75,7 +77,16 @@ public static class RoleCommands
         var httpPort = new Option<int>("--http-port") { Description = "Port of the worker's HTTP listener (0: any free port)", DefaultValueFactory = _ => 0 };
         var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of each job to DIR/JOB/rank-R" };
         var slowStep = new Option<int>("--slow-step-ms") { Description = "Test-only fault injection: add this many milliseconds to every step's compute", Hidden = true };
-        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns") { CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep, ParentPid };
+        var peerBind = new Option<string>("--peer-bind") { Description = "Scheme allreduce: address the peer (ring) service listens on", DefaultValueFactory = _ => "127.0.0.1" };
+        var peerPort = new Option<int>("--peer-port") { Description = "Scheme allreduce: peer service port (0: any free port)", DefaultValueFactory = _ => 0 };
+        var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "Scheme allreduce: host name other workers use to reach this one (default: the bound address)" };
+        var peerTimeout = new Option<double>("--peer-timeout") { Description = "Scheme allreduce: seconds of silence from a ring neighbour before the ring is re-formed", DefaultValueFactory = _ => 30.0 };
+        var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
+        var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
+        {
+            CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep,
+            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, ParentPid,
+        };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -86,6 +97,8 @@ public static class RoleCommands
                 ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)), Security = Security.Read(parse),
                 HttpBindAddress = parse.GetValue(httpBind)!, HttpPort = parse.GetValue(httpPort), SlowStepMillis = parse.GetValue(slowStep),
                 TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
+                PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
+                PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),
             };
             var errors = options.Validate().ToList();
             if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);

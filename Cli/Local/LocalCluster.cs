@@ -43,7 +43,8 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
         {
             var coordinator = Start(roles, "coordinator", ["coordinator", "--port", "0", "--http-port", "0", .. tlsArguments], logDirectory);
             var urls = ParseUrls(await coordinator.WaitReadyAsync(ReadyTimeout, cancellationToken));
-            var servers = Enumerable.Range(0, spec.ParameterServers)
+            bool withServer = spec.Scheme != "allreduce";
+            var servers = Enumerable.Range(0, withServer ? spec.ParameterServers : 0)
                 .Select(k => Start(roles, $"parameter server {k}", ["ps", "--coordinator", urls["grpc"], .. tlsArguments], logDirectory))
                 .ToList();
             foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
@@ -51,7 +52,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             for (int i = 0; i < spec.Workers; i++)
                 Start(roles, $"worker {i}", ["worker", "--coordinator", urls["grpc"], "--threads", threads.ToString(), .. tlsArguments, .. WorkerExtras(i, spec.Workers)], logDirectory);
             console.MarkupLineInterpolated(
-                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {spec.ParameterServers} parameter server(s), {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
+                $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {(withServer ? $"{spec.ParameterServers} parameter server(s)" : "ring all-reduce")}, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
             console.MarkupLineInterpolated(
                 $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}{string.Concat(tlsArguments.Select(a => " " + a))}`");
             console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret)");

@@ -10,7 +10,7 @@ namespace Cluster.Coordinator.Jobs;
 /// idle workers, and each running job's lifecycle. One lock guards everything; nothing here
 /// is on the training hot path. Plain class: tested without a network.
 /// </summary>
-public sealed class JobBoard(TimeProvider time)
+public sealed partial class JobBoard(TimeProvider time)
 {
     private readonly object _gate = new();
     private readonly MemberRegistry _members = new();
@@ -102,7 +102,9 @@ public sealed class JobBoard(TimeProvider time)
         lock (_gate)
         {
             var job = RunningJob(jobId, rank);
-            return job.Plan(epoch, trainSampleCount, time.GetUtcNow()).Shard(rank);
+            return job.Ring is null
+                ? job.Plan(epoch, trainSampleCount, time.GetUtcNow()).Shard(rank)
+                : job.RingShard(rank, epoch, trainSampleCount, time.GetUtcNow());
         }
     }
 
@@ -152,7 +154,7 @@ public sealed class JobBoard(TimeProvider time)
             foreach (var worker in _members.ExpireWorkers(time.GetUtcNow(), heartbeatTimeout))
             {
                 _waiting.RemoveAll(w => w.Worker == worker);
-                if (worker.JobId is not null && _jobs.TryGetValue(worker.JobId, out var job) && !job.IsFinished)
+                if (worker.JobId is not null && _jobs.TryGetValue(worker.JobId, out var job) && !job.IsFinished && !TryDropFromRing(job, worker.Id))
                     End(job, JobState.Failed,
                         $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s");
             }
@@ -166,7 +168,7 @@ public sealed class JobBoard(TimeProvider time)
 
     private void Schedule()
     {
-        while (_queue.First is { } head && _members.Servers.Count >= head.Value.Spec.ParameterServers)
+        while (_queue.First is { } head && (_members.Servers.Count >= head.Value.Spec.ParameterServers || head.Value.Spec.Scheme == "allreduce"))
         {
             var job = head.Value;
             var idle = _waiting.Where(w => w.Worker.Alive && w.Worker.JobId is null).Take(job.Spec.Workers).ToList();
@@ -174,10 +176,17 @@ public sealed class JobBoard(TimeProvider time)
             _queue.RemoveFirst();
             job.State = JobState.Running;
             job.StartedAt = time.GetUtcNow();
-            // Spread jobs over the servers: each job starts where the previous one ended.
-            for (int k = 0; k < job.Spec.ParameterServers; k++)
-                job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
-            _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
+            if (job.Spec.Scheme == "allreduce")
+            {
+                job.Ring = new(job.Id, idle.Count, RingJoinWindow, time);
+            }
+            else
+            {
+                // Spread jobs over the servers: each job starts where the previous one ended.
+                for (int k = 0; k < job.Spec.ParameterServers; k++)
+                    job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
+                _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
+            }
             for (int rank = 0; rank < idle.Count; rank++)
             {
                 var (worker, reply) = idle[rank];
@@ -205,6 +214,7 @@ public sealed class JobBoard(TimeProvider time)
             worker.JobId = null;
             if (state != JobState.Succeeded) _pendingAborts[workerId] = job.Id;
         }
+        job.Ring?.Close();
         if (!wasQueued) _finished.Writer.TryWrite(job);
         Schedule();
     }

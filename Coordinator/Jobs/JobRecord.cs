@@ -19,7 +19,7 @@ public sealed record EpochResult(
 /// A job's state at the coordinator: its ranks, epoch plans, progress reports and the
 /// evaluations merged across ranks. Not thread-safe: <see cref="JobBoard"/> guards it.
 /// </summary>
-public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset submittedAt)
+public sealed partial class JobRecord(string id, JobSpecification spec, DateTimeOffset submittedAt)
 {
     private readonly Dictionary<int, EpochPlan> _plans = [];
     private readonly Dictionary<int, EpochProgress> _epochs = [];
@@ -42,7 +42,7 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
     public bool IsFinished => State is JobState.Succeeded or JobState.Failed or JobState.Cancelled;
 
     /// <summary>The epoch plan, after checking that the rank agrees on the training-set size.</summary>
-    public EpochPlan Plan(int epoch, int trainSampleCount, DateTimeOffset now)
+    public EpochPlan Plan(int epoch, int trainSampleCount, DateTimeOffset now, int? workers = null)
     {
         CheckEpoch(epoch);
         // The plan holds one index per sample: bound it, so a bad count cannot exhaust the coordinator's memory.
@@ -54,7 +54,7 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
             throw new ArgumentException($"train_sample_count: {trainSampleCount} differs from the {TrainSampleCount} other ranks loaded; check every worker has the same dataset");
         if (!_plans.TryGetValue(epoch, out var plan))
         {
-            plan = new EpochPlan(trainSampleCount, Spec.Seed, epoch, Spec.Workers, Spec.BatchSize);
+            plan = NewPlan(epoch, trainSampleCount, workers ?? Spec.Workers);
             _plans[epoch] = plan;
             _plans.Remove(epoch - 2);
         }
@@ -76,7 +76,7 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
         progress.LossSum += lossSum;
         progress.SampleCount += sampleCount;
         if (sampleCount > 0) progress.RecentLoss = lossSum / sampleCount;
-        if (progress.StepsDone.Values.All(s => s == stepsTotal) && progress.StepsDone.Count == Spec.Workers)
+        if (progress.StepsDone.Values.All(s => s == stepsTotal) && progress.StepsDone.Count >= LiveWorkerCount)
             progress.TrainedAt ??= now;
     }
 
@@ -97,7 +97,7 @@ public sealed class JobRecord(string id, JobSpecification spec, DateTimeOffset s
             throw new ArgumentException($"class_count: {classCount} differs from other ranks' evaluation");
         for (int i = 0; i < confusion.Count; i++) progress.Confusion[i] += confusion[i];
         progress.TestLossSum += lossSum;
-        if (progress.EvaluatedRanks.Count < Spec.Workers) return false;
+        if (progress.EvaluatedRanks.Count < LiveWorkerCount) return false;
 
         var metrics = ClassificationMetrics.FromConfusion(progress.Confusion, classCount, progress.TestLossSum);
         var trainedAt = progress.TrainedAt ?? now;

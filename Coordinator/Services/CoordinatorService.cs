@@ -80,6 +80,16 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         return Task.FromResult(new ReportFailureReply());
     }
 
+    public override async Task<JoinRingReply> JoinRing(JoinRingRequest request, ServerCallContext context)
+    {
+        var wait = context.Deadline == DateTime.MaxValue ? AssignmentWaitMax : Min(AssignmentWaitMax, context.Deadline - DateTime.UtcNow - TimeSpan.FromSeconds(1));
+        try { return await board.JoinRingAsync(request, wait, context.CancellationToken); }
+        catch (ArgumentException e) { throw Invalid(e.Message); }
+        catch (InvalidOperationException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+    }
+
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
+
     /// <summary>Maps the board's errors to gRPC statuses: bad arguments, and calls for jobs that are over.</summary>
     private static T Guard<T>(Func<T> action)
     {

@@ -13,7 +13,7 @@ public sealed record JobSpecification
     /// <summary>Character language models: they train on the "text" dataset and report perplexity.</summary>
     public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
     public static readonly IReadOnlyList<string> KnownLosses = ["cross-entropy", "mse", "bce"];
-    public static readonly IReadOnlyList<string> KnownSchemes = ["ps"];
+    public static readonly IReadOnlyList<string> KnownSchemes = ["ps", "allreduce"];
     public static readonly IReadOnlyList<string> KnownSyncModes = ["bsp"];
 
     public const int EpochsMax = 10_000;
@@ -30,6 +30,9 @@ public sealed record JobSpecification
     public OptimizerSettings Optimizer { get; init; } = new();
     public int Workers { get; init; } = 2;
     public string Scheme { get; init; } = "ps";
+    /// <summary>Scheme "allreduce": bytes of gradient per ring pass; 0: <see cref="BucketBytesDefault"/>.</summary>
+    public int BucketBytes { get; init; }
+    public const int BucketBytesDefault = 32 << 20;
     public string Sync { get; init; } = "bsp";
     public long Seed { get; init; } = 1;
     /// <summary>Train on the first N samples only; 0: all.</summary>
@@ -76,6 +79,8 @@ public sealed record JobSpecification
             errors.Add($"workers: {Workers} is out of range; expected 1 to {WorkersMax}");
         if (!KnownSchemes.Contains(Scheme))
             errors.Add($"scheme: '{Scheme}' is not supported; expected one of {string.Join(", ", KnownSchemes)}");
+        if (BucketBytes < 0)
+            errors.Add($"bucket-bytes: {BucketBytes} is out of range; expected 0 (default) or a positive count");
         if (!KnownSyncModes.Contains(Sync))
             errors.Add($"sync: '{Sync}' is not supported; expected one of {string.Join(", ", KnownSyncModes)}");
         if (TrainLimit < 0)
@@ -135,6 +140,8 @@ public sealed record JobSpecification
         WireDtype = WireDtype,
         TopkRatio = TopKRatio,
         ParameterServers = ParameterServers,
+        Scheme = Scheme,
+        BucketBytes = BucketBytes,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -159,6 +166,8 @@ public sealed record JobSpecification
         WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
         TopKRatio = spec.TopkRatio,
         ParameterServers = Math.Max(1, spec.ParameterServers),
+        Scheme = spec.Scheme.Length == 0 ? "ps" : spec.Scheme,
+        BucketBytes = spec.BucketBytes,
     };
 }
 

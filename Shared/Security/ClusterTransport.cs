@@ -33,9 +33,10 @@ public static class ClusterTransport
     }
 
     /// <summary>The handler chain: the secret on every request, over sockets with the cluster's TLS policy.</summary>
-    public static HttpMessageHandler Handler(ClusterSecurity security)
+    public static HttpMessageHandler Handler(ClusterSecurity security, Action<SocketsHttpHandler>? tune = null)
     {
         var sockets = new SocketsHttpHandler { EnableMultipleHttp2Connections = true };
+        tune?.Invoke(sockets);
         if (security.Certificate is not null)
             sockets.SslOptions.ClientCertificates = [security.Certificate];
         if (security.CertificateAuthority is { } authority)

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Cluster.ParameterServer;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
+using Cluster.Shared.Security;
 using Cluster.Shared.Wire;
 using Cluster.Worker;
 using Cluster.Worker.Training;
@@ -20,12 +21,14 @@ public static class ParameterServerSync
 
     public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps)
     {
+        var security = new ClusterSecurity { Secret = ClusterSecret.Generate() };
         var hosts = new List<ParameterServerHost>();
-        for (int k = 0; k < servers; k++) hosts.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions(), CancellationToken.None));
+        for (int k = 0; k < servers; k++)
+            hosts.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { Security = security }, CancellationToken.None));
         try
         {
             string jobId = $"bench-{Guid.NewGuid():N}";
-            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1" };
+            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1", Security = security };
             var clients = Enumerable.Range(0, workers).Select(rank =>
             {
                 var assignment = new Assignment { JobId = jobId, Rank = rank, WorldSize = workers };
