@@ -21,7 +21,8 @@ public static class JobCommands
         var timeline = new Option<string?>("--timeline") { Description = "Save the job's timeline (Chrome trace JSON, opens in Perfetto) to this file when it ends" };
         var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of the job to DIR/JOB/rank-R" };
         var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker };
+        var devices = new Option<string?>("--devices") { Description = "One device per worker, e.g. cuda:0,cuda:1 (round robin over the workers); default: the job's --device for all" };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices };
         job.AddTo(command);
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -33,7 +34,12 @@ public static class JobCommands
             var observability = new LocalObservability(
                 parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker),
                 parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null);
-            var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given, [.. Security.ChildArguments(parse)], observability);
+            string[] deviceList = (parse.GetValue(devices) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            foreach (string device in deviceList)
+                if (!Shared.Jobs.DeviceNames.IsValid(device))
+                    throw new CliException($"devices: '{device}' is not a device; expected auto, cpu, cuda or cuda:N", exitCode: 2);
+            var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given,
+                [.. Security.ChildArguments(parse)], observability, deviceList);
             var result = await local.RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });

@@ -14,7 +14,7 @@ namespace Cluster.Cli.Local;
 /// the cluster secret through their environment (never on a command line others can read).
 /// </summary>
 public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security, bool secretGenerated, IReadOnlyList<string> tlsArguments,
-    LocalObservability? observability = null)
+    LocalObservability? observability = null, IReadOnlyList<string>? devices = null)
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
@@ -71,8 +71,10 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
     }
 
     /// <summary>Extra worker options: TensorBoard output, and (test-only fault injection) a slowed last worker.</summary>
+    /// <summary>Per-worker options: one device each from --devices (round robin), TensorBoard, and the test-only slow worker.</summary>
     private string[] WorkerExtras(int index, int workers) =>
     [
+        .. devices is { Count: > 0 } ? new[] { "--device", devices[index % devices.Count] } : [],
         .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
         .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
     ];
