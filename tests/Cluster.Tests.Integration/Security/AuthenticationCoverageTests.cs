@@ -24,16 +24,20 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
     private static readonly TimeSpan CallDeadline = TimeSpan.FromSeconds(10);
     private CoordinatorHost _coordinator = null!;
     private ParameterServerHost _server = null!;
+    private Worker.AllReduce.PeerHost _ringPeer = null!;
 
     public async Task InitializeAsync()
     {
         _coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, CancellationToken.None);
         _server = await ParameterServerHost.StartAsync(
             new ParameterServerOptions { CoordinatorUrl = _coordinator.GrpcUrl, Security = TestSecurity.Loopback }, CancellationToken.None);
+        // A worker's peer service (scheme allreduce).
+        _ringPeer = await Worker.AllReduce.PeerHost.StartAsync("127.0.0.1", 0, null, TestSecurity.Loopback, CancellationToken.None);
     }
 
     public async Task DisposeAsync()
     {
+        await _ringPeer.DisposeAsync();
         await _server.DisposeAsync();
         await _coordinator.DisposeAsync();
     }
@@ -52,7 +56,7 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
         var methods = Services().SelectMany(s => s.Methods).ToList();
         Assert.Contains(methods, m => m.FullName == "cluster.Coordinator.RegisterWorker");
         Assert.Contains(methods, m => m.FullName == "cluster.ParameterServer.PushGradients");
-        string[] hosts = [_coordinator.GrpcUrl, _server.Url];
+        string[] hosts = [_coordinator.GrpcUrl, _server.Url, _ringPeer.Address];
         var failures = new List<string>();
         foreach (var method in methods)
         {
