@@ -49,13 +49,13 @@ public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
 
         var replicas = await TrainWithAllReduceAsync(spec with { Scheme = "allreduce", BucketBytes = 256 << 10 });
         float[] server = await TrainWithParameterServerAsync(spec);
-        float[] single = TrainInOneProcess(spec);
+        float[] single = SingleProcessTraining.Train(spec, Steps);
 
         var hashes = replicas.Select(r => Convert.ToHexString(SHA256.HashData(MemoryMarshal.AsBytes(r.AsSpan())))).ToList();
         Assert.All(hashes, hash => Assert.Equal(hashes[0], hash));
         AssertClose(server, replicas[0], "parameter-server scheme");
         AssertClose(single, replicas[0], "single-process training");
-        float[] initial = Flatten(ModelZoo.Create(spec.Model, spec.Seed));
+        float[] initial = SingleProcessTraining.Flatten(ModelZoo.Create(spec.Model, spec.Seed));
         Assert.True(initial.Zip(replicas[0]).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "training did not change the parameters");
     }
 
@@ -119,31 +119,5 @@ public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
         }
     }
 
-    private static float[] TrainInOneProcess(JobSpecification spec)
-    {
-        torch.set_num_threads(1);
-        var train = DatasetCatalog.Load(spec.Dataset, null).Train.Take(spec.TrainLimit);
-        using var loader = new BatchLoader(train, torch.CPU);
-        using var model = ModelZoo.Create(spec.Model, spec.Seed);
-        var o = spec.Optimizer;
-        using optim.Optimizer optimizer = o.Kind == "sgd"
-            ? torch.optim.SGD(model.parameters(), o.LearningRate, o.Momentum, o.Dampening, o.WeightDecay, o.Nesterov)
-            : torch.optim.Adam(model.parameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
-        var plan = new EpochPlan(train.Count, spec.Seed, epoch: 0, spec.Workers, spec.BatchSize);
-        Assert.Equal(Steps, plan.StepCount);
-        for (int step = 0; step < plan.StepCount; step++)
-        {
-            GradientStep.Compute(model, loader, plan.GlobalBatch(step));
-            optimizer.step();
-        }
-        return Flatten(model);
-    }
 
-    private static float[] Flatten(nn.Module model)
-    {
-        using var vector = new ParameterVector(model);
-        var bytes = new byte[vector.ByteCount];
-        vector.ReadParameters(bytes);
-        return MemoryMarshal.Cast<byte, float>(bytes).ToArray();
-    }
 }

@@ -46,7 +46,7 @@ public sealed class DistributedEquivalenceTests
         };
 
         float[] distributed = await TrainOnClusterAsync(spec);
-        float[] reference = TrainInOneProcess(spec);
+        float[] reference = SingleProcessTraining.Train(spec, Steps);
 
         Assert.Equal(reference.Length, distributed.Length);
         double largest = 0;
@@ -60,7 +60,7 @@ public sealed class DistributedEquivalenceTests
         Assert.True(largest <= tolerance,
             $"largest parameter difference after {Steps} steps is {largest:E3} at {ParameterAt(spec, worst)} ({reference[worst]} vs {distributed[worst]}); expected <= {tolerance:E0}; {over.Count} elements over: {string.Join(", ", over.Take(10).Select(i => ParameterAt(spec, i)))}");
         // The model really trained: it moved away from its initial weights.
-        float[] initial = Flatten(ModelZoo.Create(spec.Model, spec.Seed));
+        float[] initial = SingleProcessTraining.Flatten(ModelZoo.Create(spec.Model, spec.Seed));
         Assert.True(initial.Zip(reference).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "training did not change the parameters");
     }
 
@@ -105,26 +105,6 @@ public sealed class DistributedEquivalenceTests
         }
     }
 
-    /// <summary>Plain TorchSharp: same seed, same initial weights, batch = union of the ranks' batches, torch.optim.Adam.</summary>
-    private static float[] TrainInOneProcess(JobSpecification spec)
-    {
-        torch.set_num_threads(1);
-        var train = DatasetCatalog.Load(spec.Dataset, null).Train.Take(spec.TrainLimit);
-        using var loader = new BatchLoader(train, torch.CPU);
-        using var model = ModelZoo.Create(spec.Model, spec.Seed);
-        var o = spec.Optimizer;
-        using optim.Optimizer optimizer = o.Kind == "sgd"
-            ? torch.optim.SGD(model.parameters(), o.LearningRate, o.Momentum, o.Dampening, o.WeightDecay, o.Nesterov)
-            : torch.optim.Adam(model.parameters(), o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
-        var plan = new EpochPlan(train.Count, spec.Seed, epoch: 0, spec.Workers, spec.BatchSize);
-        Assert.Equal(Steps, plan.StepCount);
-        for (int step = 0; step < plan.StepCount; step++)
-        {
-            GradientStep.Compute(model, loader, plan.GlobalBatch(step));
-            optimizer.step();
-        }
-        return Flatten(model);
-    }
 
     /// <summary>"name[index]" of a flat-vector element, for failure messages.</summary>
     private static string ParameterAt(JobSpecification spec, int element)
@@ -138,13 +118,6 @@ public sealed class DistributedEquivalenceTests
         return "?";
     }
 
-    private static float[] Flatten(nn.Module model)
-    {
-        using var vector = new ParameterVector(model);
-        var bytes = new byte[vector.ByteCount];
-        vector.ReadParameters(bytes);
-        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes).ToArray();
-    }
 
     private static void AssertNoWorkerExited(List<ClusterCommand> workers)
     {
