@@ -55,7 +55,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
                 $"Local cluster: coordinator {urls["grpc"]} (API {urls["http"]}), {(withServer ? $"{spec.ParameterServers} parameter server(s)" : "ring all-reduce")}, {spec.Workers} worker(s) with {threads} thread(s) each; logs in {logDirectory}");
             console.MarkupLineInterpolated(
                 $"Cluster secret: {(secretGenerated ? "generated for this run" : "yours")}, also in {secretFile}; other commands need it, e.g. `cluster status --api {urls["http"]} --secret-file {secretFile}{string.Concat(tlsArguments.Select(a => " " + a))}`");
-            console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret)");
+            console.MarkupLineInterpolated($"Dashboard: {urls["http"]}/ (log in with the cluster secret: `cat {secretFile}`)");
 
             using var api = new CoordinatorApi(urls["http"], security, TimeSpan.FromSeconds(30));
             return await work(api, roles, cancellationToken);

@@ -2,28 +2,23 @@
 //   #/            the cluster (coordinator, parameter servers, workers) and the jobs, with a submit form
 //   #/jobs/ID     one job: progress, loss and accuracy curves, per-worker step phases, epochs
 // Live data comes from the coordinator's server-sent events (GET /api/events, GET /api/jobs/ID/events),
-// read with fetch rather than EventSource so that every request can carry the login header.
+// read with fetch rather than EventSource so that a 401 (expired session) can be told apart from a dropped connection.
 'use strict';
 
-// ---- Access: every request goes through api() / stream(), which add the login header. ----
-const secretKey = 'cluster-secret';
-function authHeaders() {
-  const secret = sessionStorage.getItem(secretKey);
-  return secret ? { Authorization: `Bearer ${secret}` } : {};
-}
+// ---- Access: the page itself loads only after log-in (the coordinator answers 401 with its log-in
+// form otherwise), and the session cookie it set goes with every request of this page. A 401 later
+// means the session has expired: reloading shows the log-in form again.
 function needLogin() {
-  document.getElementById('login').hidden = false;
   setConnection('error', 'log in');
+  const last = Number(sessionStorage.getItem('login-reload') || 0);
+  if (Date.now() - last > 5000) {  // never a reload loop
+    sessionStorage.setItem('login-reload', String(Date.now()));
+    window.location.reload();
+  }
 }
-document.getElementById('login-form').addEventListener('submit', e => {
-  e.preventDefault();
-  sessionStorage.setItem(secretKey, document.getElementById('login-secret').value);
-  document.getElementById('login').hidden = true;
-  route();
-});
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  const response = await fetch(path, options);
   if (response.status === 401) { needLogin(); throw new Error('not logged in'); }
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
@@ -33,7 +28,7 @@ async function api(path, options = {}) {
 
 // Reads a server-sent event stream; calls onEvent(type, data) for each event. Resolves when the stream ends.
 async function stream(path, onEvent, signal) {
-  const response = await fetch(path, { headers: { ...authHeaders(), Accept: 'text/event-stream' }, signal });
+  const response = await fetch(path, { headers: { Accept: 'text/event-stream' }, signal });
   if (response.status === 401) { needLogin(); return false; }
   if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
   setConnection('live', 'live');

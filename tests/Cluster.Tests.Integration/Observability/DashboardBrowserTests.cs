@@ -35,15 +35,16 @@ public sealed partial class DashboardBrowserTests(ITestOutputHelper output)
         page.SetDefaultTimeout(60_000);
         Assertions.SetDefaultExpectTimeout(60_000);
 
-        // The page shell loads without the secret and asks for it; a wrong one is refused, the right one lets in.
+        // Without the secret the coordinator answers with its log-in form; a wrong secret is refused, the right one lets in.
         await page.GotoAsync($"{api}/");
         await Expect(page.Locator("#login")).ToBeVisibleAsync();
+        await Expect(page.Locator("#view")).ToHaveCountAsync(0);
         await page.FillAsync("#login-secret", "not-the-secret");
         await page.PressAsync("#login-secret", "Enter");
-        await Expect(page.Locator("#login")).ToBeVisibleAsync();
+        await Expect(page.Locator("#login-reason")).ToHaveTextAsync("That is not the cluster secret.");
         await page.FillAsync("#login-secret", TestSecurity.Secret.Value);
         await page.PressAsync("#login-secret", "Enter");
-        await Expect(page.Locator("#login")).ToBeHiddenAsync();
+        await Expect(page.Locator("#login")).ToHaveCountAsync(0);
 
         // Overview: one row for the coordinator, one per parameter server, one per worker.
         await Expect(page.Locator("[data-testid=member-row][data-role=worker]")).ToHaveCountAsync(2);

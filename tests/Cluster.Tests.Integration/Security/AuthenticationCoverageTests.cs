@@ -88,11 +88,8 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
         Assert.Contains(routes, r => r.Method == "POST" && r.Path == "/api/jobs");
         Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/api/cluster");
         var failures = new List<string>();
-        using var http = new HttpClient();
-        // The dashboard's page shell (HTML, script, style: no data) is the one thing served without
-        // the secret, so that a browser can show the login form; it is checked separately below.
-        var shell = routes.Where(r => r.Method == "GET" && (r.Path == "/" || r.Path.StartsWith("/dashboard/", StringComparison.Ordinal))).ToList();
-        foreach (var (method, path) in routes.Except(shell).Append(("GET", "/no/such/page")))
+        using var http = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false });
+        foreach (var (method, path) in routes.Append(("GET", "/no/such/page")).Append(("POST", "/logout")))
         {
             foreach (string? authorization in new[] { null, "Bearer wrong-secret-of-enough-length", "Basic " + TestSecurity.Secret.Value })
             {
@@ -111,11 +108,69 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
         }
         Assert.True(failures.Count == 0, string.Join(Environment.NewLine, failures));
 
-        Assert.Equal(["/", "/dashboard/job-1"], shell.Select(r => r.Path).Order());
-        using var page = await http.GetAsync(_coordinator.HttpUrl + "/");
-        Assert.Equal(HttpStatusCode.OK, page.StatusCode);
-        Assert.Contains("login-secret", await page.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/");
+        Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/dashboard/job-1");
     }
+
+    [Fact]
+    public async Task A_browser_gets_the_log_in_form_and_a_session_cookie_only_for_the_right_secret()
+    {
+        using var http = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false, UseCookies = false });
+        string url = _coordinator.HttpUrl;
+
+        // A page asked for by a browser: 401 with the log-in form (and nothing of the dashboard).
+        using var pageRequest = new HttpRequestMessage(HttpMethod.Get, url + "/dashboard/app.js?x=1");
+        pageRequest.Headers.Accept.ParseAdd("text/html");
+        using var page = await http.SendAsync(pageRequest);
+        string form = await page.Content.ReadAsStringAsync();
+        Assert.Equal(HttpStatusCode.Unauthorized, page.StatusCode);
+        Assert.Contains("id=\"login-secret\"", form, StringComparison.Ordinal);
+        Assert.Contains("value=\"/dashboard/app.js?x=1\"", form, StringComparison.Ordinal);
+        Assert.DoesNotContain("function api(", form, StringComparison.Ordinal);
+
+        // A wrong secret: 401 again, no cookie.
+        using var wrong = await http.PostAsync(url + "/login", LoginForm("not-the-cluster-secret", "/"));
+        Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
+        Assert.False(wrong.Headers.Contains("Set-Cookie"));
+        // Not a form: refused with what is expected.
+        using var json = await http.PostAsync(url + "/login", new StringContent("{}", MediaTypeHeaderValue.Parse("application/json")));
+        Assert.Equal(HttpStatusCode.Unauthorized, json.StatusCode);
+        Assert.Contains("application/x-www-form-urlencoded", await json.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+
+        // The right secret: a redirect to the page asked for (never to another site) and an HttpOnly, SameSite=Strict cookie.
+        using var right = await http.PostAsync(url + "/login", LoginForm(TestSecurity.Secret.Value, "//evil.example/"));
+        Assert.Equal(HttpStatusCode.SeeOther, right.StatusCode);
+        Assert.Equal("/", right.Headers.Location!.OriginalString);
+        string setCookie = Assert.Single(right.Headers.GetValues("Set-Cookie"));
+        Assert.Contains("httponly", setCookie, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("samesite=strict", setCookie, StringComparison.OrdinalIgnoreCase);
+        string cookie = setCookie.Split(';')[0];
+        Assert.DoesNotContain(TestSecurity.Secret.Value, cookie, StringComparison.Ordinal);
+
+        // The cookie opens the pages and the API; a tampered one does not.
+        foreach (string path in new[] { "/", "/dashboard/app.js", "/api/cluster" })
+        {
+            using var withCookie = new HttpRequestMessage(HttpMethod.Get, url + path);
+            withCookie.Headers.Add("Cookie", cookie);
+            using var answer = await http.SendAsync(withCookie);
+            Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        }
+        using var tampered = new HttpRequestMessage(HttpMethod.Get, url + "/api/cluster");
+        tampered.Headers.Add("Cookie", cookie[..^2] + (cookie[^2] == 'A' ? "B" : "A") + cookie[^1]);
+        using var refused = await http.SendAsync(tampered);
+        Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+        Assert.Contains("authorization: the cluster secret presented is wrong", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+
+        // Log-out clears the cookie.
+        using var logout = new HttpRequestMessage(HttpMethod.Post, url + "/logout");
+        logout.Headers.Add("Cookie", cookie);
+        using var loggedOut = await http.SendAsync(logout);
+        Assert.Equal(HttpStatusCode.Redirect, loggedOut.StatusCode);
+        Assert.Contains("expires=Thu, 01 Jan 1970", Assert.Single(loggedOut.Headers.GetValues("Set-Cookie")), StringComparison.Ordinal);
+    }
+
+    private static FormUrlEncodedContent LoginForm(string secret, string returnPath) =>
+        new([new("secret", secret), new("return", returnPath)]);
 
     [Fact]
     public async Task A_worker_or_client_with_a_wrong_secret_is_refused_with_a_message_that_says_so()
