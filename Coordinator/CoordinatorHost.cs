@@ -68,6 +68,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<CoordinatorService>();
+        app.MapGrpcService<DataService>();
         app.MapJobsApi();
         app.MapDashboard();
         app.MapOpenApi("/openapi/{documentName}.json");

@@ -28,6 +28,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
         using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
+        _data = new DataService.DataServiceClient(channel);
         await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, options.Security!, Telemetry, cancellationToken);
         var registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
@@ -64,6 +65,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     }
 
     private PeerUnreachableException? _coordinatorLost;
+    private DataService.DataServiceClient? _data;
     /// <summary>The RingPeer service, started with the first allreduce job and kept for the process's life.</summary>
     private PeerHost? _peers;
 
@@ -76,6 +78,9 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         string outcome = "failed";
         try
         {
+            if (await Data.DatasetFetcher.PrepareAsync(assignment.Spec, assignment.JobId, options.DataSource, _data!,
+                    options.CacheDirectory ?? Data.DatasetFetcher.DefaultCacheDirectory(), _logger, options.CallTimeout, job.Token) is { } local)
+                assignment.Spec.DataDir = local;
             if (assignment.Spec.Scheme == "allreduce")
             {
                 _peers ??= await PeerHost.StartAsync(options.PeerBindAddress, options.PeerPort, options.PeerAdvertiseHost, options.Security!, cancellationToken);

@@ -22,7 +22,7 @@ internal static partial class WorkerLog
 
     /// <summary>A scope that puts the job and rank on every log record written inside it (structured logs).</summary>
     public static IDisposable? JobScope(ILogger logger, string jobId, int rank) =>
-        logger.BeginScope(new Dictionary<string, object> { ["JobId"] = jobId, ["Rank"] = rank });
+        logger.BeginScope("job {JobId} rank {Rank}", jobId, rank);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: aborted by the coordinator")]
     public static partial void JobAborted(ILogger logger, string jobId);

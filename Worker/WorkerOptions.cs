@@ -42,6 +42,11 @@ public sealed record WorkerOptions
     /// <summary>Scheme "allreduce": directory to write each job's final parameters to (raw float32); null: none.</summary>
     public string? ParametersOutDirectory { get; init; }
 
+    /// <summary>Where the dataset comes from: this machine's copy, the coordinator's data service, or the first that has it.</summary>
+    public Data.DataSource DataSource { get; init; } = Data.DataSource.Auto;
+    /// <summary>Cache of datasets fetched from the coordinator; null: <see cref="Data.DatasetFetcher.DefaultCacheDirectory"/>.</summary>
+    public string? CacheDirectory { get; init; }
+
     public IEnumerable<string> Validate()
     {
         if (!Uri.TryCreate(CoordinatorUrl, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))

@@ -22,7 +22,8 @@ public static class JobCommands
         var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of the job to DIR/JOB/rank-R" };
         var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
         var devices = new Option<string?>("--devices") { Description = "One device per worker, e.g. cuda:0,cuda:1 (round robin over the workers); default: the job's --device for all" };
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices };
+        var dataSource = RoleCommands.DataSourceOption();
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices, dataSource };
         job.AddTo(command);
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -39,7 +40,10 @@ public static class JobCommands
                 if (!Shared.Jobs.DeviceNames.IsValid(device))
                     throw new CliException($"devices: '{device}' is not a device; expected auto, cpu, cuda or cuda:N", exitCode: 2);
             var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given,
-                [.. Security.ChildArguments(parse)], observability, deviceList);
+                [.. Security.ChildArguments(parse)], observability, deviceList)
+            {
+                WorkerDataSource = parse.GetValue(dataSource).ToString().ToLowerInvariant(),
+            };
             var result = await local.RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);
         });

@@ -68,6 +68,13 @@ public static class RoleCommands
         return command;
     }
 
+    /// <summary>--data-source for workers (and `cluster local`, which hands it to its workers).</summary>
+    public static Option<Cluster.Worker.Data.DataSource> DataSourceOption() => new("--data-source")
+    {
+        Description = "Where workers take the dataset from: auto (their own copy if they have one, else the coordinator's), local, or coordinator (streamed from the coordinator, checksummed, cached)",
+        DefaultValueFactory = _ => Cluster.Worker.Data.DataSource.Auto,
+    };
+
     public static Command Worker()
     {
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
@@ -81,11 +88,13 @@ public static class RoleCommands
         var peerPort = new Option<int>("--peer-port") { Description = "Scheme allreduce: peer service port (0: any free port)", DefaultValueFactory = _ => 0 };
         var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "Scheme allreduce: host name other workers use to reach this one (default: the bound address)" };
         var peerTimeout = new Option<double>("--peer-timeout") { Description = "Scheme allreduce: seconds of silence from a ring neighbour before the ring is re-formed", DefaultValueFactory = _ => 30.0 };
+        var dataSource = DataSourceOption();
+        var cacheDir = new Option<string?>("--cache-dir") { Description = "Where datasets fetched from the coordinator are kept (default: $CLUSTER_CACHE_DIR, else ~/.cache/cluster)" };
         var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
         var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
         {
             CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep,
-            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, ParentPid,
+            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ParentPid,
         };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -99,6 +108,8 @@ public static class RoleCommands
                 TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
                 PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
                 PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),
+                DataSource = parse.GetValue(dataSource),
+                CacheDirectory = parse.GetValue(cacheDir) is { } cache ? Path.GetFullPath(cache) : Cluster.Worker.Data.DatasetFetcher.DefaultCacheDirectory(),
             };
             var errors = options.Validate().ToList();
             if (errors.Count > 0) throw new Api.CliException(string.Join(Environment.NewLine, errors), exitCode: 2);

@@ -18,6 +18,9 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(60);
 
+    /// <summary>Where the workers take the dataset from (worker --data-source); null: their default.</summary>
+    public string? WorkerDataSource { get; init; }
+
     public Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken) =>
         RunAsync(spec, async (api, roles, token) =>
         {
@@ -70,13 +73,13 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
         }
     }
 
-    /// <summary>Extra worker options: TensorBoard output, and (test-only fault injection) a slowed last worker.</summary>
     /// <summary>Per-worker options: one device each from --devices (round robin), TensorBoard, and the test-only slow worker.</summary>
     private string[] WorkerExtras(int index, int workers) =>
     [
         .. devices is { Count: > 0 } ? new[] { "--device", devices[index % devices.Count] } : [],
         .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
         .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
+        .. WorkerDataSource is { } source ? new[] { "--data-source", source } : [],
     ];
 
     /// <summary>Rejects a bad job before any process starts.</summary>

@@ -1,3 +1,5 @@
+using Cluster.Shared.Data;
+
 namespace Cluster.Worker.Data;
 
 /// <summary>
@@ -13,12 +15,12 @@ public static class Cifar10File
     public const int Channels = 3;
     public const int ClassCount = 10;
     public const int RecordBytes = 1 + Channels * Side * Side;
-    public const string TestFile = "test_batch.bin";
+    public const string TestFile = DatasetFiles.Cifar10TestFile;
     // Mean and standard deviation of CIFAR-10's training pixels (x / 255), over all channels.
     private const double PixelMean = 0.4734;
     private const double PixelStd = 0.2516;
 
-    public static string[] TrainFiles { get; } = [.. Enumerable.Range(1, 5).Select(i => $"data_batch_{i}.bin")];
+    public static IReadOnlyList<string> TrainFiles => DatasetFiles.Cifar10TrainFiles;
 
     public static DatasetCatalog.TrainTest Load(string directory)
     {
@@ -27,18 +29,7 @@ public static class Cifar10File
     }
 
     /// <summary>The directory holding test_batch.bin and at least one data_batch_N.bin, or an error naming where it looked.</summary>
-    public static string Locate(string? dataDir)
-    {
-        var candidates = dataDir is not null
-            ? [dataDir, Path.Combine(dataDir, "cifar-10-batches-bin")]
-            : DatasetCatalog.DefaultDirectories("cifar10").SelectMany(d => new[] { d, Path.Combine(d, "cifar-10-batches-bin") }).ToList();
-        foreach (string candidate in candidates)
-            if (File.Exists(Path.Combine(candidate, TestFile)) && TrainFiles.Any(f => File.Exists(Path.Combine(candidate, f))))
-                return candidate;
-        string where = dataDir is null ? string.Join(", ", candidates) : dataDir;
-        throw new FileNotFoundException(
-            $"data: {where} lacks the CIFAR-10 binary files; expected {TestFile} and data_batch_1.bin..data_batch_5.bin (cifar-10-binary.tar.gz, unpacked). Give --data DIR");
-    }
+    public static string Locate(string? dataDir) => DatasetFiles.LocateCifar10(dataDir);
 
     public static ImageDataset Read(IReadOnlyList<string> paths)
     {

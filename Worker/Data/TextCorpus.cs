@@ -1,4 +1,5 @@
 using System.Text;
+using Cluster.Shared.Data;
 
 namespace Cluster.Worker.Data;
 
@@ -11,7 +12,7 @@ namespace Cluster.Worker.Data;
 /// </summary>
 public sealed class TextCorpus
 {
-    public const string DefaultDirectory = "/usr/share/common-licenses";
+    public const string DefaultDirectory = DatasetFiles.TextDefaultDirectory;
     public const int Context = 64;
     public const int VocabularyMax = 1000;
     private const double TrainFraction = 0.9;
@@ -41,29 +42,15 @@ public sealed class TextCorpus
     }
 
     /// <summary>The file or directory the corpus is read from, or an error naming where it looked.</summary>
-    public static string Locate(string? dataPath)
-    {
-        string path = dataPath ?? DefaultDirectory;
-        if (File.Exists(path) || (Directory.Exists(path) && Files(path).Count > 0)) return path;
-        throw new FileNotFoundException(dataPath is null
-            ? $"data: no default text corpus at {DefaultDirectory} (Debian's base-files package); give --data FILE or DIR of plain text"
-            : $"data: {dataPath} is neither a text file nor a directory of text files; expected plain text");
-    }
+    public static string Locate(string? dataPath) => DatasetFiles.LocateText(dataPath);
 
     private static string ReadText(string path)
     {
         if (File.Exists(path)) return File.ReadAllText(path, Encoding.UTF8);
         var text = new StringBuilder();
-        foreach (string file in Files(path)) text.Append(File.ReadAllText(file, Encoding.UTF8)).Append('\n');
+        foreach (string file in DatasetFiles.TextFiles(path)) text.Append(File.ReadAllText(file, Encoding.UTF8)).Append('\n');
         return text.ToString();
     }
-
-    /// <summary>Regular files only: symbolic links (GPL → GPL-3) would count a text twice.</summary>
-    private static List<string> Files(string directory) =>
-        [.. new DirectoryInfo(directory).EnumerateFiles()
-            .Where(f => f.LinkTarget is null)
-            .Select(f => f.FullName)
-            .Order(StringComparer.Ordinal)];
 }
 
 /// <summary>A split of a corpus as windows of context + 1 tokens starting every <c>stride</c> tokens.</summary>
