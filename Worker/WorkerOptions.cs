@@ -47,6 +47,9 @@ public sealed record WorkerOptions
     /// <summary>Cache of datasets fetched from the coordinator; null: <see cref="Data.DatasetFetcher.DefaultCacheDirectory"/>.</summary>
     public string? CacheDirectory { get; init; }
 
+    /// <summary>Scheme "allreduce": how ring segments travel between neighbours.</summary>
+    public AllReduce.RingTransport RingTransport { get; init; } = AllReduce.RingTransport.Tcp;
+
     public IEnumerable<string> Validate()
     {
         if (!Uri.TryCreate(CoordinatorUrl, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))

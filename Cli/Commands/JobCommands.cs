@@ -23,7 +23,8 @@ public static class JobCommands
         var slowWorker = new Option<int>("--slow-worker-ms") { Description = "Test-only fault injection: slow the last worker's steps by this many milliseconds", Hidden = true };
         var devices = new Option<string?>("--devices") { Description = "One device per worker, e.g. cuda:0,cuda:1 (round robin over the workers); default: the job's --device for all" };
         var dataSource = RoleCommands.DataSourceOption();
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices, dataSource };
+        var ringTransport = RoleCommands.RingTransportOption();
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices, dataSource, ringTransport };
         job.AddTo(command);
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -43,6 +44,7 @@ public static class JobCommands
                 [.. Security.ChildArguments(parse)], observability, deviceList)
             {
                 WorkerDataSource = parse.GetValue(dataSource).ToString().ToLowerInvariant(),
+                WorkerRingTransport = parse.GetValue(ringTransport).ToString().ToLowerInvariant(),
             };
             var result = await local.RunAsync(job.Read(parse), cancellationToken);
             return Report(result, json, console);

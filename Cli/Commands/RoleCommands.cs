@@ -75,6 +75,13 @@ public static class RoleCommands
         DefaultValueFactory = _ => Cluster.Worker.Data.DataSource.Auto,
     };
 
+    /// <summary>--ring-transport for workers (and `cluster local`).</summary>
+    public static Option<Cluster.Worker.AllReduce.RingTransport> RingTransportOption() => new("--ring-transport")
+    {
+        Description = "Scheme allreduce: how gradient segments travel between ring neighbours: tcp (the ring data port, TLS when certificates are given) or grpc",
+        DefaultValueFactory = _ => Cluster.Worker.AllReduce.RingTransport.Tcp,
+    };
+
     public static Command Worker()
     {
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
@@ -89,12 +96,13 @@ public static class RoleCommands
         var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "Scheme allreduce: host name other workers use to reach this one (default: the bound address)" };
         var peerTimeout = new Option<double>("--peer-timeout") { Description = "Scheme allreduce: seconds of silence from a ring neighbour before the ring is re-formed", DefaultValueFactory = _ => 30.0 };
         var dataSource = DataSourceOption();
+        var ringTransport = RingTransportOption();
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Where datasets fetched from the coordinator are kept (default: $CLUSTER_CACHE_DIR, else ~/.cache/cluster)" };
         var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
         var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
         {
             CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep,
-            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ParentPid,
+            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ringTransport, ParentPid,
         };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -108,7 +116,7 @@ public static class RoleCommands
                 TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
                 PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
                 PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),
-                DataSource = parse.GetValue(dataSource),
+                DataSource = parse.GetValue(dataSource), RingTransport = parse.GetValue(ringTransport),
                 CacheDirectory = parse.GetValue(cacheDir) is { } cache ? Path.GetFullPath(cache) : Cluster.Worker.Data.DatasetFetcher.DefaultCacheDirectory(),
             };
             var errors = options.Validate().ToList();

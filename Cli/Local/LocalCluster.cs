@@ -20,6 +20,8 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
 
     /// <summary>Where the workers take the dataset from (worker --data-source); null: their default.</summary>
     public string? WorkerDataSource { get; init; }
+    /// <summary>How ring segments travel (worker --ring-transport); null: their default.</summary>
+    public string? WorkerRingTransport { get; init; }
 
     public Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken) =>
         RunAsync(spec, async (api, roles, token) =>
@@ -80,6 +82,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
         .. observability?.TensorBoardDirectory is { } dir ? new[] { "--tensorboard", dir } : [],
         .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
         .. WorkerDataSource is { } source ? new[] { "--data-source", source } : [],
+        .. WorkerRingTransport is { } transport ? new[] { "--ring-transport", transport } : [],
     ];
 
     /// <summary>Rejects a bad job before any process starts.</summary>

@@ -54,6 +54,7 @@ public sealed class RingRendezvous(string jobId, int worldSize, TimeSpan joinWin
             }
             entry.Member.Rank = request.Rank;
             entry.Member.PeerAddress = request.PeerAddress;
+            entry.Member.DataAddress = request.DataAddress;
             entry.Member.CommittedStep = request.CommittedStep;
             if (_formed.Generation > 0) _windowOpenedAt ??= time.GetUtcNow();
             TryForm();

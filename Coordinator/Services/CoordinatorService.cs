@@ -82,6 +82,8 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
 
     public override async Task<JoinRingReply> JoinRing(JoinRingRequest request, ServerCallContext context)
     {
+        if (request.PeerAddress.Length > AddressLengthMax || request.DataAddress.Length > AddressLengthMax)
+            throw Invalid($"peer_address, data_address: {request.PeerAddress.Length} and {request.DataAddress.Length} characters; expected at most {AddressLengthMax} each");
         var wait = context.Deadline == DateTime.MaxValue ? AssignmentWaitMax : Min(AssignmentWaitMax, context.Deadline - DateTime.UtcNow - TimeSpan.FromSeconds(1));
         try { return await board.JoinRingAsync(request, wait, context.CancellationToken); }
         catch (ArgumentException e) { throw Invalid(e.Message); }

@@ -44,7 +44,8 @@ public static class ClusterTransport
         return new SecretHandler(security.Secret, sockets);
     }
 
-    private static bool IsTrustedServer(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2 authority)
+    /// <summary>Whether a server presented a certificate for the name asked for, signed by the cluster CA for server use.</summary>
+    public static bool IsTrustedServer(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2 authority)
     {
         if (certificate is null || errors.HasFlag(SslPolicyErrors.RemoteCertificateNameMismatch)) return false;
         using var presented = X509CertificateLoader.LoadCertificate(certificate.GetRawCertData());

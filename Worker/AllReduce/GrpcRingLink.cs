@@ -12,7 +12,7 @@ namespace Cluster.Worker.AllReduce;
 /// receiving, adding and sending overlap. Any failure breaks the link; disposing a broken link
 /// cancels both calls so that the break travels on around the ring.
 /// </summary>
-public sealed class GrpcRingLink : IRingLink, IAsyncDisposable
+public sealed class GrpcRingLink : IRingConnection
 {
     private const int QueuedSegmentsMax = 64;
     private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);

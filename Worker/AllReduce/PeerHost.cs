@@ -19,11 +19,13 @@ public sealed class PeerHost : IAsyncDisposable
     public const int WindowBytes = 64 << 20;
     private readonly WebApplication _app;
 
-    private PeerHost(WebApplication app, PeerInbox inbox, string address) => (_app, Inbox, Address) = (app, inbox, address);
+    private PeerHost(WebApplication app, PeerInbox inbox, string address, RingDataListener data) => (_app, Inbox, Address, Data) = (app, inbox, address, data);
 
     public PeerInbox Inbox { get; }
     /// <summary>The address peers call, e.g. "http://127.0.0.1:40123".</summary>
     public string Address { get; }
+    /// <summary>The ring data port (raw TCP or TLS) successors connect to for the segments.</summary>
+    public RingDataListener Data { get; }
 
     public static async Task<PeerHost> StartAsync(string bindAddress, int port, string? advertiseHost, ClusterSecurity security, CancellationToken cancellationToken)
     {
@@ -51,11 +53,13 @@ public sealed class PeerHost : IAsyncDisposable
         await app.StartAsync(cancellationToken);
         var endpoint = listen!.IPEndPoint!;
         string host = advertiseHost ?? (endpoint.Address.Equals(IPAddress.Any) ? Dns.GetHostName() : endpoint.Address.ToString());
-        return new PeerHost(app, inbox, $"{ClusterEndpoints.Scheme(security)}://{host}:{endpoint.Port}");
+        var data = RingDataListener.Start(bindAddress, 0, host, security);
+        return new PeerHost(app, inbox, $"{ClusterEndpoints.Scheme(security)}://{host}:{endpoint.Port}", data);
     }
 
     public async ValueTask DisposeAsync()
     {
+        await Data.DisposeAsync();
         await _app.StopAsync();
         await _app.DisposeAsync();
     }

@@ -170,5 +170,21 @@ public interface IRingLink
     ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken);
 }
 
+/// <summary>A generation's open link to both neighbours (gRPC or the data ports), which a member leaves or breaks.</summary>
+public interface IRingConnection : IRingLink, IAsyncDisposable
+{
+    /// <summary>Marks the link broken, so that the break travels on around the ring.</summary>
+    void Abort(string reason);
+}
+
 /// <summary>The ring of this generation cannot go on: a peer died, hung, or sent something unexpected.</summary>
 public sealed class RingBrokenException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>How ring segments travel between neighbours.</summary>
+public enum RingTransport
+{
+    /// <summary>Plain TCP (or TLS) connections between the ring data ports: the fast path.</summary>
+    Tcp,
+    /// <summary>The RingPeer.Stream gRPC call (HTTP/2).</summary>
+    Grpc,
+}

@@ -10,14 +10,15 @@ namespace Cluster.Worker.AllReduce;
 
 /// <summary>
 /// This worker's membership in a job's ring: joins (and rejoins) through the coordinator, opens
-/// the generation's <see cref="GrpcRingLink"/>, and fetches vectors from other members.
+/// the generation's link (<see cref="SocketRingLink"/> over the data ports when every member has
+/// one and the worker allows it, else <see cref="GrpcRingLink"/>), and fetches vectors from other members.
 /// </summary>
 public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorClient coordinator, PeerHost peers, WorkerOptions options, ILogger logger) : IAsyncDisposable
 {
     private const int JoinAttemptsMax = 8;
     private static readonly TimeSpan JoinCallTimeout = TimeSpan.FromSeconds(40);
     private readonly Dictionary<string, GrpcChannel> _channels = [];
-    private GrpcRingLink? _link;
+    private IRingConnection? _link;
 
     public long Generation { get; private set; }
     public IReadOnlyList<RingMember> Members { get; private set; } = [];
@@ -48,8 +49,12 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
             var predecessor = Members[(Position + Size - 1) % Size];
             try
             {
-                _link = await GrpcRingLink.OpenAsync(peers.Inbox, ChannelTo(predecessor.PeerAddress), predecessor.PeerAddress, assignment.JobId, Generation,
-                    assignment.Rank, successor.Rank, options.PeerTimeout, cancellationToken);
+                bool sockets = options.RingTransport == RingTransport.Tcp && Members.All(m => m.DataAddress.Length > 0);
+                _link = sockets
+                    ? await SocketRingLink.OpenAsync(peers.Data, options.Security!, predecessor.DataAddress, assignment.JobId, Generation,
+                        assignment.Rank, successor.Rank, options.PeerTimeout, cancellationToken)
+                    : await GrpcRingLink.OpenAsync(peers.Inbox, ChannelTo(predecessor.PeerAddress), predecessor.PeerAddress, assignment.JobId, Generation,
+                        assignment.Rank, successor.Rank, options.PeerTimeout, cancellationToken);
                 return true;
             }
             catch (RingBrokenException e) when (attempt < JoinAttemptsMax)
@@ -64,6 +69,7 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
         var request = new JoinRingRequest
         {
             JobId = assignment.JobId, Rank = assignment.Rank, PeerAddress = peers.Address, CommittedStep = committedStep, LastGeneration = Generation,
+            DataAddress = options.RingTransport == RingTransport.Tcp ? peers.Data.Address : "",
         };
         while (true)
         {
@@ -130,6 +136,7 @@ public sealed class RingSession(Assignment assignment, Coordinator.CoordinatorCl
         if (!_completed) _link?.Abort("the job ended on this member");
         await CloseLinkAsync();
         peers.Inbox.Release(assignment.JobId, long.MaxValue);
+        peers.Data.Release(assignment.JobId, long.MaxValue);
         foreach (var channel in _channels.Values) channel.Dispose();
     }
 }

@@ -68,16 +68,19 @@ internal static class Member
         int bytes = (int)(double.Parse(args[2], CultureInfo.InvariantCulture) * 1_000_000) / 4 * 4;
         int iterations = int.Parse(args[3], CultureInfo.InvariantCulture);
         await using var host = await PeerHost.StartAsync("127.0.0.1", 0, null, Security, default);
-        Console.WriteLine($"ADDRESS {host.Address}");
+        Console.WriteLine($"ADDRESS {host.Address}|{host.Data.Address}");
         string[] addresses = Console.ReadLine()!.Split(' ');
 
-        string predecessor = addresses[(rank + world - 1) % world];
-        using var channel = GrpcChannel.ForAddress(predecessor, new GrpcChannelOptions
+        // RING_TRANSPORT=grpc measures the RingPeer.Stream path; the default is the ring data port (raw TCP), as workers use.
+        string[] predecessor = addresses[(rank + world - 1) % world].Split('|');
+        using var channel = GrpcChannel.ForAddress(predecessor[0], new GrpcChannelOptions
         {
             HttpHandler = ClusterTransport.Handler(Security, sockets => sockets.InitialHttp2StreamWindowSize = 16 << 20),
             MaxReceiveMessageSize = 8 << 20,
         });
-        await using var link = await GrpcRingLink.OpenAsync(host.Inbox, channel, predecessor, "bench", 1, rank, (rank + 1) % world, TimeSpan.FromSeconds(60), default);
+        await using IRingConnection link = Environment.GetEnvironmentVariable("RING_TRANSPORT") == "grpc"
+            ? await GrpcRingLink.OpenAsync(host.Inbox, channel, predecessor[0], "bench", 1, rank, (rank + 1) % world, TimeSpan.FromSeconds(60), default)
+            : await SocketRingLink.OpenAsync(host.Data, Security, predecessor[1], "bench", 1, rank, (rank + 1) % world, TimeSpan.FromSeconds(60), default);
         int chunkBytes = int.TryParse(Environment.GetEnvironmentVariable("RING_CHUNK_BYTES"), out int c) ? c : Cluster.Shared.Wire.TensorWire.ChunkBytesMax;
         var ring = new RingAllReduce(rank, world, Cluster.Shared.Jobs.JobSpecification.BucketBytesDefault, chunkBytes);
         var vector = new byte[bytes];

@@ -34,11 +34,11 @@ public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
     // single-process reference) grow chaotically through Adam's 1/sqrt(v) on nearly dead conv2
     // channels and exceed 1e-4 after 50 steps, for the parameter-server scheme as much as here.
     [Theory]
-    [InlineData("mlp", "adam", 2)]
-    [InlineData("cnn", "sgd", 2)]
-    [InlineData("mlp", "adam", 3)]
-    [InlineData("cnn", "sgd", 3)]
-    public async Task Replicas_are_identical_and_match_the_parameter_server_and_single_process_training(string model, string optimizer, int workers)
+    [InlineData("mlp", "adam", 2, "tcp")]
+    [InlineData("cnn", "sgd", 2, "tcp")]
+    [InlineData("mlp", "adam", 3, "tcp")]
+    [InlineData("cnn", "sgd", 3, "grpc")]
+    public async Task Replicas_are_identical_and_match_the_parameter_server_and_single_process_training(string model, string optimizer, int workers, string ringTransport)
     {
         var spec = new JobSpecification
         {
@@ -47,7 +47,7 @@ public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
             TrainLimit = Steps * workers * 32, TestLimit = 300,
         };
 
-        var replicas = await TrainWithAllReduceAsync(spec with { Scheme = "allreduce", BucketBytes = 256 << 10 });
+        var replicas = await TrainWithAllReduceAsync(spec with { Scheme = "allreduce", BucketBytes = 256 << 10 }, ringTransport);
         float[] server = await TrainWithParameterServerAsync(spec);
         float[] single = SingleProcessTraining.Train(spec, Steps);
 
@@ -69,13 +69,14 @@ public sealed class AllReduceEquivalenceTests(ITestOutputHelper output)
     }
 
     /// <summary>Coordinator in this process, workers as processes; returns every rank's final parameters.</summary>
-    private static async Task<float[][]> TrainWithAllReduceAsync(JobSpecification spec)
+    private static async Task<float[][]> TrainWithAllReduceAsync(JobSpecification spec, string ringTransport)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
         string parametersOut = Directory.CreateTempSubdirectory("allreduce-params-").FullName;
         await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, cancel.Token);
         var workers = Enumerable.Range(0, spec.Workers)
-            .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once", "--parameters-out", parametersOut))
+            .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once", "--parameters-out", parametersOut,
+                "--ring-transport", ringTransport))
             .ToList();
         try
         {

@@ -66,6 +66,19 @@ public sealed class TlsClusterTests : IDisposable
     }
 
     [Fact]
+    public async Task An_all_reduce_job_trains_with_its_ring_data_ports_over_mutual_tls()
+    {
+        string certs = Path.Combine(_directory, "certs");
+        Assert.Equal(0, (await ClusterCommand.RunAsync(Startup, "certs", "--out", certs)).ExitCode);
+        var (exitCode, stdout, stderr) = await ClusterCommand.RunAsync(TimeSpan.FromMinutes(4),
+            "local", "--scheme", "allreduce", "--tls-dir", certs, "--mtls", "--output", "json",
+            "--model", "mlp", "--workers", "2", "--epochs", "1", "--train-limit", "2000", "--test-limit", "500");
+        Assert.True(exitCode == 0, $"exit code {exitCode}\n{stderr}");
+        using var job = JsonDocument.Parse(stdout);
+        Assert.InRange(job.RootElement.GetProperty("epochs")[0].GetProperty("accuracy").GetDouble(), 0.5, 1.0);
+    }
+
+    [Fact]
     public async Task A_role_bound_beyond_loopback_without_certificates_refuses_to_start_unless_told_what_it_gives_up()
     {
         var (exitCode, _, stderr) = await ClusterCommand.RunAsync(Startup, "coordinator", "--bind", "0.0.0.0");
