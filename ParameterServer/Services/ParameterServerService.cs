@@ -76,7 +76,12 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
             }
             if (received != job.ElementCount)
                 throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
-            return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) };
+            try { return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) }; }
+            catch (NonFiniteGradientException)
+            {
+                // Counted and left out of the step; the worker goes on with the next one.
+                return new PushReply { Version = job.Version, Rejected = true };
+            }
         }
         catch
         {
@@ -179,7 +184,8 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
     private static T Rejected<T>(Func<T> action)
     {
         try { return action(); }
-        catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+        catch (StepMismatchException e) { throw new RpcException(new Status(StatusCode.Aborted, e.Message)); }
+        catch (PushRejectedException e) when (e is not NonFiniteGradientException) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
 
     private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));

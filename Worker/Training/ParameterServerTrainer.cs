@@ -26,6 +26,9 @@ public sealed class ParameterServerTrainer(
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromSeconds(1);
     private StepTimer? _timer;
     private TensorBoardLog? _tensorBoard;
+    private InitializeHeader? _initializeHeader;
+    private float[] _initialParameters = [];
+    private int _recoveries;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -42,7 +45,10 @@ public sealed class ParameterServerTrainer(
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
         vector.ReadParameters(AsBytes(parameters));
-        await servers.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        // Kept to initialise a server that restarts without a checkpoint (it then starts over at version 0).
+        _initialParameters = (float[])parameters.Clone();
+        _initializeHeader = InitializeHeader(vector);
+        await servers.InitializeAsync(_initializeHeader, parameters, cancellationToken);
         await servers.PullAsync(0, parameters, cancellationToken);
         vector.WriteParameters(AsBytes(parameters));
 
@@ -75,6 +81,7 @@ public sealed class ParameterServerTrainer(
         _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
         _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
         int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
+        long epochFirstStep = step;
         for (int s = 0; s < stepCount; s++, step++)
         {
             _timer.BeginStep(step);
@@ -84,10 +91,21 @@ public sealed class ParameterServerTrainer(
             lossSum += task.ComputeGradient(batch);
             sampleCount += batch.Length;
             vector.ReadGradients(AsBytes(gradients));
+            // Test-only fault injection: one non-finite gradient, which the servers must refuse.
+            if (step == options.NanGradientStep) gradients[0] = float.NaN;
             _timer.Computed();
-            await servers.PushAndPullAsync(step, batch.Length, gradients, parameters, cancellationToken);
+            long? resumeAt = await ExchangeAsync(servers, step, batch.Length, gradients, parameters, cancellationToken);
             _timer.Exchanged(servers.PushesDoneTimestamp, servers.PullsStartedTimestamp, wireBytes, wireBytes, offsets[s + 1] - offsets[s]);
             vector.WriteParameters(AsBytes(parameters));
+            if (resumeAt is { } version && version != step + 1)
+            {
+                // The servers went back to an older version: train its step again, on the same batch.
+                if (version < epochFirstStep)
+                    throw new InvalidOperationException(
+                        $"parameter servers restarted at version {version}, before this epoch's first step {epochFirstStep}; checkpoint more often than once an epoch");
+                (s, step) = ((int)(version - epochFirstStep) - 1, version - 1);
+                continue;
+            }
 
             if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
             {
@@ -106,6 +124,32 @@ public sealed class ParameterServerTrainer(
         }
         WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, epoch, step, epochSampleCount == 0 ? 0 : epochLossSum / epochSampleCount);
         return step;
+    }
+
+    /// <summary>
+    /// Pushes step's gradient and pulls the next version. When the servers are lost or restarted,
+    /// waits for them, pulls the version they hold and returns it (the step to train next);
+    /// otherwise returns null.
+    /// </summary>
+    private async Task<long?> ExchangeAsync(
+        ShardedParameterClient servers, long step, int sampleCount, float[] gradients, float[] parameters, CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (await servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken))
+                WorkerLog.GradientRejected(logger, assignment.JobId, assignment.Rank, step);
+            return null;
+        }
+        catch (Exception e) when (ShardedParameterClient.IsServerLost(e) && _recoveries < options.ServerRecoveriesMax && !cancellationToken.IsCancellationRequested)
+        {
+            _recoveries++;
+            WorkerLog.ServerLost(logger, assignment.JobId, assignment.Rank, step, e.Message);
+            long version = await servers.RecoverAsync(_initializeHeader!, _initialParameters, parameters, options.ServerRecoveryTimeout, cancellationToken);
+            if (version > step + 1)
+                throw new InvalidOperationException($"parameter servers: at version {version} after a restart; this rank was at step {step} and cannot skip steps", e);
+            WorkerLog.ServerRecovered(logger, assignment.JobId, assignment.Rank, step, version, Math.Max(0, step - version));
+            return version;
+        }
     }
 
     private async Task EvaluateAsync(int epoch, ITrainingTask task, CancellationToken cancellationToken)
