@@ -63,8 +63,9 @@ public sealed partial class JobParameters
     private Memory<float> Scratch(int rank) => (_scratch ??= new float[]?[WorldSize])[rank] ??= new float[ElementCount];
 
     /// <summary>A push for a step this server is not at: the worker resynchronises with the version named.</summary>
-    private StepMismatchException StepMismatch(long step) =>
-        new($"step: {step} is not the current step {Version} of job {JobId}", Version);
+    private PushRejectedException StepMismatch(long step) => step > Version
+        ? new StepMismatchException($"step: {step} is not the current step {Version} of job {JobId}", Version)
+        : new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
 }
 
 /// <summary>A push for a step other than the server's version (for example after the server restarted from a checkpoint).</summary>
