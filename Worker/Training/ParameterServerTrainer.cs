@@ -29,6 +29,7 @@ public sealed class ParameterServerTrainer(
     private InitializeHeader? _initializeHeader;
     private float[] _initialParameters = [];
     private int _recoveries;
+    private long _rejectedSinceReport;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -113,12 +114,13 @@ public sealed class ParameterServerTrainer(
                 {
                     JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch,
                     StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
+                    RejectedGradients = _rejectedSinceReport,
                 };
                 _timer.Drain(report);
                 _tensorBoard?.Progress(report, step + 1);
                 await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
                 (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
-                (lossSum, sampleCount) = (0, 0);
+                (lossSum, sampleCount, _rejectedSinceReport) = (0, 0, 0);
                 sinceReport.Restart();
             }
         }
@@ -137,7 +139,10 @@ public sealed class ParameterServerTrainer(
         try
         {
             if (await servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken))
+            {
+                _rejectedSinceReport++;
                 WorkerLog.GradientRejected(logger, assignment.JobId, assignment.Rank, step);
+            }
             return null;
         }
         catch (Exception e) when (ShardedParameterClient.IsServerLost(e) && _recoveries < options.ServerRecoveriesMax && !cancellationToken.IsCancellationRequested)
