@@ -18,12 +18,14 @@ public sealed partial class JobParameters
     /// <summary>
     /// Under the lock: when <paramref name="step"/> repeats a push this rank has delivered whole,
     /// opens it as a duplicate and returns the scratch buffer to read it into; otherwise null.
-    /// Under BSP a step below the current version was delivered by every rank.
+    /// Under BSP a step below the current version was delivered by every rank; under SSP and ASP,
+    /// a step below the rank's own count of applied pushes was delivered by it.
     /// </summary>
     private Memory<float>? TryBeginDuplicate(int rank, long step)
     {
         var push = _ranks[rank];
-        bool delivered = (step >= 0 && step < Version) || (step == Version && push.Step == step && push.Delivered == PartitionCount);
+        long current = ExpectedStep(rank);
+        bool delivered = (step >= 0 && step < current) || (step == current && push.Step == step && push.Delivered == PartitionCount);
         if (!delivered) return null;
         push.Open = true;
         push.Duplicate = true;
@@ -63,9 +65,12 @@ public sealed partial class JobParameters
     private Memory<float> Scratch(int rank) => (_scratch ??= new float[]?[WorldSize])[rank] ??= new float[ElementCount];
 
     /// <summary>A push for a step this server is not at: the worker resynchronises with the version named.</summary>
-    private PushRejectedException StepMismatch(long step) => step > Version
-        ? new StepMismatchException($"step: {step} is not the current step {Version} of job {JobId}", Version)
-        : new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
+    private PushRejectedException StepMismatch(int rank, long step)
+    {
+        long current = ExpectedStep(rank);
+        string message = $"step: {step} is not the current step {current} of job {JobId}" + (IsAsync ? $" for rank {rank}" : "");
+        return step > current ? new StepMismatchException(message, Version) : new PushRejectedException(message);
+    }
 }
 
 /// <summary>A push for a step other than the server's version (for example after the server restarted from a checkpoint).</summary>

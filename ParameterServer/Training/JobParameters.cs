@@ -88,7 +88,8 @@ public sealed partial class JobParameters
             if (push.Open)
                 throw new PushRejectedException($"rank: {rank} is already pushing step {push.Step} of job {JobId} on another call");
             if (TryBeginDuplicate(rank, step) is { } scratch) return scratch;
-            if (step != Version) throw StepMismatch(step);
+            if (step != ExpectedStep(rank)) throw StepMismatch(rank, step);
+            RecordLead(step);
             if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
             push.Open = true;
             push.Duplicate = false;
@@ -119,7 +120,7 @@ public sealed partial class JobParameters
                     push.Rejected = true;
                     RejectedGradients++;
                 }
-                if (++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
+                if (!IsAsync && ++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
         }
@@ -137,6 +138,7 @@ public sealed partial class JobParameters
             if (push.Delivered != PartitionCount)
                 throw new PushRejectedException(
                     $"chunks: rank {rank} delivered {push.Delivered} of {PartitionCount} partitions of step {push.Step}; push the rest again");
+            if (IsAsync) ApplyOnArrival(rank);
             if (push.Rejected)
                 throw new NonFiniteGradientException(
                     $"gradient: rank {rank} step {push.Step} contains NaN or Inf; the partitions holding them were refused, not applied");
@@ -162,7 +164,7 @@ public sealed partial class JobParameters
             Task progress;
             lock (_gate)
             {
-                if (_partitionVersions[partition] >= minVersion) return;
+                if (IsAsync ? MayPull(minVersion) : _partitionVersions[partition] >= minVersion) return;
                 if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
                 progress = _progress.Task;
             }

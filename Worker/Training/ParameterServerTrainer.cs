@@ -185,5 +185,7 @@ public sealed class ParameterServerTrainer(
         Layout = vector.Layout(),
         Dtype = DType.Float32,
         Optimizer = assignment.Spec.Optimizer,
+        Sync = assignment.Spec.Sync,
+        Staleness = assignment.Spec.Staleness,
     };
 }

@@ -1,6 +1,7 @@
 using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Xunit.Abstractions;
 using Cluster.Tests.Integration.Support;
 
 namespace Cluster.Tests.Integration.FaultTolerance;
