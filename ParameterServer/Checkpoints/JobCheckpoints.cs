@@ -119,6 +119,8 @@ public sealed partial class JobCheckpoints(CheckpointOptions options, ILogger lo
                 var snapshot = CheckpointFile.Read(statePath);
                 if (DirectoryOf(snapshot.JobId, snapshot.RangeStart) != directory.TrimEnd(Path.DirectorySeparatorChar))
                     throw new InvalidDataException($"{statePath}: holds job {snapshot.JobId} range {snapshot.RangeStart}, which belongs in another folder");
+                if (CheckpointFile.BaseName(snapshot.Version) != Path.GetFileNameWithoutExtension(statePath))
+                    throw new InvalidDataException($"{statePath}: holds version {snapshot.Version}; its name says otherwise");
                 LogLoaded(logger, snapshot.JobId, snapshot.Version, statePath);
                 return snapshot;
             }

@@ -112,7 +112,8 @@ public sealed class ParameterServerCheckpointTests : IDisposable
         Assert.False(Directory.Exists(directory));
     }
 
-    public static TheoryData<string> Corruptions => ["flipped weight byte", "truncated state", "truncated weights", "bad magic", "weights of another version", "state missing its weights"];
+    public static TheoryData<string> Corruptions =>
+        ["flipped weight byte", "truncated state", "truncated weights", "bad magic", "weights of another version", "state missing its weights", "an older checkpoint renamed"];
 
     [Theory]
     [MemberData(nameof(Corruptions))]
@@ -160,6 +161,11 @@ public sealed class ParameterServerCheckpointTests : IDisposable
                 break;
             case "state missing its weights":
                 File.Delete(weights);
+                break;
+            case "an older checkpoint renamed":
+                string older = basePath.Replace("v000000000004", "v000000000002", StringComparison.Ordinal);
+                File.Copy(older + ".state", state, overwrite: true);
+                File.Copy(older + ".safetensors", weights, overwrite: true);
                 break;
         }
     }
