@@ -30,6 +30,10 @@ public sealed class ParameterServerTrainer(
     private float[] _initialParameters = [];
     private int _recoveries;
     private long _rejectedSinceReport;
+    // Each epoch's batches and first step, kept so that steps lost with a restarted server can be
+    // trained again on the same batches, even those of an earlier epoch.
+    private readonly List<(int[] Indices, int[] Offsets, long FirstStep)> _epochs = [];
+    private readonly HashSet<int> _evaluated = [];
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -54,26 +58,50 @@ public sealed class ParameterServerTrainer(
         vector.WriteParameters(AsBytes(parameters));
 
         long step = 0;
+        int startAt = 0;
         for (int epoch = 0; epoch < spec.Epochs; epoch++)
         {
-            // Each step ends with the next version loaded, so the epoch's final version is in the model here.
-            step = await TrainEpochAsync(epoch, step, task, vector, servers, parameters, gradients, cancellationToken);
+            try
+            {
+                // Each step ends with the next version loaded, so the epoch's final version is in the model here.
+                step = await TrainEpochAsync(epoch, step, startAt, task, vector, servers, parameters, gradients, cancellationToken);
+            }
+            catch (RewindException rewind)
+            {
+                // The servers came back at a version of an earlier epoch: train on from there (its
+                // evaluation, already reported, is not repeated).
+                epoch = _epochs.FindLastIndex(e => e.FirstStep <= rewind.Version);
+                (step, startAt) = (rewind.Version, (int)(rewind.Version - _epochs[epoch].FirstStep));
+                epoch--;
+                continue;
+            }
+            startAt = 0;
             if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
-            await EvaluateAsync(epoch, task, cancellationToken);
+            if (_evaluated.Add(epoch)) await EvaluateAsync(epoch, task, cancellationToken);
         }
+    }
+
+    /// <summary>The servers restarted at <see cref="Version"/>, a step of an epoch before the current one.</summary>
+    private sealed class RewindException(long version) : Exception($"parameter servers restarted at version {version}")
+    {
+        public long Version { get; } = version;
     }
 
     private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
 
+    /// <summary>Trains <paramref name="epoch"/> from its step <paramref name="startAt"/> (global step <paramref name="step"/>); returns the next global step.</summary>
     private async Task<long> TrainEpochAsync(
-        int epoch, long step, ITrainingTask task, ParameterVector vector,
+        int epoch, long step, int startAt, ITrainingTask task, ParameterVector vector,
         ShardedParameterClient servers, float[] parameters, float[] gradients, CancellationToken cancellationToken)
     {
-        var shard = await coordinator.GetShardAsync(
-            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
-            deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
-        int[] indices = [.. shard.SampleIndices];
-        int[] offsets = [.. shard.StepOffsets];
+        if (epoch == _epochs.Count)
+        {
+            var shard = await coordinator.GetShardAsync(
+                new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
+                deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+            _epochs.Add(([.. shard.SampleIndices], [.. shard.StepOffsets], step));
+        }
+        var (indices, offsets, epochFirstStep) = _epochs[epoch];
         int stepCount = offsets.Length - 1;
 
         var sinceReport = Stopwatch.StartNew();
@@ -82,8 +110,7 @@ public sealed class ParameterServerTrainer(
         _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
         _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
         int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
-        long epochFirstStep = step;
-        for (int s = 0; s < stepCount; s++, step++)
+        for (int s = startAt; s < stepCount; s++, step++)
         {
             _timer.BeginStep(step);
             // Test-only fault injection: a slow device, counted as compute.
@@ -101,9 +128,7 @@ public sealed class ParameterServerTrainer(
             if (resumeAt is { } version && version != step + 1)
             {
                 // The servers went back to an older version: train its step again, on the same batch.
-                if (version < epochFirstStep)
-                    throw new InvalidOperationException(
-                        $"parameter servers restarted at version {version}, before this epoch's first step {epochFirstStep}; checkpoint more often than once an epoch");
+                if (version < epochFirstStep) throw new RewindException(version);
                 (s, step) = ((int)(version - epochFirstStep) - 1, version - 1);
                 continue;
             }
