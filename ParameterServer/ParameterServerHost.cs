@@ -43,6 +43,9 @@ public sealed record ParameterServerOptions
     /// <summary>HTTP/1.1 port of /metrics, /timeline and /stats; 0 picks a free one.</summary>
     public int HttpPort { get; init; }
 
+    /// <summary>Where and how often jobs are checkpointed; by default they are not.</summary>
+    public Checkpoints.CheckpointOptions Checkpoints { get; init; } = new();
+
     public IEnumerable<string> Validate()
     {
         if (!IPAddress.TryParse(BindAddress, out _)) yield return $"bind: '{BindAddress}' is not an IP address";
@@ -55,6 +58,7 @@ public sealed record ParameterServerOptions
             yield return $"model-bytes-max: {ModelBytesMax}; expected 4 to {ParameterStore.ElementsMax * sizeof(float)}";
         if (JobMemoryBytesMax < ModelBytesMax) yield return $"job-memory-bytes-max: {JobMemoryBytesMax}; expected at least model-bytes-max ({ModelBytesMax})";
         if (JobsMax < 1) yield return $"jobs-max: {JobsMax}; expected 1 or more";
+        foreach (string error in Checkpoints.Validate()) yield return error;
     }
 }
 
@@ -107,12 +111,15 @@ public sealed class ParameterServerHost : IAsyncDisposable
             grpc.Interceptors.Add<TelemetryInterceptor>();
         });
         builder.Services.AddSingleton(options);
-        builder.Services.AddSingleton<ParameterStore>();
+        builder.Services.AddSingleton(services => new Checkpoints.JobCheckpoints(
+            options.Checkpoints, services.GetRequiredService<ILoggerFactory>().CreateLogger("Cluster.ParameterServer.Checkpoints")));
+        builder.Services.AddSingleton(services => RestoredStore(services.GetRequiredService<Checkpoints.JobCheckpoints>()));
         builder.Services.AddSingleton<ParameterServerTelemetry>();
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();
         app.MapTelemetryEndpoints();
+        _ = app.Services.GetRequiredService<ParameterStore>(); // loads the checkpoints before the first call
         await app.StartAsync(cancellationToken);
 
         string scheme = ClusterEndpoints.Scheme(security);
@@ -125,6 +132,14 @@ public sealed class ParameterServerHost : IAsyncDisposable
             catch { await host.DisposeAsync(); throw; }
         }
         return host;
+    }
+
+    /// <summary>The store with every job's newest valid checkpoint loaded (corrupt ones are logged and skipped).</summary>
+    private static ParameterStore RestoredStore(Checkpoints.JobCheckpoints checkpoints)
+    {
+        var store = new ParameterStore(checkpoints);
+        foreach (var snapshot in checkpoints.LoadNewest()) store.Restore(snapshot);
+        return store;
     }
 
     private static string UrlOf(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";

@@ -20,6 +20,15 @@ internal static partial class WorkerLog
     [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank} trained epoch {Epoch} up to step {Step}, loss {Loss:0.0000}")]
     public static partial void EpochTrained(ILogger logger, string jobId, int rank, int epoch, long step, double loss);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: rank {Rank} step {Step}: the servers refused this gradient (NaN or Inf); the step went on without it")]
+    public static partial void GradientRejected(ILogger logger, string jobId, int rank, long step);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: rank {Rank} step {Step}: parameter server lost ({Reason}); waiting for it to come back")]
+    public static partial void ServerLost(ILogger logger, string jobId, int rank, long step, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: rank {Rank} was at step {Step}; the parameter servers hold version {Version}; resuming there, steps lost: {StepsLost}")]
+    public static partial void ServerRecovered(ILogger logger, string jobId, int rank, long step, long version, long stepsLost);
+
     /// <summary>A scope that puts the job and rank on every log record written inside it (structured logs).</summary>
     public static IDisposable? JobScope(ILogger logger, string jobId, int rank) =>
         logger.BeginScope("job {JobId} rank {Rank}", jobId, rank);

@@ -31,6 +31,12 @@ public sealed record WorkerOptions
     public string? TensorBoardDirectory { get; init; }
     /// <summary>Test-only fault injection: extra milliseconds added to the compute phase of every step.</summary>
     public int SlowStepMillis { get; init; }
+    /// <summary>Test-only fault injection: at this global step (once), this worker's gradient gets a NaN; -1: never.</summary>
+    public long NanGradientStep { get; init; } = -1;
+    /// <summary>How long a lost parameter server may take to come back (restarted from its checkpoint) before the job fails.</summary>
+    public TimeSpan ServerRecoveryTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Times one job may resynchronise with restarted parameter servers before it fails.</summary>
+    public int ServerRecoveriesMax { get; init; } = 5;
     /// <summary>Scheme "allreduce": address the RingPeer service binds.</summary>
     public string PeerBindAddress { get; init; } = "127.0.0.1";
     /// <summary>Scheme "allreduce": port of the RingPeer service; 0 picks a free one.</summary>

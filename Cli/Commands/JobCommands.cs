@@ -24,7 +24,14 @@ public static class JobCommands
         var devices = new Option<string?>("--devices") { Description = "One device per worker, e.g. cuda:0,cuda:1 (round robin over the workers); default: the job's --device for all" };
         var dataSource = RoleCommands.DataSourceOption();
         var ringTransport = RoleCommands.RingTransportOption();
-        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics") { Output, timeline, tensorBoard, slowWorker, devices, dataSource, ringTransport };
+        var nanAtStep = new Option<long>("--nan-gradient-at-step") { Description = "Test-only fault injection: worker 0 pushes a NaN gradient at this step", Hidden = true, DefaultValueFactory = _ => -1 };
+        var checkpointDir = new Option<string?>("--checkpoint-dir") { Description = "Parameter servers checkpoint their jobs under this folder (server k in DIR/ps-k)" };
+        var checkpointSteps = new Option<int>("--checkpoint-steps") { Description = "With --checkpoint-dir: checkpoint every N steps", DefaultValueFactory = _ => 0 };
+        var checkpointSeconds = new Option<double>("--checkpoint-seconds") { Description = "With --checkpoint-dir: checkpoint at the first step T seconds after the last checkpoint", DefaultValueFactory = _ => 0 };
+        var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics")
+        {
+            Output, timeline, tensorBoard, slowWorker, devices, nanAtStep, checkpointDir, checkpointSteps, checkpointSeconds, dataSource, ringTransport,
+        };
         job.AddTo(command);
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -35,7 +42,12 @@ public static class JobCommands
                 || Environment.GetEnvironmentVariable(Shared.Security.ClusterSecret.EnvironmentVariable) is { Length: > 0 };
             var observability = new LocalObservability(
                 parse.GetValue(timeline) is { } path ? Path.GetFullPath(path) : null, parse.GetValue(slowWorker),
-                parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null);
+                parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null)
+            {
+                NanGradientStep = parse.GetValue(nanAtStep),
+                CheckpointDirectory = parse.GetValue(checkpointDir) is { } checkpoints ? Path.GetFullPath(checkpoints) : null,
+                CheckpointSteps = parse.GetValue(checkpointSteps), CheckpointSeconds = parse.GetValue(checkpointSeconds),
+            };
             string[] deviceList = (parse.GetValue(devices) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             foreach (string device in deviceList)
                 if (!Shared.Jobs.DeviceNames.IsValid(device))

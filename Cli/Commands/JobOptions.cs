@@ -35,9 +35,13 @@ public sealed class JobOptions
     public Option<string> WireDtype { get; } = new("--wire-dtype") { Description = "Gradients and parameters on the wire: float32, bfloat16 or float16", DefaultValueFactory = _ => "float32" };
     public Option<double> TopK { get; } = new("--topk") { Description = "Send only this fraction of each gradient partition (largest first, error feedback); 0: off", DefaultValueFactory = _ => 0.0 };
 
+    public Option<string> Sync { get; } = new Option<string>("--sync") { Description = "Scheme ps: bsp (barrier each step), ssp (bounded staleness) or asp (no barrier)", DefaultValueFactory = _ => "bsp" }
+        .AcceptOnlyFromAmong([.. JobSpecification.KnownSyncModes]);
+    public Option<int> Staleness { get; } = new("--staleness") { Description = "Sync ssp: steps a worker may run ahead of the slowest one", DefaultValueFactory = _ => 0 };
+
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes, Sync, Staleness })
             command.Options.Add(option);
     }
 
@@ -70,5 +74,7 @@ public sealed class JobOptions
         SaveTo = parse.GetValue(SaveTo) is { } to ? Path.GetFullPath(to) : null,
         Scheme = parse.GetValue(Scheme)!,
         BucketBytes = parse.GetValue(BucketBytes),
+        Sync = parse.GetValue(Sync)!,
+        Staleness = parse.GetValue(Staleness),
     };
 }

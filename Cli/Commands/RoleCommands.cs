@@ -48,7 +48,13 @@ public static class RoleCommands
         var advertise = new Option<string?>("--advertise") { Description = "URL workers use to reach this server (default: the bound address)" };
         var modelBytesMax = new Option<long>("--model-bytes-max") { Description = "Largest model one job may hold on this server, in bytes", DefaultValueFactory = _ => new ParameterServerOptions().ModelBytesMax };
         var httpPort = new Option<int>("--http-port") { Description = "Port of the HTTP side (/metrics, /timeline, /stats; 0: any free port)", DefaultValueFactory = _ => 0 };
-        var command = new Command("ps", "Run a parameter server") { CoordinatorUrl, Bind, Port, advertise, httpPort, ConnectTimeout, modelBytesMax, ParentPid };
+        var checkpointDir = new Option<string?>("--checkpoint-dir") { Description = "Checkpoint jobs under this folder, and load the newest valid checkpoint of each at start" };
+        var checkpointSteps = new Option<int>("--checkpoint-steps") { Description = "Checkpoint every N steps (0: not by steps)", DefaultValueFactory = _ => 0 };
+        var checkpointSeconds = new Option<double>("--checkpoint-seconds") { Description = "Checkpoint at the first step T seconds after the last checkpoint (0: not by time)", DefaultValueFactory = _ => 0 };
+        var command = new Command("ps", "Run a parameter server")
+        {
+            CoordinatorUrl, Bind, Port, advertise, httpPort, ConnectTimeout, modelBytesMax, checkpointDir, checkpointSteps, checkpointSeconds, ParentPid,
+        };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -59,6 +65,11 @@ public static class RoleCommands
                 AdvertiseUrl = parse.GetValue(advertise), ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
                 ModelBytesMax = parse.GetValue(modelBytesMax), Security = Security.Read(parse),
                 HttpPort = parse.GetValue(httpPort),
+                Checkpoints = new Cluster.ParameterServer.Checkpoints.CheckpointOptions
+                {
+                    Directory = parse.GetValue(checkpointDir) is { } dir ? Path.GetFullPath(dir) : null,
+                    EverySteps = parse.GetValue(checkpointSteps), Every = TimeSpan.FromSeconds(parse.GetValue(checkpointSeconds)),
+                },
             };
             await using var host = await ParameterServerHost.StartAsync(options, cancellationToken);
             await Ready($"grpc={host.Url} http={host.HttpUrl}");
@@ -91,6 +102,7 @@ public static class RoleCommands
         var httpPort = new Option<int>("--http-port") { Description = "Port of the worker's HTTP listener (0: any free port)", DefaultValueFactory = _ => 0 };
         var tensorBoard = new Option<string?>("--tensorboard") { Description = "Write TensorBoard event files of each job to DIR/JOB/rank-R" };
         var slowStep = new Option<int>("--slow-step-ms") { Description = "Test-only fault injection: add this many milliseconds to every step's compute", Hidden = true };
+        var nanAtStep = new Option<long>("--nan-at-step") { Description = "Test-only fault injection: push a NaN gradient at this step", Hidden = true, DefaultValueFactory = _ => -1 };
         var peerBind = new Option<string>("--peer-bind") { Description = "Scheme allreduce: address the peer (ring) service listens on", DefaultValueFactory = _ => "127.0.0.1" };
         var peerPort = new Option<int>("--peer-port") { Description = "Scheme allreduce: peer service port (0: any free port)", DefaultValueFactory = _ => 0 };
         var peerAdvertise = new Option<string?>("--peer-advertise") { Description = "Scheme allreduce: host name other workers use to reach this one (default: the bound address)" };
@@ -101,7 +113,7 @@ public static class RoleCommands
         var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
         var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
         {
-            CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep,
+            CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep, nanAtStep,
             peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ringTransport, ParentPid,
         };
         Security.AddTo(command);
@@ -113,6 +125,7 @@ public static class RoleCommands
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
                 ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)), Security = Security.Read(parse),
                 HttpBindAddress = parse.GetValue(httpBind)!, HttpPort = parse.GetValue(httpPort), SlowStepMillis = parse.GetValue(slowStep),
+                NanGradientStep = parse.GetValue(nanAtStep),
                 TensorBoardDirectory = parse.GetValue(tensorBoard) is { } dir ? Path.GetFullPath(dir) : null,
                 PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
                 PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),

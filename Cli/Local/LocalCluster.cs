@@ -1,3 +1,4 @@
+using System.Globalization;
 using Cluster.Cli.Api;
 using Cluster.Cli.Watching;
 using Cluster.Coordinator.Api;
@@ -50,7 +51,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
             var urls = ParseUrls(await coordinator.WaitReadyAsync(ReadyTimeout, cancellationToken));
             bool withServer = spec.Scheme != "allreduce";
             var servers = Enumerable.Range(0, withServer ? spec.ParameterServers : 0)
-                .Select(k => Start(roles, $"parameter server {k}", ["ps", "--coordinator", urls["grpc"], .. tlsArguments], logDirectory))
+                .Select(k => Start(roles, $"parameter server {k}", ["ps", "--coordinator", urls["grpc"], .. tlsArguments, .. ServerExtras(k)], logDirectory))
                 .ToList();
             foreach (var server in servers) await server.WaitReadyAsync(ReadyTimeout, cancellationToken);
             int threads = Math.Max(1, Environment.ProcessorCount / spec.Workers);
@@ -83,7 +84,18 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
         .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
         .. WorkerDataSource is { } source ? new[] { "--data-source", source } : [],
         .. WorkerRingTransport is { } transport ? new[] { "--ring-transport", transport } : [],
+        .. observability is { NanGradientStep: >= 0 } n && index == 0 ? new[] { "--nan-at-step", n.NanGradientStep.ToString(CultureInfo.InvariantCulture) } : [],
     ];
+
+    /// <summary>Per-server options: checkpoints, each server in its own folder (a server loads every checkpoint under its folder).</summary>
+    private string[] ServerExtras(int index) => observability?.CheckpointDirectory is { } root
+        ?
+        [
+            "--checkpoint-dir", Path.Combine(root, $"ps-{index}"),
+            "--checkpoint-steps", observability.CheckpointSteps.ToString(CultureInfo.InvariantCulture),
+            "--checkpoint-seconds", observability.CheckpointSeconds.ToString(CultureInfo.InvariantCulture),
+        ]
+        : [];
 
     /// <summary>Rejects a bad job before any process starts.</summary>
     private static void Check(JobSpecification spec)
@@ -117,4 +129,12 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
 }
 
 /// <summary>Observability options of `cluster local`: where to save the job's timeline, and a test-only slow worker.</summary>
-public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis, string? TensorBoardDirectory);
+public sealed record LocalObservability(string? TimelinePath, int SlowWorkerMillis, string? TensorBoardDirectory)
+{
+    /// <summary>Test-only fault injection: worker 0 pushes a NaN gradient at this step; -1: never.</summary>
+    public long NanGradientStep { get; init; } = -1;
+    /// <summary>Parameter-server checkpoints: root folder (server k uses DIR/ps-k), every N steps, every T seconds.</summary>
+    public string? CheckpointDirectory { get; init; }
+    public int CheckpointSteps { get; init; }
+    public double CheckpointSeconds { get; init; }
+}

@@ -114,6 +114,7 @@ public sealed partial class JobBoard(TimeProvider time)
         {
             var job = RunningJob(report.JobId, report.Rank);
             job.RecordProgress(report.Rank, report.Epoch, report.StepsDone, report.StepsTotal, report.LossSum, report.SampleCount, time.GetUtcNow());
+            job.RecordRejectedGradients(report.RejectedGradients);
         }
     }
 

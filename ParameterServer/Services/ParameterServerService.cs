@@ -76,7 +76,12 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
             }
             if (received != job.ElementCount)
                 throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
-            return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) };
+            try { return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) }; }
+            catch (NonFiniteGradientException)
+            {
+                // Counted and left out of the step; the worker goes on with the next one.
+                return new PushReply { Version = job.Version, Rejected = true };
+            }
         }
         catch
         {
@@ -155,6 +160,10 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
             yield return $"range_start, range_elements: [{header.RangeStart}, {header.RangeStart + header.RangeElements}) is not a range of the model's {modelElements} elements";
         if (header.PartitionElements < 0) yield return $"partition_elements: {header.PartitionElements}; expected 0 (default) or more";
         if (header.Dtype is not (DType.Float32 or DType.Bfloat16 or DType.Float16)) yield return $"dtype: {header.Dtype}; expected a known element type";
+        if (header.Sync is not ("" or JobParameters.Bsp or JobParameters.Ssp or JobParameters.Asp))
+            yield return $"sync: '{header.Sync}'; expected bsp, ssp or asp";
+        if (header.Staleness is < 0 or > Shared.Jobs.JobSpecification.StalenessMax)
+            yield return $"staleness: {header.Staleness}; expected 0 to {Shared.Jobs.JobSpecification.StalenessMax}";
         if (header.Optimizer is null) { yield return "optimizer: missing"; yield break; }
         foreach (string error in OptimizerSettings.FromProto(header.Optimizer).Validate()) yield return error;
     }
@@ -179,7 +188,8 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
     private static T Rejected<T>(Func<T> action)
     {
         try { return action(); }
-        catch (PushRejectedException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+        catch (StepMismatchException e) { throw new RpcException(new Status(StatusCode.Aborted, e.Message)); }
+        catch (PushRejectedException e) when (e is not NonFiniteGradientException) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
 
     private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));

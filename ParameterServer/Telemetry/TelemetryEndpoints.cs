@@ -25,7 +25,8 @@ public static class TelemetryEndpoints
     private static ServerJobStats View(JobCounts counts, JobParameters? held) => new(
         counts.JobId, held is not null, held?.Version ?? Volatile.Read(ref counts.Version),
         Interlocked.Read(ref counts.Pushes), Interlocked.Read(ref counts.RefusedPushes), held?.RejectedGradients ?? Volatile.Read(ref counts.RejectedGradients),
-        Interlocked.Read(ref counts.Pulls), Interlocked.Read(ref counts.PushedBytes), Interlocked.Read(ref counts.PulledBytes));
+        Interlocked.Read(ref counts.Pulls), Interlocked.Read(ref counts.PushedBytes), Interlocked.Read(ref counts.PulledBytes),
+        held?.SyncMode, held?.Staleness ?? 0, held?.MaxLeadSteps ?? 0);
 }
 
 /// <summary>What GET /stats answers: this server's view of each job it has served.</summary>
@@ -33,4 +34,5 @@ public sealed record ServerStats(int ProcessId, IReadOnlyList<ServerJobStats> Jo
 
 /// <summary>One job on one parameter server; <c>Held</c> is false once the job was released.</summary>
 public sealed record ServerJobStats(
-    string JobId, bool Held, long Version, long Pushes, long RefusedPushes, long RejectedGradients, long Pulls, long PushedBytes, long PulledBytes);
+    string JobId, bool Held, long Version, long Pushes, long RefusedPushes, long RejectedGradients, long Pulls, long PushedBytes, long PulledBytes,
+    string? Sync, int Staleness, long MaxLeadSteps);

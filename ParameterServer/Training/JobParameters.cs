@@ -15,7 +15,7 @@ namespace Cluster.ParameterServer.Training;
 /// any rank still pulls it, because version t + 1 needs every rank's push for step t, which a
 /// rank sends only after its pull of version t has ended.
 /// </summary>
-public sealed class JobParameters
+public sealed partial class JobParameters
 {
     private readonly object _gate = new();
     private readonly float[] _weights;
@@ -43,6 +43,7 @@ public sealed class JobParameters
         _combinedGradient = new float[ElementCount];
         _aggregator = new StepAggregator(worldSize, ElementCount);
         _optimizer = optimizer.Create(ElementCount);
+        OptimizerSettings = optimizer;
         _partitionVersions = new long[PartitionCount];
         _partitionArrivals = new int[PartitionCount];
         _excluded = Enumerable.Range(0, PartitionCount).Select(_ => new bool[worldSize]).ToArray();
@@ -72,7 +73,12 @@ public sealed class JobParameters
     public int PartitionStart(int partition) => partition * PartitionElements;
     public int PartitionLength(int partition) => Math.Min(PartitionElements, ElementCount - PartitionStart(partition));
 
-    /// <summary>Opens rank's push of <paramref name="step"/>; returns the buffer to receive it into.</summary>
+    /// <summary>
+    /// Opens rank's push of <paramref name="step"/>; returns the buffer to receive it into. A push
+    /// of a step this rank has already delivered (a retry after a lost reply) is accepted as a
+    /// duplicate: it is read into a scratch buffer and nothing of it is applied again (see
+    /// JobParameters.Duplicates.cs).
+    /// </summary>
     public Memory<float> BeginPush(int rank, long step, int sampleCount)
     {
         lock (_gate)
@@ -81,14 +87,14 @@ public sealed class JobParameters
             var push = _ranks[rank];
             if (push.Open)
                 throw new PushRejectedException($"rank: {rank} is already pushing step {push.Step} of job {JobId} on another call");
-            if (step != Version)
-                throw new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
-            if (push.Step == step && push.Delivered == PartitionCount)
-                throw new PushRejectedException($"rank: {rank} already pushed step {step} of job {JobId}");
+            if (TryBeginDuplicate(rank, step) is { } scratch) return scratch;
+            if (step != ExpectedStep(rank)) throw StepMismatch(rank, step);
+            RecordLead(step);
             if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
             push.Open = true;
+            push.Duplicate = false;
             _aggregator.SetSampleCount(rank, sampleCount);
-            return _aggregator.BufferFor(rank);
+            return push.Delivered == 0 ? _aggregator.BufferFor(rank) : RetryBuffer(rank);
         }
     }
 
@@ -102,17 +108,19 @@ public sealed class JobParameters
         lock (_gate)
         {
             var push = _ranks[rank];
+            if (push.Duplicate) return;
             int delivered = receivedElements >= ElementCount ? PartitionCount : receivedElements / PartitionElements;
             var gradient = _aggregator.BufferFor(rank).Span;
             for (int p = push.Delivered; p < delivered; p++)
             {
+                CopyRetriedPartition(rank, p);
                 if (!float.IsFinite(TensorPrimitives.MaxMagnitude(gradient.Slice(PartitionStart(p), PartitionLength(p)))))
                 {
                     _excluded[p][rank] = true;
                     push.Rejected = true;
                     RejectedGradients++;
                 }
-                if (++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
+                if (!IsAsync && ++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
         }
@@ -125,25 +133,27 @@ public sealed class JobParameters
         {
             var push = _ranks[rank];
             push.Open = false;
+            EndRetry(rank);
+            if (push.Duplicate) return DuplicateCompleted(rank);
             if (push.Delivered != PartitionCount)
                 throw new PushRejectedException(
                     $"chunks: rank {rank} delivered {push.Delivered} of {PartitionCount} partitions of step {push.Step}; push the rest again");
+            if (IsAsync) ApplyOnArrival(rank);
             if (push.Rejected)
-                throw new PushRejectedException(
+                throw new NonFiniteGradientException(
                     $"gradient: rank {rank} step {push.Step} contains NaN or Inf; the partitions holding them were refused, not applied");
             return Version;
         }
     }
 
     /// <summary>
-    /// Closes a push that failed; the partitions it delivered stay delivered. No worker retries a
-    /// push yet: a retry would have to skip the partitions already delivered rather than write
-    /// them again while they may be being applied.
+    /// Closes a push that failed; the partitions it delivered stay delivered, and a retry of the
+    /// push skips them (they may be being applied).
     /// </summary>
     public void AbortPush(int rank)
     {
         lock (_gate)
-            if (rank >= 0 && rank < WorldSize) _ranks[rank].Open = false;
+            if (rank >= 0 && rank < WorldSize) (_ranks[rank].Open, _ranks[rank].Duplicate) = (false, EndRetry(rank));
     }
 
     /// <summary>Completes when partition <paramref name="partition"/> has reached <paramref name="minVersion"/>.</summary>
@@ -154,7 +164,7 @@ public sealed class JobParameters
             Task progress;
             lock (_gate)
             {
-                if (_partitionVersions[partition] >= minVersion) return;
+                if (IsAsync ? MayPull(minVersion) : _partitionVersions[partition] >= minVersion) return;
                 if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
                 progress = _progress.Task;
             }
@@ -196,6 +206,7 @@ public sealed class JobParameters
         await foreach (int partition in _ready.Reader.ReadAllAsync())
         {
             int start = PartitionStart(partition), length = PartitionLength(partition);
+            long reached = 0;
             var combined = _combinedGradient.AsSpan(start, length);
             // A partition that every rank sent with NaN or Inf is not applied at all: not even
             // weight decay or momentum moves it.
@@ -213,11 +224,16 @@ public sealed class JobParameters
                 {
                     _partitionsAhead = 0;
                     Version++;
+                    reached = Version;
                 }
                 var progress = _progress;
                 _progress = NewSignal();
                 progress.SetResult();
             }
+            // This loop is the only writer of weights and optimizer state, and no partition can
+            // move past a version that every worker has not pulled whole: a snapshot taken here is
+            // consistent.
+            if (reached > 0) VersionReached?.Invoke(this, reached);
         }
     }
 
@@ -238,8 +254,12 @@ public sealed class JobParameters
         public int Delivered;
         public bool Open;
         public bool Rejected;
+        public bool Duplicate;                    // this call repeats a push already delivered
     }
 }
 
 /// <summary>A push that does not fit the job's current state; the caller gets FailedPrecondition.</summary>
-public sealed class PushRejectedException(string message) : Exception(message);
+public class PushRejectedException(string message) : Exception(message);
+
+/// <summary>A push whose gradient held NaN or Inf: its partitions were counted and left out of the step.</summary>
+public sealed class NonFiniteGradientException(string message) : PushRejectedException(message);

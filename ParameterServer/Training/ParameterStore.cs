@@ -4,8 +4,8 @@ using Cluster.Shared.Optimizers;
 
 namespace Cluster.ParameterServer.Training;
 
-/// <summary>The jobs this server holds parameters for, by job id.</summary>
-public sealed class ParameterStore
+/// <summary>The jobs this server holds parameters for, by job id; checkpointed when <paramref name="checkpoints"/> is given.</summary>
+public sealed class ParameterStore(Checkpoints.JobCheckpoints? checkpoints = null)
 {
     /// <summary>Largest model one job may hold, in float32 elements (2 GiB of weights).</summary>
     public const long ElementsMax = int.MaxValue / sizeof(float);
@@ -50,17 +50,36 @@ public sealed class ParameterStore
             created = true;
             int partition = header.PartitionElements > 0 ? header.PartitionElements : JobParameters.DefaultPartitionElements;
             return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer),
-                initialWeights, header.RangeStart, partition);
+                initialWeights, header.RangeStart, partition)
+            {
+                SyncMode = header.Sync.Length == 0 ? JobParameters.Bsp : header.Sync,
+                Staleness = header.Staleness,
+            };
         });
+        if (created) checkpoints?.Attach(job);
         if (!created && (job.ElementCount != initialWeights.Length || job.RangeStart != header.RangeStart))
             throw new ArgumentException(
                 $"job {header.JobId}: already holds elements [{job.RangeStart}, {job.RangeStart + job.ElementCount}); this Initialize sent [{header.RangeStart}, {header.RangeStart + initialWeights.Length})");
         return (job, created);
     }
 
+    /// <summary>Holds a job restored from a checkpoint (at start, before any worker calls).</summary>
+    public JobParameters Restore(JobSnapshot snapshot)
+    {
+        var job = JobParameters.Restore(snapshot);
+        if (!_jobs.TryAdd(snapshot.JobId, job))
+        {
+            job.Close();
+            throw new ArgumentException($"job {snapshot.JobId}: already held; a second checkpoint of it was found (another key range?)");
+        }
+        checkpoints?.Attach(job);
+        return job;
+    }
+
     public bool Remove(string jobId)
     {
         if (!_jobs.TryRemove(jobId, out var job)) return false;
+        checkpoints?.Detach(job);
         job.Close();
         return true;
     }

@@ -14,7 +14,7 @@ public sealed record JobSpecification
     public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
     public static readonly IReadOnlyList<string> KnownLosses = ["cross-entropy", "mse", "bce"];
     public static readonly IReadOnlyList<string> KnownSchemes = ["ps", "allreduce"];
-    public static readonly IReadOnlyList<string> KnownSyncModes = ["bsp"];
+    public static readonly IReadOnlyList<string> KnownSyncModes = ["bsp", "ssp", "asp"];
 
     public const int EpochsMax = 10_000;
     public const int BatchSizeMax = 65_536;
@@ -33,7 +33,16 @@ public sealed record JobSpecification
     /// <summary>Scheme "allreduce": bytes of gradient per ring pass; 0: <see cref="BucketBytesDefault"/>.</summary>
     public int BucketBytes { get; init; }
     public const int BucketBytesDefault = 32 << 20;
+    /// <summary>
+    /// Scheme "ps": how the servers combine the workers' pushes. bsp: a barrier each step (every
+    /// rank's gradient averaged into one update); ssp: each push applied as it arrives, and no
+    /// worker more than <see cref="Staleness"/> steps ahead of the slowest; asp: each push applied
+    /// as it arrives, no bound.
+    /// </summary>
     public string Sync { get; init; } = "bsp";
+    /// <summary>Sync "ssp": how many steps a worker may run ahead of the slowest worker.</summary>
+    public int Staleness { get; init; }
+    public const int StalenessMax = 1_000;
     public long Seed { get; init; } = 1;
     /// <summary>Train on the first N samples only; 0: all.</summary>
     public int TrainLimit { get; init; }
@@ -83,6 +92,12 @@ public sealed record JobSpecification
             errors.Add($"bucket-bytes: {BucketBytes} is out of range; expected 0 (default) or a positive count");
         if (!KnownSyncModes.Contains(Sync))
             errors.Add($"sync: '{Sync}' is not supported; expected one of {string.Join(", ", KnownSyncModes)}");
+        if (Sync != "bsp" && Scheme != "ps")
+            errors.Add($"sync: '{Sync}' needs scheme 'ps' (parameter servers); scheme '{Scheme}' synchronises every step");
+        if (Staleness is < 0 or > StalenessMax)
+            errors.Add($"staleness: {Staleness} is out of range; expected 0 to {StalenessMax}");
+        else if (Staleness != 0 && Sync != "ssp")
+            errors.Add($"staleness: {Staleness} applies to sync 'ssp' only; sync is '{Sync}'");
         if (TrainLimit < 0)
             errors.Add($"train-limit: {TrainLimit} is out of range; expected 0 (all) or a positive count");
         if (TestLimit < 0)
@@ -142,6 +157,8 @@ public sealed record JobSpecification
         ParameterServers = ParameterServers,
         Scheme = Scheme,
         BucketBytes = BucketBytes,
+        Sync = Sync,
+        Staleness = Staleness,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -168,6 +185,8 @@ public sealed record JobSpecification
         ParameterServers = Math.Max(1, spec.ParameterServers),
         Scheme = spec.Scheme.Length == 0 ? "ps" : spec.Scheme,
         BucketBytes = spec.BucketBytes,
+        Sync = spec.Sync.Length == 0 ? "bsp" : spec.Sync,
+        Staleness = spec.Staleness,
     };
 }
 

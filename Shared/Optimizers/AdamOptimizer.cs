@@ -30,6 +30,8 @@ public sealed class AdamOptimizer : FlatOptimizer
     /// <summary>Second moment (exp_avg_sq), for checkpoints and tests.</summary>
     public ReadOnlySpan<float> SecondMoment => _secondMoment;
 
+    public override IReadOnlyList<(string Name, float[] Values)> StateBuffers => [("exp_avg", _firstMoment), ("exp_avg_sq", _secondMoment)];
+
     public override void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step)
     {
         CheckRange(offset, parameters.Length, gradient.Length);

@@ -19,6 +19,12 @@ public interface IOptimizer
     /// <paramref name="gradient"/> are those elements. The gradient may be overwritten.
     /// </summary>
     void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step);
+
+    /// <summary>
+    /// The optimizer's per-element state by name (torch's names: <c>exp_avg</c>, <c>exp_avg_sq</c>,
+    /// <c>momentum_buffer</c>), each as long as the vector: what a checkpoint saves and restores.
+    /// </summary>
+    IReadOnlyList<(string Name, float[] Values)> StateBuffers => [];
 }
 
 /// <summary>The whole-vector step in terms of <see cref="IOptimizer.StepRange"/>.</summary>
@@ -34,6 +40,8 @@ public abstract class FlatOptimizer(int elementCount) : IOptimizer
     }
 
     public abstract void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step);
+
+    public virtual IReadOnlyList<(string Name, float[] Values)> StateBuffers => [];
 
     protected void CheckRange(int offset, int parameterCount, int gradientCount)
     {

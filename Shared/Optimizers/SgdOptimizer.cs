@@ -20,6 +20,8 @@ public sealed class SgdOptimizer : FlatOptimizer
         _momentumBuffer = momentum != 0 ? new float[elementCount] : null;
     }
 
+    public override IReadOnlyList<(string Name, float[] Values)> StateBuffers => _momentumBuffer is null ? [] : [("momentum_buffer", _momentumBuffer)];
+
     public override void StepRange(int offset, Span<float> parameters, Span<float> gradient, long step)
     {
         CheckRange(offset, parameters.Length, gradient.Length);

@@ -2,10 +2,16 @@ using Grpc.Core;
 
 namespace Cluster.Shared.Rpc;
 
-/// <summary>Retries a first call to a peer until it answers or a deadline passes.</summary>
+/// <summary>Retries a call to a peer, with exponential backoff, until it answers or a deadline passes.</summary>
 public static class Reconnect
 {
-    private static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(250);
+    /// <summary>First wait between tries; each later one doubles, up to <see cref="RetryDelayMax"/>.</summary>
+    public static readonly TimeSpan RetryDelay = TimeSpan.FromMilliseconds(250);
+    public static readonly TimeSpan RetryDelayMax = TimeSpan.FromSeconds(2);
+
+    /// <summary>The wait before try <paramref name="attempt"/> + 1 (0-based): 250 ms, 500 ms, 1 s, 2 s, 2 s...</summary>
+    public static TimeSpan Backoff(int attempt) =>
+        TimeSpan.FromTicks(Math.Min(RetryDelayMax.Ticks, RetryDelay.Ticks << Math.Min(attempt, 16)));
 
     /// <summary>
     /// Calls <paramref name="call"/> (given the overall deadline) until it succeeds; transport
@@ -15,7 +21,7 @@ public static class Reconnect
     public static async Task<T> UntilAsync<T>(string peer, string address, TimeSpan timeout, Func<DateTime, Task<T>> call, CancellationToken cancellationToken)
     {
         var giveUpAt = DateTime.UtcNow + timeout;
-        while (true)
+        for (int attempt = 0; ; attempt++)
         {
             try
             {
@@ -29,10 +35,11 @@ public static class Reconnect
             }
             catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
             {
-                if (DateTime.UtcNow + RetryDelay >= giveUpAt)
+                var delay = Backoff(attempt);
+                if (DateTime.UtcNow + delay >= giveUpAt)
                     throw new PeerUnreachableException(
                         $"{peer} at {address} is not reachable: no answer within {timeout.TotalSeconds:0.#} s ({e.Status.Detail})", e);
-                await Task.Delay(RetryDelay, cancellationToken);
+                await Task.Delay(delay, cancellationToken);
             }
             catch (RpcException e) when (e.StatusCode is StatusCode.Unauthenticated)
             {

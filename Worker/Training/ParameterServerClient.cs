@@ -34,8 +34,9 @@ public sealed class ParameterServerClient : IDisposable
     public long LastPullFirstChunkTimestamp { get; private set; }
 
     /// <summary>The first call to the server: retried until the connect timeout while the server is not up yet.</summary>
-    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken) =>
-        Reconnect.UntilAsync("parameter server", Address, _connectTimeout, async deadline =>
+    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken,
+        TimeSpan? connectTimeout = null) =>
+        Reconnect.UntilAsync("parameter server", Address, connectTimeout ?? _connectTimeout, async deadline =>
         {
             using var call = _client.Initialize(deadline: Min(deadline, Deadline(_callTimeout)), cancellationToken: cancellationToken);
             await SendAsync(call.RequestStream, new InitializeMessage { Header = header }, chunk => new InitializeMessage { Chunk = chunk },
@@ -44,13 +45,13 @@ public sealed class ParameterServerClient : IDisposable
         }, cancellationToken);
 
     /// <summary>Pushes one step's gradient for this server's range, already cut into chunks.</summary>
-    public async Task<long> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
+    public async Task<PushReply> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
     {
         using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
         await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, chunks, cancellationToken));
-        long version = (await Guard(() => call.ResponseAsync)).Version;
+        var reply = await Guard(() => call.ResponseAsync);
         LastPushDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
-        return version;
+        return reply;
     }
 
     /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>

@@ -33,29 +33,81 @@ public sealed class ShardedParameterClient : IDisposable
     public int PartitionElements { get; }
     public DType Dtype { get; }
 
-    /// <summary>Creates the job on every server (idempotent) with this rank's initial parameters.</summary>
-    public Task InitializeAsync(InitializeHeader template, float[] parameters, CancellationToken cancellationToken) =>
-        Task.WhenAll(_servers.Select((server, k) =>
+    /// <summary>Creates the job on every server (idempotent) with this rank's initial parameters; returns each server's version.</summary>
+    public async Task<long[]> InitializeAsync(InitializeHeader template, float[] parameters, CancellationToken cancellationToken, TimeSpan? connectTimeout = null)
+    {
+        var replies = await Task.WhenAll(_servers.Select((server, k) =>
         {
             var header = template.Clone();
             header.RangeStart = Ranges[k].Start;
             header.RangeElements = Ranges[k].Length;
             header.PartitionElements = PartitionElements;
-            return server.InitializeAsync(header, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken);
+            return server.InitializeAsync(header, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken, connectTimeout);
         }));
+        return [.. replies.Select(r => r.Version)];
+    }
 
     /// <summary>Pulls version <paramref name="minVersion"/> (or later) of every range into <paramref name="parameters"/>.</summary>
     public Task PullAsync(long minVersion, float[] parameters, CancellationToken cancellationToken) =>
         Task.WhenAll(_servers.Select((server, k) =>
             server.PullAsync(_jobId, minVersion, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken)));
 
-    /// <summary>Pushes the gradient of <paramref name="step"/> and pulls version step + 1 into <paramref name="parameters"/>, all servers at once.</summary>
-    public Task PushAndPullAsync(long step, int sampleCount, float[] gradient, float[] parameters, CancellationToken cancellationToken)
+    /// <summary>
+    /// Pushes the gradient of <paramref name="step"/> and pulls version step + 1 into
+    /// <paramref name="parameters"/>, all servers at once; returns whether a server refused the
+    /// gradient for NaN or Inf (the step went on without it).
+    /// </summary>
+    public async Task<bool> PushAndPullAsync(long step, int sampleCount, float[] gradient, float[] parameters, CancellationToken cancellationToken)
     {
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
-        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k), cancellationToken));
-        return Task.WhenAll([.. pushes, PullAsync(step + 1, parameters, cancellationToken)]);
+        // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
+        using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k), cancellationToken)).ToArray();
+        var pull = PullAsync(step + 1, parameters, pullCancel.Token);
+        try
+        {
+            await Task.WhenAll(pushes);
+        }
+        catch
+        {
+            await pullCancel.CancelAsync();
+            try { await pull; }
+            catch (Exception e) when (e is OperationCanceledException or Grpc.Core.RpcException or Shared.Rpc.PeerUnreachableException or InvalidDataException) { }
+            throw;
+        }
+        await pull;
+        return pushes.Any(p => p.Result.Rejected);
     }
+
+    /// <summary>
+    /// After a server was lost or restarted: waits (up to <paramref name="timeout"/>) until every
+    /// server answers Initialize again (idempotent; a server restarted without a checkpoint takes
+    /// <paramref name="initialParameters"/> at version 0), pulls the version they hold into
+    /// <paramref name="parameters"/> and returns it: the step to train next.
+    /// </summary>
+    public async Task<long> RecoverAsync(InitializeHeader template, float[] initialParameters, float[] parameters, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var versions = await InitializeAsync(template, initialParameters, cancellationToken, timeout);
+        long version = versions.Min();
+        if (versions.Any(v => v != version))
+            throw new InvalidOperationException(
+                $"parameter servers: versions {string.Join(", ", versions)} after a restart; a job continues only when every server of it holds the same version");
+        await PullAsync(version, parameters, cancellationToken);
+        return version;
+    }
+
+    /// <summary>
+    /// True for the failures a restarted or briefly lost server causes: unreachable, the stream
+    /// broken, the job not (yet) held, or a push for a step the server is not at.
+    /// </summary>
+    public static bool IsServerLost(Exception e) => e switch
+    {
+        Shared.Rpc.PeerUnreachableException => true,
+        Grpc.Core.RpcException r => r.StatusCode is Grpc.Core.StatusCode.Unavailable or Grpc.Core.StatusCode.Aborted
+            or Grpc.Core.StatusCode.NotFound or Grpc.Core.StatusCode.Internal or Grpc.Core.StatusCode.Unknown,
+        InvalidDataException d => d.Message.StartsWith("parameter server", StringComparison.Ordinal),
+        _ => false,
+    };
 
     /// <summary>When the last server acknowledged this rank's push (Stopwatch timestamp).</summary>
     public long PushesDoneTimestamp

@@ -272,7 +272,8 @@ function updateJob(view, { job, telemetry }) {
   view.querySelector('#job-rate').textContent = p ? thousands(p.samplesPerSecond) : '–';
   view.querySelector('#job-loss').textContent = p ? fixed(p.loss, 4) : '–';
   view.querySelector('#job-accuracy').textContent = last ? percent(last.accuracy) : '–';
-  view.querySelector('#job-rejected').textContent = `${telemetry.rejectedGradients} (${telemetry.refusedPushes})`;
+  // The servers' count while they hold the job; the workers' reports, kept by the coordinator, once it ended.
+  view.querySelector('#job-rejected').textContent = `${Math.max(telemetry.rejectedGradients, job.rejectedGradients)} (${telemetry.refusedPushes})`;
   view.querySelector('#job-progress').style.width = `${(jobFraction(job) * 100).toFixed(1)}%`;
 
   // One training-loss line per rank (each rank reports the loss of its own samples), then the test loss per epoch.

@@ -65,7 +65,7 @@ public sealed class LimitTests
         Assert.Equal(0, job.Version);
         Assert.Equal(initial, job.WeightsAsFloats.ToArray());
         float[] gradient = Enumerable.Repeat(0.5f, Elements).ToArray();
-        Assert.Equal(0, await client.PushAsync(Push("job-limits", rank: 0), Chunks(gradient), CancellationToken.None));
+        Assert.Equal(0, (await client.PushAsync(Push("job-limits", rank: 0), Chunks(gradient), CancellationToken.None)).Version);
         await client.PushAsync(Push("job-limits", rank: 1), Chunks(gradient), CancellationToken.None);
         await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Timeout);
         Assert.All(job.WeightsAsFloats.ToArray(), w => Assert.Equal(1f - 0.1f * 0.5f, w, 6));

@@ -89,7 +89,7 @@ public sealed class CheckpointReaderFuzzTests : IDisposable
     /// <summary>Reads the file: either every tensor matches its header, or the error names the file.</summary>
     private static void Check(string path)
     {
-        Dictionary<string, SafeTensorsFile.Entry> entries;
+        Dictionary<string, Cluster.Shared.Checkpoints.SafeTensors.Entry> entries;
         try { entries = SafeTensorsFile.Read(path); }
         catch (InvalidDataException e)
         {

@@ -1,0 +1,60 @@
+using Cluster.Protos;
+using Cluster.Shared.Optimizers;
+
+namespace Cluster.ParameterServer.Training;
+
+/// <summary>Snapshots of a job's state for checkpoints, and a job restored from one.</summary>
+public sealed partial class JobParameters
+{
+    /// <summary>
+    /// Called on the applier's task each time every partition has reached a new version, with
+    /// that version; the state does not move while it runs (see <see cref="ApplyLoopAsync"/>).
+    /// </summary>
+    public Action<JobParameters, long>? VersionReached { get; set; }
+
+    /// <summary>The update rule's settings, as the job was created with.</summary>
+    public OptimizerSettings OptimizerSettings { get; }
+
+    /// <summary>
+    /// A copy of the weights and the optimizer state at <see cref="Version"/>. Only consistent
+    /// when taken from <see cref="VersionReached"/> or while no push is in flight.
+    /// </summary>
+    public JobSnapshot Snapshot()
+    {
+        var state = _optimizer.StateBuffers.Select(b => (b.Name, (float[])b.Values.Clone())).ToList();
+        lock (_gate)
+            return new JobSnapshot(JobId, Version, WorldSize, Layout, RangeStart, PartitionElements, OptimizerSettings,
+                (float[])_weights.Clone(), state, RejectedGradients);
+    }
+
+    /// <summary>A job at the snapshot's version, with its weights and optimizer state.</summary>
+    public static JobParameters Restore(JobSnapshot snapshot)
+    {
+        var job = new JobParameters(snapshot.JobId, snapshot.WorldSize, snapshot.Layout, snapshot.Optimizer, (float[])snapshot.Weights.Clone(),
+            snapshot.RangeStart, snapshot.PartitionElements);
+        var buffers = job._optimizer.StateBuffers;
+        foreach (var (name, values) in snapshot.OptimizerState)
+        {
+            var buffer = buffers.FirstOrDefault(b => b.Name == name).Values
+                ?? throw new ArgumentException($"optimizer state '{name}': optimizer {snapshot.Optimizer.Kind} has no such buffer");
+            if (values.Length != buffer.Length)
+                throw new ArgumentException($"optimizer state '{name}': {values.Length} elements; expected {buffer.Length}");
+            values.CopyTo(buffer, 0);
+        }
+        foreach (var (name, _) in buffers)
+            if (!snapshot.OptimizerState.Any(s => s.Name == name))
+                throw new ArgumentException($"optimizer state '{name}': missing from the snapshot of job {snapshot.JobId}");
+        lock (job._gate)
+        {
+            job.Version = snapshot.Version;
+            Array.Fill(job._partitionVersions, snapshot.Version);
+            job.RejectedGradients = snapshot.RejectedGradients;
+        }
+        return job;
+    }
+}
+
+/// <summary>Everything a parameter server needs to continue a job's key range from <paramref name="Version"/>.</summary>
+public sealed record JobSnapshot(
+    string JobId, long Version, int WorldSize, TensorLayout Layout, long RangeStart, int PartitionElements, OptimizerSettings Optimizer,
+    float[] Weights, IReadOnlyList<(string Name, float[] Values)> OptimizerState, long RejectedGradients);

@@ -1,0 +1,107 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Xunit.Abstractions;
+using Cluster.Tests.Integration.Support;
+
+namespace Cluster.Tests.Integration.FaultTolerance;
+
+/// <summary>
+/// A parameter server killed with signal 9 in the middle of an epoch and started again on the
+/// same address with the same checkpoint folder: it loads its newest checkpoint, the workers
+/// resynchronise with that version and replay the lost steps on the same batches, and the job
+/// finishes. Fewer steps are lost than the checkpoint interval. In the second case the last
+/// checkpoint lies in the epoch before the kill, so the workers go back into that epoch.
+/// </summary>
+[Trait("Tier", "e2e")]
+public sealed partial class ParameterServerRestartTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan Startup = TimeSpan.FromSeconds(60);
+    private readonly string _checkpoints = Directory.CreateTempSubdirectory("ps-restart-").FullName;
+
+    public void Dispose() => Directory.Delete(_checkpoints, recursive: true);
+
+    [Theory]
+    // One epoch of 150 steps, a checkpoint every 10, killed after step 40.
+    [InlineData(1, 9600, 10, 0, 40)]
+    // Two epochs of 75 steps, a checkpoint every 60 (step 60 is in epoch 0, step 120 would be step 45 of
+    // epoch 1), killed early in epoch 1: the workers go back into epoch 0.
+    [InlineData(2, 4800, 60, 1, 5)]
+    public async Task A_parameter_server_killed_mid_epoch_resumes_from_its_checkpoint_and_the_job_finishes(
+        int epochs, int trainLimit, int checkpointSteps, int killEpoch, int killAfterSteps)
+    {
+        using var coordinator = ClusterCommand.Start("coordinator");
+        var urls = Cli.Local.LocalCluster.ParseUrls(await coordinator.WaitForLineAsync("CLUSTER-READY", Startup));
+        string[] serverArguments = ["--coordinator", urls["grpc"], "--checkpoint-dir", _checkpoints, "--checkpoint-steps", checkpointSteps.ToString()];
+        var server = ClusterCommand.Start(["ps", .. serverArguments]);
+        ClusterCommand? restarted = null;
+        try
+        {
+            string serverUrl = Cli.Local.LocalCluster.ParseUrls(await server.WaitForLineAsync("CLUSTER-READY", Startup))["grpc"];
+            string port = new Uri(serverUrl).Port.ToString();
+            // Slowed steps, so that the kill lands mid-epoch on any machine.
+            using var worker0 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
+            using var worker1 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
+            using var submit = ClusterCommand.Start("submit", "--api", urls["http"], "--wait", "--output", "json",
+                "--model", "mlp", "--workers", "2", "--epochs", epochs.ToString(), "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000");
+
+            await WaitForStepsAsync(urls["http"], killEpoch, killAfterSteps);
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-9", server.ProcessId.ToString()])) await kill.WaitForExitAsync();
+            await server.WaitAsync(TimeSpan.FromSeconds(10));
+            restarted = ClusterCommand.Start(["ps", "--port", port, .. serverArguments]);
+            await restarted.WaitForLineAsync("CLUSTER-READY", Startup);
+
+            int exitCode = await submit.WaitAsync(TimeSpan.FromSeconds(120));
+            Assert.True(exitCode == 0, $"exit code {exitCode}\n{submit.Stdout}\n{submit.Stderr}\nworker 0:\n{worker0.Stdout}\nserver:\n{restarted.Stdout}{restarted.Stderr}");
+            using var job = JsonDocument.Parse(submit.Stdout);
+            Assert.Equal("succeeded", job.RootElement.GetProperty("state").GetString());
+            Assert.Equal(epochs, job.RootElement.GetProperty("epochs").GetArrayLength());
+            Assert.InRange(job.RootElement.GetProperty("epochs")[epochs - 1].GetProperty("accuracy").GetDouble(), 0.7, 1.0);
+
+            // The restarted server loaded a checkpoint of the schedule's version...
+            var loaded = LoadedPattern().Match(restarted.Stdout + restarted.Stderr);
+            Assert.True(loaded.Success, $"the restarted server loaded no checkpoint:\n{restarted.Stdout}\n{restarted.Stderr}");
+            long version = long.Parse(loaded.Groups[1].Value);
+            Assert.True(version > 0 && version % checkpointSteps == 0, $"loaded version {version}");
+            long killEpochFirstStep = killEpoch * (trainLimit / 64L);
+            Assert.True(killEpoch == 0 || version < killEpochFirstStep, $"loaded version {version}; expected one of the epoch before step {killEpochFirstStep}");
+            // ...and each worker lost fewer steps than the checkpoint interval.
+            foreach (var worker in new[] { worker0, worker1 })
+            {
+                var resumed = ResumedPattern().Match(worker.Stdout + worker.Stderr);
+                Assert.True(resumed.Success, $"a worker did not resume:\n{worker.Stdout}\n{worker.Stderr}");
+                Assert.Equal(version, long.Parse(resumed.Groups[2].Value));
+                long lost = long.Parse(resumed.Groups[3].Value);
+                output.WriteLine($"worker at step {resumed.Groups[1].Value} resumed from checkpoint version {version}: {lost} steps lost (interval {checkpointSteps})");
+                Assert.InRange(lost, 0, checkpointSteps);
+            }
+        }
+        finally
+        {
+            server.Dispose();
+            restarted?.Dispose();
+        }
+    }
+
+    /// <summary>Waits until the running job's slowest rank has done <paramref name="steps"/> steps of <paramref name="epoch"/>.</summary>
+    private static async Task WaitForStepsAsync(string api, int epoch, int steps)
+    {
+        using var http = TestSecurity.HttpClient();
+        var giveUpAt = DateTime.UtcNow + Startup;
+        while (DateTime.UtcNow < giveUpAt)
+        {
+            var jobs = await http.GetFromJsonAsync<JsonElement>($"{api}/api/jobs");
+            if (jobs.EnumerateArray().Any(j => j.TryGetProperty("progress", out var p) && p.ValueKind == JsonValueKind.Object
+                && (p.GetProperty("epoch").GetInt32() > epoch || (p.GetProperty("epoch").GetInt32() == epoch && p.GetProperty("stepsDone").GetInt32() >= steps))))
+                return;
+            await Task.Delay(100);
+        }
+        Assert.Fail($"the job did not reach step {steps} of epoch {epoch} within {Startup.TotalSeconds} s");
+    }
+
+    [GeneratedRegex(@"Loaded job \S+ at version (\d+) from checkpoint")]
+    private static partial Regex LoadedPattern();
+
+    [GeneratedRegex(@"was at step (\d+); the parameter servers hold version (\d+); resuming there, steps lost: (\d+)")]
+    private static partial Regex ResumedPattern();
+}
