@@ -50,7 +50,7 @@ public sealed class ParameterStore
             created = true;
             int partition = header.PartitionElements > 0 ? header.PartitionElements : JobParameters.DefaultPartitionElements;
             return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer),
-                initialWeights, header.RangeStart, partition);
+                initialWeights, header.RangeStart, partition, [.. header.Groups.Select(OptimizerGroup.FromProto)]);
         });
         if (!created && (job.ElementCount != initialWeights.Length || job.RangeStart != header.RangeStart))
             throw new ArgumentException(

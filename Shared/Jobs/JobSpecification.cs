@@ -8,7 +8,11 @@ namespace Cluster.Shared.Jobs;
 /// </summary>
 public sealed record JobSpecification
 {
-    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn", "resnet", "lstm", "transformer"];
+    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn", "resnet", "lstm", "transformer", "gan"];
+    /// <summary>Generative models: they train on 28 x 28 single-channel images and report the discriminator's accuracy.</summary>
+    public static readonly IReadOnlyList<string> GenerativeModels = ["gan"];
+    /// <summary>The datasets the gan's generator fits (28 x 28, one channel).</summary>
+    public static readonly IReadOnlyList<string> GanDatasets = ["fashion-mnist", "mnist", "synthetic"];
     public static readonly IReadOnlyList<string> KnownDatasets = ["fashion-mnist", "mnist", "cifar10", "synthetic", "text"];
     /// <summary>Character language models: they train on the "text" dataset and report perplexity.</summary>
     public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
@@ -51,6 +55,8 @@ public sealed record JobSpecification
     public bool ReplaceHead { get; init; }
     /// <summary>Where rank 0 writes the trained parameters (safetensors) after the last epoch; null: nowhere.</summary>
     public string? SaveTo { get; init; }
+    /// <summary>Directory on rank 0's machine for the job's artefacts (a GAN's sample grids and losses); null: none written.</summary>
+    public string? OutputDir { get; init; }
 
     [System.Text.Json.Serialization.JsonIgnore]
     public bool IsLanguageModel => LanguageModels.Contains(Model);
@@ -110,6 +116,12 @@ public sealed record JobSpecification
             yield return $"loss: '{Loss}' does not fit language model '{Model}'; expected cross-entropy";
         if ((Freeze.Count > 0 || ReplaceHead) && string.IsNullOrEmpty(InitFrom))
             yield return "init-from: missing; freeze and replace-head fine-tune a checkpoint, expected a checkpoint path";
+        if (GenerativeModels.Contains(Model) && !GanDatasets.Contains(Dataset) && KnownDatasets.Contains(Dataset))
+            yield return $"dataset: '{Dataset}' does not fit model '{Model}'; expected one of {string.Join(", ", GanDatasets)} (28 x 28, one channel)";
+        if (GenerativeModels.Contains(Model) && Scheme == "allreduce")
+            yield return $"scheme: 'allreduce' is not supported for model '{Model}' (its two parameter groups need per-group optimizers on parameter servers); expected scheme ps";
+        if (GenerativeModels.Contains(Model) && Loss != "cross-entropy")
+            yield return $"loss: '{Loss}' does not apply to model '{Model}', which trains with its own binary cross-entropy; leave the loss unset";
         if (Freeze.Count > 0 && Optimizer.WeightDecay > 0)
             yield return $"freeze: frozen layers would still move under weight-decay {Optimizer.WeightDecay}; expected weight-decay 0";
     }
@@ -122,6 +134,7 @@ public sealed record JobSpecification
         proto.Freeze.AddRange(Freeze);
         proto.ReplaceHead = ReplaceHead;
         proto.SaveTo = SaveTo ?? "";
+        proto.OutputDir = OutputDir ?? "";
         return proto;
     }
 
@@ -163,6 +176,7 @@ public sealed record JobSpecification
         Freeze = spec.Freeze.Count == 0 ? [] : [.. spec.Freeze],
         ReplaceHead = spec.ReplaceHead,
         SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
+        OutputDir = spec.OutputDir.Length == 0 ? null : spec.OutputDir,
         WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
         TopKRatio = spec.TopkRatio,
         ParameterServers = Math.Max(1, spec.ParameterServers),

@@ -6,6 +6,7 @@ using Cluster.Worker.Evaluation;
 using Cluster.Worker.Tasks;
 using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -42,7 +43,9 @@ public sealed class ParameterServerTrainer(
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
         vector.ReadParameters(AsBytes(parameters));
-        await servers.InitializeAsync(InitializeHeader(vector), parameters, cancellationToken);
+        var header = InitializeHeader(vector);
+        header.Groups.AddRange(ParameterGroupRanges.For(task, header.Layout, header.Optimizer));
+        await servers.InitializeAsync(header, parameters, cancellationToken);
         await servers.PullAsync(0, parameters, cancellationToken);
         vector.WriteParameters(AsBytes(parameters));
 
@@ -53,6 +56,11 @@ public sealed class ParameterServerTrainer(
             step = await TrainEpochAsync(epoch, step, task, vector, servers, parameters, gradients, cancellationToken);
             if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
             await EvaluateAsync(epoch, task, cancellationToken);
+            if (assignment.Rank == 0 && job.OutputDir is { } output && task is IArtifactTask artifacts)
+            {
+                Directory.CreateDirectory(output);
+                artifacts.WriteArtifacts(output, epoch);
+            }
         }
     }
 
