@@ -57,6 +57,13 @@ public sealed record JobSpecification
     public string? SaveTo { get; init; }
     /// <summary>Directory on rank 0's machine for the job's artefacts (a GAN's sample grids and losses); null: none written.</summary>
     public string? OutputDir { get; init; }
+    /// <summary>A user's assembly (path on the workers) holding the task type; null: the built-in model zoo. Model and dataset are then the task's own.</summary>
+    public string? AssemblyPath { get; init; }
+    /// <summary>Full name (Namespace.Type) of the user's task type in <see cref="AssemblyPath"/>.</summary>
+    public string? TaskType { get; init; }
+
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool IsUserTask => AssemblyPath is not null;
 
     [System.Text.Json.Serialization.JsonIgnore]
     public bool IsLanguageModel => LanguageModels.Contains(Model);
@@ -73,9 +80,9 @@ public sealed record JobSpecification
     public IReadOnlyList<string> Validate()
     {
         var errors = new List<string>();
-        if (!KnownModels.Contains(Model))
+        if (!IsUserTask && !KnownModels.Contains(Model))
             errors.Add($"model: '{Model}' is not a known model; expected one of {string.Join(", ", KnownModels)}");
-        if (!KnownDatasets.Contains(Dataset))
+        if (!IsUserTask && !KnownDatasets.Contains(Dataset))
             errors.Add($"dataset: '{Dataset}' is not a known dataset; expected one of {string.Join(", ", KnownDatasets)}");
         if (Epochs is <= 0 or > EpochsMax)
             errors.Add($"epochs: {Epochs} is out of range; expected 1 to {EpochsMax}");
@@ -106,8 +113,22 @@ public sealed record JobSpecification
         return errors;
     }
 
+    private IEnumerable<string> ValidateUserTask()
+    {
+        if (AssemblyPath is { Length: 0 })
+            yield return "assembly: empty; expected the path of a .NET assembly on the workers";
+        if (IsUserTask && string.IsNullOrWhiteSpace(TaskType))
+            yield return "type: missing; expected the full name (Namespace.Type) of the task type in the assembly";
+        if (!IsUserTask && TaskType is not null)
+            yield return $"type: '{TaskType}' given without an assembly; expected --assembly PATH with it";
+        if (IsUserTask && Scheme == "allreduce")
+            yield return "scheme: 'allreduce' is not supported for a task from a user's assembly; expected scheme ps";
+    }
+
     private IEnumerable<string> ValidateTask()
     {
+        foreach (string error in ValidateUserTask()) yield return error;
+        if (IsUserTask) yield break;
         if (!KnownLosses.Contains(Loss))
             yield return $"loss: '{Loss}' is not a known loss; expected one of {string.Join(", ", KnownLosses)}";
         if (IsLanguageModel != (Dataset == "text") && KnownModels.Contains(Model) && KnownDatasets.Contains(Dataset))
@@ -135,6 +156,8 @@ public sealed record JobSpecification
         proto.ReplaceHead = ReplaceHead;
         proto.SaveTo = SaveTo ?? "";
         proto.OutputDir = OutputDir ?? "";
+        proto.AssemblyPath = AssemblyPath ?? "";
+        proto.TaskType = TaskType ?? "";
         return proto;
     }
 
@@ -177,6 +200,8 @@ public sealed record JobSpecification
         ReplaceHead = spec.ReplaceHead,
         SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
         OutputDir = spec.OutputDir.Length == 0 ? null : spec.OutputDir,
+        AssemblyPath = spec.AssemblyPath.Length == 0 ? null : spec.AssemblyPath,
+        TaskType = spec.TaskType.Length == 0 ? null : spec.TaskType,
         WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
         TopKRatio = spec.TopkRatio,
         ParameterServers = Math.Max(1, spec.ParameterServers),

@@ -13,6 +13,13 @@ public static class TrainingTasks
 {
     public static ITrainingTask Create(JobSpecification spec, Device device)
     {
+        if (spec.AssemblyPath is { } assembly)
+        {
+            var context = new TaskContext(spec.DataDir, spec.Seed, spec.TrainLimit, spec.TestLimit, device);
+            var task = UserTaskLoader.Create(assembly, spec.TaskType ?? "", context);
+            FineTuning.Apply(task.Model, spec);
+            return task;
+        }
         if (spec.IsLanguageModel)
         {
             var corpus = TextCorpus.Load(spec.DataDir);
