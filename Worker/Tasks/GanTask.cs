@@ -32,6 +32,7 @@ public sealed class GanTask : ITrainingTask, IParameterGroupTask, IArtifactTask
     private double _generatorLossSum;
     private double _discriminatorLossSum;
     private long _evaluated;
+    private long[] _confusion = new long[4];
 
     public GanTask(Dcgan gan, ImageDataset train, ImageDataset test, long seed, Device device)
     {
@@ -100,7 +101,7 @@ public sealed class GanTask : ITrainingTask, IParameterGroupTask, IArtifactTask
             confusion[2] += n - realAsReal;   // real judged fake
             confusion[3] += realAsReal;       // real judged real
         }
-        (_discriminatorLossSum, _generatorLossSum, _evaluated) = (discriminatorLoss, generatorLoss, count);
+        (_discriminatorLossSum, _generatorLossSum, _evaluated, _confusion) = (discriminatorLoss, generatorLoss, count, confusion);
         if (!double.IsFinite(discriminatorLoss) || !double.IsFinite(generatorLoss))
             throw new InvalidOperationException($"gan: evaluation diverged: discriminator loss {discriminatorLoss}, generator loss {generatorLoss}; expected finite losses");
         return new EvaluationResult(confusion, ClassCount, discriminatorLoss);
@@ -108,8 +109,9 @@ public sealed class GanTask : ITrainingTask, IParameterGroupTask, IArtifactTask
 
     /// <summary>
     /// Writes an 8 x 8 grid of generated images (from a latent drawn from the job's seed, the
-    /// same every epoch) as samples-epoch-N.png, and appends this rank's evaluation losses to
-    /// gan-losses.csv.
+    /// same every epoch) as samples-epoch-N.png, and appends this rank's evaluation (the
+    /// discriminator's loss and its accuracy on real and on generated images, the generator's
+    /// loss) to gan-losses.csv.
     /// </summary>
     public void WriteArtifacts(string directory, int epoch)
     {
@@ -122,10 +124,10 @@ public sealed class GanTask : ITrainingTask, IParameterGroupTask, IArtifactTask
             File.WriteAllBytes(Path.Combine(directory, $"samples-epoch-{epoch + 1}.png"), PngEncoder.EncodeGray(pixels, GridPixels, GridPixels));
         }
         string losses = Path.Combine(directory, "gan-losses.csv");
-        if (epoch == 0 || !File.Exists(losses)) File.WriteAllText(losses, "epoch,discriminator_loss,generator_loss\n");
+        if (epoch == 0 || !File.Exists(losses)) File.WriteAllText(losses, "epoch,discriminator_loss,generator_loss,discriminator_accuracy_real,discriminator_accuracy_fake\n");
         double scale = Math.Max(1, _evaluated);
         File.AppendAllText(losses, string.Create(CultureInfo.InvariantCulture,
-            $"{epoch + 1},{_discriminatorLossSum / (2 * scale):F6},{_generatorLossSum / scale:F6}\n"));
+            $"{epoch + 1},{_discriminatorLossSum / (2 * scale):F6},{_generatorLossSum / scale:F6},{_confusion[3] / scale:F4},{_confusion[0] / scale:F4}\n"));
     }
 
     /// <summary>
