@@ -40,7 +40,14 @@ public static class JobCommands
                     throw new CliException($"devices: '{device}' is not a device; expected auto, cpu, cuda or cuda:N", exitCode: 2);
             var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given,
                 [.. Security.ChildArguments(parse)], observability, deviceList);
-            var result = await local.RunAsync(job.Read(parse), cancellationToken);
+            var spec = job.Read(parse);
+            if (spec.OutputDir is null && Shared.Jobs.JobSpecification.GenerativeModels.Contains(spec.Model))
+            {
+                // The gan's sample grids need somewhere to go: the workers run here, so a temporary directory.
+                spec = spec with { OutputDir = Directory.CreateTempSubdirectory("cluster-gan-").FullName };
+                console.MarkupLineInterpolated($"Sample grids and losses: {spec.OutputDir} (--output-dir to choose)");
+            }
+            var result = await local.RunAsync(spec, cancellationToken);
             return Report(result, json, console);
         });
         return command;
