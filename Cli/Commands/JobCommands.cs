@@ -41,7 +41,7 @@ public static class JobCommands
             var local = new LocalCluster(console, Security.Read(parse, generateWhenMissing: true), secretGenerated: !given,
                 [.. Security.ChildArguments(parse)], observability, deviceList);
             var spec = job.Read(parse);
-            if (spec.OutputDir is null && Shared.Jobs.JobSpecification.GenerativeModels.Contains(spec.Model))
+            if (spec.OutputDir is null && Shared.Jobs.JobSpecification.GenerativeModels.Contains(spec.Model) && spec.Validate().Count == 0)
             {
                 // The gan's sample grids need somewhere to go: the workers run here, so a temporary directory.
                 spec = spec with { OutputDir = Directory.CreateTempSubdirectory("cluster-gan-").FullName };
