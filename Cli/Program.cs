@@ -17,6 +17,7 @@ root.Subcommands.Add(RoleCommands.Coordinator());
 root.Subcommands.Add(RoleCommands.ParameterServer());
 root.Subcommands.Add(RoleCommands.Worker());
 root.Subcommands.Add(JobCommands.Submit());
+root.Subcommands.Add(Cluster.Cli.Local.LaunchCommand.Create());
 root.Subcommands.Add(JobCommands.Status());
 root.Subcommands.Add(Cluster.Cli.Tuning.SweepCommand.Create());
 root.Subcommands.Add(SecurityCommands.Secret());

@@ -58,7 +58,14 @@ public static class JobCommands
                 WorkerDataSource = parse.GetValue(dataSource).ToString().ToLowerInvariant(),
                 WorkerRingTransport = parse.GetValue(ringTransport).ToString().ToLowerInvariant(),
             };
-            var result = await local.RunAsync(job.Read(parse), cancellationToken);
+            var spec = job.Read(parse);
+            if (spec.OutputDir is null && Shared.Jobs.JobSpecification.GenerativeModels.Contains(spec.Model) && spec.Validate().Count == 0)
+            {
+                // The gan's sample grids need somewhere to go: the workers run here, so a temporary directory.
+                spec = spec with { OutputDir = Directory.CreateTempSubdirectory("cluster-gan-").FullName };
+                console.MarkupLineInterpolated($"Sample grids and losses: {spec.OutputDir} (--output-dir to choose)");
+            }
+            var result = await local.RunAsync(spec, cancellationToken);
             return Report(result, json, console);
         });
         return command;

@@ -30,6 +30,9 @@ public sealed class JobOptions
     public Option<string[]> Freeze { get; } = new("--freeze") { Description = "Fine-tune: keep parameters whose names start with these prefixes as loaded (e.g. conv1,conv2)", AllowMultipleArgumentsPerToken = true };
     public Option<bool> ReplaceHead { get; } = new("--replace-head") { Description = "Fine-tune: do not load the last layer; train it from fresh weights" };
     public Option<string?> SaveTo { get; } = new("--save-to") { Description = "Write the trained parameters as safetensors to this path (on rank 0's machine) after the last epoch" };
+    public Option<string?> Assembly { get; } = new("--assembly") { Description = "Your own task: a .NET assembly (path on the workers) built against Cluster.Sdk; --model and --dataset are then unused" };
+    public Option<string?> TaskType { get; } = new("--type") { Description = "With --assembly: the full name (Namespace.Type) of your class implementing Cluster.Sdk.ITrainingTask" };
+    public Option<string?> OutputDir { get; } = new("--output-dir") { Description = "Directory (on rank 0's machine) for the job's artefacts: the gan's sample grids (PNG) and losses" };
 
     public Option<int> ParameterServers { get; } = new("--ps") { Description = "Parameter-server shards the model is cut across", DefaultValueFactory = _ => 1 };
     public Option<string> WireDtype { get; } = new("--wire-dtype") { Description = "Gradients and parameters on the wire: float32, bfloat16 or float16", DefaultValueFactory = _ => "float32" };
@@ -41,11 +44,23 @@ public sealed class JobOptions
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes, Sync, Staleness })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, OutputDir, Assembly, TaskType, Scheme, BucketBytes, Sync, Staleness })
             command.Options.Add(option);
     }
 
-    public JobSpecification Read(ParseResult parse) => new()
+    public JobSpecification Read(ParseResult parse)
+    {
+        var spec = ReadOptions(parse);
+        if (!JobSpecification.GenerativeModels.Contains(spec.Model)) return spec;
+        // DCGAN's hyperparameters unless given: Adam with lr 2e-4 and betas 0.5, 0.999.
+        bool lrGiven = parse.GetResult(LearningRate) is { Implicit: false };
+        return spec with
+        {
+            Optimizer = spec.Optimizer with { Beta1 = 0.5, LearningRate = lrGiven ? spec.Optimizer.LearningRate : 2e-4 },
+        };
+    }
+
+    private JobSpecification ReadOptions(ParseResult parse) => new()
     {
         Model = parse.GetValue(Model)!,
         Dataset = parse.GetValue(Dataset)!,
@@ -72,6 +87,9 @@ public sealed class JobOptions
         Freeze = [.. (parse.GetValue(Freeze) ?? []).SelectMany(f => f.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))],
         ReplaceHead = parse.GetValue(ReplaceHead),
         SaveTo = parse.GetValue(SaveTo) is { } to ? Path.GetFullPath(to) : null,
+        OutputDir = parse.GetValue(OutputDir) is { } output ? Path.GetFullPath(output) : null,
+        AssemblyPath = parse.GetValue(Assembly) is { } assembly ? Path.GetFullPath(assembly) : null,
+        TaskType = parse.GetValue(TaskType),
         Scheme = parse.GetValue(Scheme)!,
         BucketBytes = parse.GetValue(BucketBytes),
         Sync = parse.GetValue(Sync)!,

@@ -102,6 +102,13 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
     {
         var errors = spec.Validate();
         if (errors.Count > 0) throw new CliException(string.Join(Environment.NewLine, errors), exitCode: 2);
+        if (spec.AssemblyPath is { } assembly)
+        {
+            // The workers run here: check the assembly and the type before starting them.
+            try { Worker.Tasks.UserTaskLoader.FindType(assembly, spec.TaskType!); }
+            catch (Exception e) when (e is FileNotFoundException or InvalidOperationException) { throw new CliException(e.Message, exitCode: 2); }
+            return;
+        }
         try
         {
             DatasetCatalog.Locate(spec.Dataset, spec.DataDir);

@@ -166,6 +166,18 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
             yield return $"staleness: {header.Staleness}; expected 0 to {Shared.Jobs.JobSpecification.StalenessMax}";
         if (header.Optimizer is null) { yield return "optimizer: missing"; yield break; }
         foreach (string error in OptimizerSettings.FromProto(header.Optimizer).Validate()) yield return error;
+        foreach (string error in ValidateGroups(header, modelElements)) yield return error;
+    }
+
+    private const int ParameterGroupsMax = 1024;
+
+    private static IEnumerable<string> ValidateGroups(InitializeHeader header, long modelElements)
+    {
+        if (header.Groups.Count > ParameterGroupsMax)
+            return [$"groups: {header.Groups.Count} groups; expected at most {ParameterGroupsMax}"];
+        if (header.Groups.FirstOrDefault(g => g.Optimizer is null || g.Name.Length > NameLengthMax) is { } bad)
+            return [$"groups.{bad.Name[..Math.Min(bad.Name.Length, NameLengthMax)]}: optimizer missing or name longer than {NameLengthMax} characters"];
+        return OptimizerGroups.Validate([.. header.Groups.Select(OptimizerGroup.FromProto)], modelElements);
     }
 
     private static async Task<THeader> ReadHeaderAsync<TMessage, THeader>(

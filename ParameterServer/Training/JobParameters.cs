@@ -32,7 +32,7 @@ public sealed partial class JobParameters
     private readonly Channel<int> _ready = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
 
     public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, float[] initialWeights,
-        long rangeStart = 0, int partitionElements = DefaultPartitionElements)
+        long rangeStart = 0, int partitionElements = DefaultPartitionElements, IReadOnlyList<OptimizerGroup>? groups = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(partitionElements, 1);
@@ -42,7 +42,7 @@ public sealed partial class JobParameters
         PartitionCount = (ElementCount + partitionElements - 1) / partitionElements;
         _combinedGradient = new float[ElementCount];
         _aggregator = new StepAggregator(worldSize, ElementCount);
-        _optimizer = optimizer.Create(ElementCount);
+        _optimizer = OptimizerGroups.Create(optimizer, groups ?? [], rangeStart, ElementCount);
         OptimizerSettings = optimizer;
         _partitionVersions = new long[PartitionCount];
         _partitionArrivals = new int[PartitionCount];

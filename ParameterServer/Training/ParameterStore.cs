@@ -50,7 +50,7 @@ public sealed class ParameterStore(Checkpoints.JobCheckpoints? checkpoints = nul
             created = true;
             int partition = header.PartitionElements > 0 ? header.PartitionElements : JobParameters.DefaultPartitionElements;
             return new JobParameters(header.JobId, header.WorldSize, header.Layout, OptimizerSettings.FromProto(header.Optimizer),
-                initialWeights, header.RangeStart, partition)
+                initialWeights, header.RangeStart, partition, [.. header.Groups.Select(OptimizerGroup.FromProto)])
             {
                 SyncMode = header.Sync.Length == 0 ? JobParameters.Bsp : header.Sync,
                 Staleness = header.Staleness,

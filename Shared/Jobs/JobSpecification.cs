@@ -8,7 +8,11 @@ namespace Cluster.Shared.Jobs;
 /// </summary>
 public sealed record JobSpecification
 {
-    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn", "resnet", "lstm", "transformer"];
+    public static readonly IReadOnlyList<string> KnownModels = ["mlp", "cnn", "resnet", "lstm", "transformer", "gan"];
+    /// <summary>Generative models: they train on 28 x 28 single-channel images and report the discriminator's accuracy.</summary>
+    public static readonly IReadOnlyList<string> GenerativeModels = ["gan"];
+    /// <summary>The datasets the gan's generator fits (28 x 28, one channel).</summary>
+    public static readonly IReadOnlyList<string> GanDatasets = ["fashion-mnist", "mnist", "synthetic"];
     public static readonly IReadOnlyList<string> KnownDatasets = ["fashion-mnist", "mnist", "cifar10", "synthetic", "text"];
     /// <summary>Character language models: they train on the "text" dataset and report perplexity.</summary>
     public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
@@ -60,6 +64,15 @@ public sealed record JobSpecification
     public bool ReplaceHead { get; init; }
     /// <summary>Where rank 0 writes the trained parameters (safetensors) after the last epoch; null: nowhere.</summary>
     public string? SaveTo { get; init; }
+    /// <summary>Directory on rank 0's machine for the job's artefacts (a GAN's sample grids and losses); null: none written.</summary>
+    public string? OutputDir { get; init; }
+    /// <summary>A user's assembly (path on the workers) holding the task type; null: the built-in model zoo. Model and dataset are then the task's own.</summary>
+    public string? AssemblyPath { get; init; }
+    /// <summary>Full name (Namespace.Type) of the user's task type in <see cref="AssemblyPath"/>.</summary>
+    public string? TaskType { get; init; }
+
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool IsUserTask => AssemblyPath is not null;
 
     [System.Text.Json.Serialization.JsonIgnore]
     public bool IsLanguageModel => LanguageModels.Contains(Model);
@@ -76,9 +89,9 @@ public sealed record JobSpecification
     public IReadOnlyList<string> Validate()
     {
         var errors = new List<string>();
-        if (!KnownModels.Contains(Model))
+        if (!IsUserTask && !KnownModels.Contains(Model))
             errors.Add($"model: '{Model}' is not a known model; expected one of {string.Join(", ", KnownModels)}");
-        if (!KnownDatasets.Contains(Dataset))
+        if (!IsUserTask && !KnownDatasets.Contains(Dataset))
             errors.Add($"dataset: '{Dataset}' is not a known dataset; expected one of {string.Join(", ", KnownDatasets)}");
         if (Epochs is <= 0 or > EpochsMax)
             errors.Add($"epochs: {Epochs} is out of range; expected 1 to {EpochsMax}");
@@ -115,8 +128,22 @@ public sealed record JobSpecification
         return errors;
     }
 
+    private IEnumerable<string> ValidateUserTask()
+    {
+        if (AssemblyPath is { Length: 0 })
+            yield return "assembly: empty; expected the path of a .NET assembly on the workers";
+        if (IsUserTask && string.IsNullOrWhiteSpace(TaskType))
+            yield return "type: missing; expected the full name (Namespace.Type) of the task type in the assembly";
+        if (!IsUserTask && TaskType is not null)
+            yield return $"type: '{TaskType}' given without an assembly; expected --assembly PATH with it";
+        if (IsUserTask && Scheme == "allreduce")
+            yield return "scheme: 'allreduce' is not supported for a task from a user's assembly; expected scheme ps";
+    }
+
     private IEnumerable<string> ValidateTask()
     {
+        foreach (string error in ValidateUserTask()) yield return error;
+        if (IsUserTask) yield break;
         if (!KnownLosses.Contains(Loss))
             yield return $"loss: '{Loss}' is not a known loss; expected one of {string.Join(", ", KnownLosses)}";
         if (IsLanguageModel != (Dataset == "text") && KnownModels.Contains(Model) && KnownDatasets.Contains(Dataset))
@@ -125,6 +152,12 @@ public sealed record JobSpecification
             yield return $"loss: '{Loss}' does not fit language model '{Model}'; expected cross-entropy";
         if ((Freeze.Count > 0 || ReplaceHead) && string.IsNullOrEmpty(InitFrom))
             yield return "init-from: missing; freeze and replace-head fine-tune a checkpoint, expected a checkpoint path";
+        if (GenerativeModels.Contains(Model) && !GanDatasets.Contains(Dataset) && KnownDatasets.Contains(Dataset))
+            yield return $"dataset: '{Dataset}' does not fit model '{Model}'; expected one of {string.Join(", ", GanDatasets)} (28 x 28, one channel)";
+        if (GenerativeModels.Contains(Model) && Scheme == "allreduce")
+            yield return $"scheme: 'allreduce' is not supported for model '{Model}' (its two parameter groups need per-group optimizers on parameter servers); expected scheme ps";
+        if (GenerativeModels.Contains(Model) && Loss != "cross-entropy")
+            yield return $"loss: '{Loss}' does not apply to model '{Model}', which trains with its own binary cross-entropy; leave the loss unset";
         if (Freeze.Count > 0 && Optimizer.WeightDecay > 0)
             yield return $"freeze: frozen layers would still move under weight-decay {Optimizer.WeightDecay}; expected weight-decay 0";
     }
@@ -137,6 +170,9 @@ public sealed record JobSpecification
         proto.Freeze.AddRange(Freeze);
         proto.ReplaceHead = ReplaceHead;
         proto.SaveTo = SaveTo ?? "";
+        proto.OutputDir = OutputDir ?? "";
+        proto.AssemblyPath = AssemblyPath ?? "";
+        proto.TaskType = TaskType ?? "";
         return proto;
     }
 
@@ -180,6 +216,9 @@ public sealed record JobSpecification
         Freeze = spec.Freeze.Count == 0 ? [] : [.. spec.Freeze],
         ReplaceHead = spec.ReplaceHead,
         SaveTo = spec.SaveTo.Length == 0 ? null : spec.SaveTo,
+        OutputDir = spec.OutputDir.Length == 0 ? null : spec.OutputDir,
+        AssemblyPath = spec.AssemblyPath.Length == 0 ? null : spec.AssemblyPath,
+        TaskType = spec.TaskType.Length == 0 ? null : spec.TaskType,
         WireDtype = spec.WireDtype.Length == 0 ? "float32" : spec.WireDtype,
         TopKRatio = spec.TopkRatio,
         ParameterServers = Math.Max(1, spec.ParameterServers),

@@ -1,4 +1,5 @@
 using Cluster.Worker.Data;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -9,10 +10,8 @@ public static class Evaluator
 {
     private const int EvaluationBatchSize = 1000;
 
-    public sealed record Result(long[] Confusion, int ClassCount, double LossSum);
-
     /// <summary>Cross-entropy, or <paramref name="sumLoss"/> (logits, labels → summed per-sample loss).</summary>
-    public static Result Evaluate(nn.Module<Tensor, Tensor> model, BatchLoader loader, int start, int count, int classCount,
+    public static EvaluationResult Evaluate(nn.Module<Tensor, Tensor> model, BatchLoader loader, int start, int count, int classCount,
         Func<Tensor, Tensor, Tensor>? sumLoss = null)
     {
         sumLoss ??= (logits, labels) => nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum);
@@ -29,7 +28,7 @@ public static class Evaluator
             lossSum += sumLoss(logits, labels).item<float>();
             AddToConfusion(confusion, labels, logits.argmax(1), classCount);
         }
-        return new Result(confusion, classCount, lossSum);
+        return new EvaluationResult(confusion, classCount, lossSum);
     }
 
     /// <summary>Adds each (label, prediction) pair to the row-major matrix <c>[label * classCount + prediction]</c>.</summary>

@@ -25,6 +25,7 @@ public static class ModelZoo
             "resnet" => new ResNet(shape.Channels, shape.Height, shape.Width, shape.ClassCount),
             "lstm" => new CharLstm(shape.ClassCount),
             "transformer" => new CharTransformer(shape.ClassCount, shape.Context),
+            "gan" => new Dcgan(shape.Channels),
             _ => throw new ArgumentException(
                 $"model: '{name}' is not a known model; expected one of {string.Join(", ", JobSpecification.KnownModels)}"),
         };

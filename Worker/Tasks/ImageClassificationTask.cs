@@ -1,5 +1,6 @@
 using Cluster.Worker.Data;
 using Cluster.Worker.Evaluation;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -38,7 +39,7 @@ public sealed class ImageClassificationTask : ITrainingTask
         return loss.item<float>() * (double)indices.Length;
     }
 
-    public Evaluator.Result Evaluate(int start, int count) =>
+    public EvaluationResult Evaluate(int start, int count) =>
         Evaluator.Evaluate(Model, _test, start, count, ClassCount, _loss.Sum);
 
     public void Dispose()

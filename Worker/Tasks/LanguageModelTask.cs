@@ -1,5 +1,6 @@
 using Cluster.Worker.Data;
 using Cluster.Worker.Evaluation;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -52,7 +53,7 @@ public sealed class LanguageModelTask : ITrainingTask
         return loss.item<float>() * (double)indices.Length;
     }
 
-    public Evaluator.Result Evaluate(int start, int count)
+    public EvaluationResult Evaluate(int start, int count)
     {
         Model.eval();
         var confusion = new long[ClassCount * ClassCount];
@@ -69,7 +70,7 @@ public sealed class LanguageModelTask : ITrainingTask
             lossSum += nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>();
             Evaluator.AddToConfusion(confusion, labels, logits.argmax(1), ClassCount);
         }
-        return new Evaluator.Result(confusion, ClassCount, lossSum);
+        return new EvaluationResult(confusion, ClassCount, lossSum);
     }
 
     /// <summary>Inputs tokens[s .. s + T) and targets tokens[s + 1 .. s + T] for each start s: [n, T] each.</summary>

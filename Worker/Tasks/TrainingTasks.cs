@@ -2,6 +2,7 @@ using Cluster.Shared.Jobs;
 using Cluster.Worker.Checkpoints;
 using Cluster.Worker.Data;
 using Cluster.Worker.Models;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -12,6 +13,13 @@ public static class TrainingTasks
 {
     public static ITrainingTask Create(JobSpecification spec, Device device)
     {
+        if (spec.AssemblyPath is { } assembly)
+        {
+            var context = new TaskContext(spec.DataDir, spec.Seed, spec.TrainLimit, spec.TestLimit, device);
+            var task = UserTaskLoader.Create(assembly, spec.TaskType ?? "", context);
+            FineTuning.Apply(task.Model, spec);
+            return task;
+        }
         if (spec.IsLanguageModel)
         {
             var corpus = TextCorpus.Load(spec.DataDir);
@@ -21,6 +29,11 @@ public static class TrainingTasks
         }
         var data = DatasetCatalog.Load(spec.Dataset, spec.DataDir);
         var train = data.Train.Take(spec.TrainLimit);
+        if (spec.Model == "gan")
+        {
+            var gan = (Dcgan)Prepare(ModelZoo.Create(spec.Model, spec.Seed, ModelShape.Image(train.Channels, train.Height, train.Width, 2)), spec, device);
+            return new GanTask(gan, train, data.Test.Take(spec.TestLimit), spec.Seed, device);
+        }
         var shape = ModelShape.Image(train.Channels, train.Height, train.Width, train.ClassCount);
         var classifier = Prepare(ModelZoo.Create(spec.Model, spec.Seed, shape), spec, device);
         return new ImageClassificationTask(classifier, train, data.Test.Take(spec.TestLimit), new Losses(spec.Loss), device);

@@ -6,6 +6,7 @@ using Cluster.Worker.Evaluation;
 using Cluster.Worker.Tasks;
 using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
+using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -53,6 +54,7 @@ public sealed class ParameterServerTrainer(
         // Kept to initialise a server that restarts without a checkpoint (it then starts over at version 0).
         _initialParameters = (float[])parameters.Clone();
         _initializeHeader = InitializeHeader(vector);
+        _initializeHeader.Groups.AddRange(ParameterGroupRanges.For(task, _initializeHeader.Layout, _initializeHeader.Optimizer));
         await servers.InitializeAsync(_initializeHeader, parameters, cancellationToken);
         await servers.PullAsync(0, parameters, cancellationToken);
         vector.WriteParameters(AsBytes(parameters));
@@ -77,7 +79,15 @@ public sealed class ParameterServerTrainer(
             }
             startAt = 0;
             if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
-            if (_evaluated.Add(epoch)) await EvaluateAsync(epoch, task, cancellationToken);
+            if (_evaluated.Add(epoch))
+            {
+                await EvaluateAsync(epoch, task, cancellationToken);
+                if (assignment.Rank == 0 && job.OutputDir is { } output && task is IArtifactTask artifacts)
+                {
+                    Directory.CreateDirectory(output);
+                    artifacts.WriteArtifacts(output, epoch);
+                }
+            }
         }
     }
 
