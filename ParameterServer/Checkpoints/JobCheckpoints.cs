@@ -50,6 +50,12 @@ public sealed partial class JobCheckpoints(CheckpointOptions options, ILogger lo
     public void Attach(JobParameters job)
     {
         if (!options.Enabled) return;
+        if (job.HasParameterGroups)
+        {
+            // A snapshot holds one optimizer's state; restoring groups (a GAN's two optimizers) would lose theirs.
+            LogGroupsNotCheckpointed(logger, job.JobId);
+            return;
+        }
         lock (_lastWrittenAt) _lastWrittenAt[job] = Stopwatch.GetTimestamp();
         job.VersionReached = OnVersionReached;
     }
@@ -150,6 +156,9 @@ public sealed partial class JobCheckpoints(CheckpointOptions options, ILogger lo
     /// <summary>A job id as a folder name: itself when it is plain, else a hex encoding.</summary>
     private static string JobFolder(string jobId) =>
         jobId.Length <= 100 && jobId.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_') ? jobId : "x" + Convert.ToHexStringLower(Encoding.UTF8.GetBytes(jobId));
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId} has parameter groups (their own optimizers): it is not checkpointed")]
+    private static partial void LogGroupsNotCheckpointed(ILogger logger, string jobId);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint of job {JobId} at version {Version} written to {Directory}")]
     private static partial void LogWritten(ILogger logger, string jobId, long version, string directory);

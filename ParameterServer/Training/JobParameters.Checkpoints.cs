@@ -12,6 +12,9 @@ public sealed partial class JobParameters
     /// </summary>
     public Action<JobParameters, long>? VersionReached { get; set; }
 
+    /// <summary>Whether parts of the vector have their own optimizers (parameter groups), which snapshots do not hold.</summary>
+    public bool HasParameterGroups => _optimizer is GroupedOptimizer;
+
     /// <summary>The update rule's settings, as the job was created with.</summary>
     public OptimizerSettings OptimizerSettings { get; }
 
