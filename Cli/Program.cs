@@ -10,6 +10,7 @@ using Cluster.Shared.Rpc;
 //   cluster submit|status     jobs on a running coordinator
 //   cluster sweep             hyperparameter search, one job per trial
 //   cluster secret|certs      a cluster secret, development TLS certificates
+//   cluster probe URL         a health check (liveness /healthz, readiness /readyz) for containers
 var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
 var local = JobCommands.Local();
 root.Subcommands.Add(local);
@@ -21,6 +22,7 @@ root.Subcommands.Add(JobCommands.Status());
 root.Subcommands.Add(Cluster.Cli.Tuning.SweepCommand.Create());
 root.Subcommands.Add(SecurityCommands.Secret());
 root.Subcommands.Add(SecurityCommands.Certificates());
+root.Subcommands.Add(ProbeCommand.Create());
 
 var parse = root.Parse(args.Length == 0 ? ["local"] : args);
 try

@@ -4,6 +4,7 @@ using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
 using Cluster.Coordinator.Telemetry;
+using Cluster.Shared.Health;
 using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -71,7 +72,10 @@ public sealed class CoordinatorHost : IAsyncDisposable
         app.MapJobsApi();
         app.MapDashboard();
         app.MapOpenApi("/openapi/{documentName}.json");
+        var readiness = new Readiness();
+        app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
+        readiness.MarkReady();
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
         string scheme = ClusterEndpoints.Scheme(security);

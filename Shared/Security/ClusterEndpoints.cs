@@ -35,12 +35,13 @@ public static class ClusterEndpoints
     /// <summary>
     /// Rejects every request that lacks the cluster secret, before routing reaches any endpoint
     /// (so endpoints added later are covered too): gRPC calls get status Unauthenticated, HTTP
-    /// requests 401. Must be the first middleware of the pipeline.
+    /// requests 401. Must be the first middleware of the pipeline. The dashboard's page shell and
+    /// the health probes (<see cref="Health.HealthProbes"/>), which hold no data, are exempt.
     /// </summary>
     public static IApplicationBuilder RequireClusterSecret(this IApplicationBuilder app, ClusterSecret secret) =>
         app.Use(async (context, next) =>
         {
-            if (IsPublicPageShell(context.Request) || secret.Matches(context.Request.Headers.Authorization.Count == 1 ? context.Request.Headers.Authorization[0] : null))
+            if (IsPublicPageShell(context.Request) || Health.HealthProbes.IsProbe(context.Request) || secret.Matches(context.Request.Headers.Authorization.Count == 1 ? context.Request.Headers.Authorization[0] : null))
             {
                 await next(context);
                 return;
