@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using Cluster.Cli.Api;
 using Cluster.Cli.Commands;
 using Cluster.Shared.Rpc;
@@ -27,7 +28,11 @@ root.Subcommands.Add(ProbeCommand.Create());
 var parse = root.Parse(args.Length == 0 ? ["local"] : args);
 try
 {
-    return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    // SIGTERM (docker stop, a pod's termination) cancels the command as Ctrl-C does: a role then
+    // stops its hosts gracefully (requests in flight finish, streams close) instead of dying mid-call.
+    using var terminate = new CancellationTokenSource();
+    using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, signal => { signal.Cancel = true; terminate.Cancel(); });
+    return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }, terminate.Token);
 }
 catch (CliException e)
 {

@@ -39,6 +39,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         var errors = options.Validate().ToList();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning).AddFilter("Cluster", LogLevel.Information);
         var bind = IPAddress.Parse(options.BindAddress);
         var security = options.Security!;

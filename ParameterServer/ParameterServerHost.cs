@@ -84,6 +84,7 @@ public sealed class ParameterServerHost : IAsyncDisposable
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var security = options.Security!;
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>

@@ -55,6 +55,10 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             // The heartbeat loop lost the coordinator; it recorded why.
         }
+        catch (Exception e) when (cancellationToken.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+        {
+            // Asked to stop (SIGTERM, Ctrl-C): a clean exit; a job in progress was abandoned at its current step.
+        }
         catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
         {
             throw new PeerUnreachableException($"coordinator at {options.CoordinatorUrl} did not answer ({e.StatusCode}: {e.Status.Detail})", e);

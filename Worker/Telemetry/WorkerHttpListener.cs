@@ -29,6 +29,7 @@ public sealed class WorkerHttpListener : IAsyncDisposable
         string bindAddress, int port, ClusterSecurity security, WorkerTelemetry telemetry, Readiness readiness, CancellationToken cancellationToken)
     {
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? listen = null;
         builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Parse(bindAddress), port, l =>
