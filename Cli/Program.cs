@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using Cluster.Cli.Api;
 using Cluster.Cli.Commands;
 using Cluster.Shared.Rpc;
@@ -10,6 +11,7 @@ using Cluster.Shared.Rpc;
 //   cluster submit|status     jobs on a running coordinator
 //   cluster sweep             hyperparameter search, one job per trial
 //   cluster secret|certs      a cluster secret, development TLS certificates
+//   cluster probe URL         a health check (liveness /healthz, readiness /readyz) for containers
 var root = new RootCommand("Cluster: distributed data-parallel training for .NET");
 var local = JobCommands.Local();
 root.Subcommands.Add(local);
@@ -22,11 +24,16 @@ root.Subcommands.Add(JobCommands.Status());
 root.Subcommands.Add(Cluster.Cli.Tuning.SweepCommand.Create());
 root.Subcommands.Add(SecurityCommands.Secret());
 root.Subcommands.Add(SecurityCommands.Certificates());
+root.Subcommands.Add(ProbeCommand.Create());
 
 var parse = root.Parse(args.Length == 0 ? ["local"] : args);
 try
 {
-    return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    // SIGTERM (docker stop, a pod's termination) cancels the command as Ctrl-C does: a role then
+    // stops its hosts gracefully (requests in flight finish, streams close) instead of dying mid-call.
+    using var terminate = new CancellationTokenSource();
+    using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, signal => { signal.Cancel = true; terminate.Cancel(); });
+    return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }, terminate.Token);
 }
 catch (CliException e)
 {

@@ -4,6 +4,7 @@ using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
 using Cluster.Coordinator.Telemetry;
+using Cluster.Shared.Health;
 using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -38,6 +39,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         var errors = options.Validate().ToList();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning).AddFilter("Cluster", LogLevel.Information);
         var bind = IPAddress.Parse(options.BindAddress);
         var security = options.Security!;
@@ -72,7 +74,10 @@ public sealed class CoordinatorHost : IAsyncDisposable
         app.MapJobsApi();
         app.MapDashboard();
         app.MapOpenApi("/openapi/{documentName}.json");
+        var readiness = new Readiness();
+        app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
+        readiness.MarkReady();
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
         string scheme = ClusterEndpoints.Scheme(security);

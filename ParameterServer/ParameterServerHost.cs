@@ -3,6 +3,7 @@ using Cluster.ParameterServer.Services;
 using Cluster.ParameterServer.Telemetry;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
+using Cluster.Shared.Health;
 using Cluster.Shared.Rpc;
 using Cluster.Shared.Security;
 using Microsoft.AspNetCore.Builder;
@@ -40,7 +41,7 @@ public sealed record ParameterServerOptions
     /// <summary>Jobs whose parameters this server holds at once.</summary>
     public int JobsMax { get; init; } = 64;
 
-    /// <summary>HTTP/1.1 port of /metrics, /timeline and /stats; 0 picks a free one.</summary>
+    /// <summary>HTTP/1.1 port of /metrics, /timeline, /stats and the health probes; 0 picks a free one.</summary>
     public int HttpPort { get; init; }
 
     /// <summary>Where and how often jobs are checkpointed; by default they are not.</summary>
@@ -87,6 +88,7 @@ public sealed class ParameterServerHost : IAsyncDisposable
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
         var security = options.Security!;
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? grpcListen = null, httpListen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>
@@ -120,6 +122,8 @@ public sealed class ParameterServerHost : IAsyncDisposable
         app.MapGrpcService<ParameterServerService>();
         app.MapTelemetryEndpoints();
         _ = app.Services.GetRequiredService<ParameterStore>(); // loads the checkpoints before the first call
+        var readiness = new Readiness();
+        app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
 
         string scheme = ClusterEndpoints.Scheme(security);
@@ -131,6 +135,8 @@ public sealed class ParameterServerHost : IAsyncDisposable
             try { await RegisterAsync(options, url, httpUrl, cancellationToken); }
             catch { await host.DisposeAsync(); throw; }
         }
+        // Ready once workers can find it: registered with the coordinator (or standing alone).
+        readiness.MarkReady();
         return host;
     }
 

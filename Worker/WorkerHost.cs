@@ -1,4 +1,5 @@
 using Cluster.Protos;
+using Cluster.Shared.Health;
 using Cluster.Shared.Rpc;
 using Cluster.Shared.Security;
 using Cluster.Worker.Telemetry;
@@ -23,15 +24,19 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     /// <summary>This process's metrics and step spans, served by its HTTP listener.</summary>
     public WorkerTelemetry Telemetry { get; } = new();
 
+    /// <summary>Ready once registered with the coordinator; not ready while shutting down or after losing it.</summary>
+    public Readiness Readiness { get; } = new();
+
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
         using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         _data = new DataService.DataServiceClient(channel);
-        await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, options.Security!, Telemetry, cancellationToken);
+        await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, options.Security!, Telemetry, Readiness, cancellationToken);
         var registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
+        Readiness.MarkReady();
 
         using var stopping = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var heartbeats = HeartbeatLoopAsync(coordinator, registration, stopping);
@@ -51,12 +56,17 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             // The heartbeat loop lost the coordinator; it recorded why.
         }
+        catch (Exception e) when (cancellationToken.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+        {
+            // Asked to stop (SIGTERM, Ctrl-C): a clean exit; a job in progress was abandoned at its current step.
+        }
         catch (RpcException e) when (e.StatusCode is StatusCode.Unavailable or StatusCode.DeadlineExceeded)
         {
             throw new PeerUnreachableException($"coordinator at {options.CoordinatorUrl} did not answer ({e.StatusCode}: {e.Status.Detail})", e);
         }
         finally
         {
+            Readiness.MarkNotReady();
             await stopping.CancelAsync();
             await heartbeats;
             if (_peers is not null) await _peers.DisposeAsync();

@@ -38,7 +38,8 @@ public static class ClusterEndpoints
     /// requests 401. Must be the first middleware of the pipeline. A request proves the secret
     /// with <c>authorization: Bearer SECRET</c> or, from a browser, with the session cookie that
     /// <c>POST /login</c> sets (see <see cref="BrowserSession"/>); a browser asking for a page
-    /// without either gets the log-in form as the body of the 401.
+    /// without either gets the log-in form as the body of the 401. The health probes
+    /// (<see cref="Health.HealthProbes"/>), which hold no data, are exempt.
     /// </summary>
     public static IApplicationBuilder RequireClusterSecret(this IApplicationBuilder app, ClusterSecret secret, TimeProvider? time = null)
     {
@@ -46,6 +47,11 @@ public static class ClusterEndpoints
         return app.Use(async (context, next) =>
         {
             var request = context.Request;
+            if (Health.HealthProbes.IsProbe(request))
+            {
+                await next(context);
+                return;
+            }
             if (HttpMethods.IsPost(request.Method) && request.Path == LoginPath)
             {
                 await LogInAsync(context, secret, clock);

@@ -30,6 +30,7 @@ public sealed class PeerHost : IAsyncDisposable
     public static async Task<PeerHost> StartAsync(string bindAddress, int port, string? advertiseHost, ClusterSecurity security, CancellationToken cancellationToken)
     {
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? listen = null;
         builder.WebHost.ConfigureKestrel(kestrel =>

@@ -1,3 +1,4 @@
+using Cluster.Shared.Health;
 using Cluster.Shared.Security;
 using System.Net;
 using System.Text.Json;
@@ -11,8 +12,8 @@ using Microsoft.Extensions.Logging;
 namespace Cluster.Worker.Telemetry;
 
 /// <summary>
-/// The worker's small HTTP/1.1 side: GET /metrics (Prometheus) and GET /timeline?job=ID
-/// (Chrome trace JSON of this worker's step spans). Its address goes to the coordinator at
+/// The worker's small HTTP/1.1 side: GET /metrics (Prometheus), GET /timeline?job=ID
+/// (Chrome trace JSON of this worker's step spans) and the health probes /healthz and /readyz. Its address goes to the coordinator at
 /// registration, so that the coordinator can merge the job's timeline.
 /// </summary>
 public sealed class WorkerHttpListener : IAsyncDisposable
@@ -25,9 +26,10 @@ public sealed class WorkerHttpListener : IAsyncDisposable
     public string Url { get; }
 
     public static async Task<WorkerHttpListener> StartAsync(
-        string bindAddress, int port, ClusterSecurity security, WorkerTelemetry telemetry, CancellationToken cancellationToken)
+        string bindAddress, int port, ClusterSecurity security, WorkerTelemetry telemetry, Readiness readiness, CancellationToken cancellationToken)
     {
         var builder = WebApplication.CreateSlimBuilder();
+        Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         ListenOptions? listen = null;
         builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Parse(bindAddress), port, l =>
@@ -43,6 +45,7 @@ public sealed class WorkerHttpListener : IAsyncDisposable
             await using var json = new Utf8JsonWriter(stream);
             ChromeTrace.Write(json, $"worker {Environment.MachineName} pid {Environment.ProcessId}", telemetry.Spans.Snapshot(job), perRankTracks: true);
         }, "application/json"));
+        app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
         var bound = listen!.IPEndPoint!;
         string host = bound.Address.Equals(IPAddress.Any) || bound.Address.Equals(IPAddress.IPv6Any) ? Dns.GetHostName()

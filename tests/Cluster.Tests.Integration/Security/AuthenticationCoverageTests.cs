@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Reflection;
 using Cluster.Coordinator;
 using Cluster.ParameterServer;
+using Cluster.Shared.Health;
 using Cluster.Tests.Integration.Support;
 using Google.Protobuf.Reflection;
 using Grpc.Core;
@@ -89,7 +90,10 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
         Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/api/cluster");
         var failures = new List<string>();
         using var http = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false });
-        foreach (var (method, path) in routes.Append(("GET", "/no/such/page")).Append(("POST", "/logout")))
+        // The health probes are the one exemption (one fixed word each; see the test below).
+        var probes = routes.Where(r => r.Method is "GET" or "HEAD" && r.Path is HealthProbes.LivenessPath or HealthProbes.ReadinessPath).ToList();
+        Assert.Equal(4, probes.Count);
+        foreach (var (method, path) in routes.Except(probes).Append(("GET", "/no/such/page")).Append(("POST", "/logout")))
         {
             foreach (string? authorization in new[] { null, "Bearer wrong-secret-of-enough-length", "Basic " + TestSecurity.Secret.Value })
             {
@@ -171,6 +175,54 @@ public sealed class AuthenticationCoverageTests : IAsyncLifetime
 
     private static FormUrlEncodedContent LoginForm(string secret, string returnPath) =>
         new([new("secret", secret), new("return", returnPath)]);
+
+    [Fact]
+    public async Task Every_http_endpoint_of_a_parameter_server_but_its_health_probes_refuses_requests_without_the_secret()
+    {
+        var routes = HttpRoutes(_server.Endpoints).ToList();
+        Assert.Contains(routes, r => r.Method == "GET" && r.Path == "/metrics");
+        using var http = new HttpClient();
+        var failures = new List<string>();
+        foreach (var (method, path) in routes.Where(r => r.Path is not (HealthProbes.LivenessPath or HealthProbes.ReadinessPath)))
+        {
+            using var request = new HttpRequestMessage(new HttpMethod(method), _server.HttpUrl + path);
+            using var response = await http.SendAsync(request);
+            if (response.StatusCode != HttpStatusCode.Unauthorized) failures.Add($"{method} {path} without a secret: {(int)response.StatusCode}");
+        }
+        Assert.True(failures.Count == 0, string.Join(Environment.NewLine, failures));
+    }
+
+    /// <summary>
+    /// The health probes of every role answer without the secret (an orchestrator's probe has
+    /// none) but reveal nothing beyond up or down: one fixed word. Any other method on their
+    /// paths, or any path below them, still needs the secret.
+    /// </summary>
+    [Fact]
+    public async Task Health_probes_of_every_role_answer_without_the_secret_and_reveal_nothing_else()
+    {
+        var readiness = new Readiness();
+        await using var worker = await Worker.Telemetry.WorkerHttpListener.StartAsync(
+            "127.0.0.1", 0, TestSecurity.Loopback, new Worker.Telemetry.WorkerTelemetry(), readiness, CancellationToken.None);
+        using var http = new HttpClient();
+        async Task<(HttpStatusCode Status, string Body)> Get(string url, HttpMethod? method = null)
+        {
+            using var response = await http.SendAsync(new HttpRequestMessage(method ?? HttpMethod.Get, url));
+            return (response.StatusCode, await response.Content.ReadAsStringAsync());
+        }
+
+        Assert.Equal((HttpStatusCode.OK, "ok\n"), await Get(worker.Url + HealthProbes.LivenessPath));
+        Assert.Equal((HttpStatusCode.ServiceUnavailable, "not ready\n"), await Get(worker.Url + HealthProbes.ReadinessPath));
+        readiness.MarkReady();
+        foreach (string baseUrl in new[] { _coordinator.HttpUrl, _server.HttpUrl, worker.Url })
+        {
+            Assert.Equal((HttpStatusCode.OK, "ok\n"), await Get(baseUrl + HealthProbes.LivenessPath));
+            Assert.Equal((HttpStatusCode.OK, "ready\n"), await Get(baseUrl + HealthProbes.ReadinessPath));
+            Assert.Equal(HttpStatusCode.OK, (await Get(baseUrl + HealthProbes.ReadinessPath, HttpMethod.Head)).Status);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await Get(baseUrl + HealthProbes.ReadinessPath, HttpMethod.Post)).Status);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await Get(baseUrl + HealthProbes.LivenessPath + "/metrics")).Status);
+            Assert.Equal(HttpStatusCode.Unauthorized, (await Get(baseUrl + "/metrics")).Status);
+        }
+    }
 
     [Fact]
     public async Task A_worker_or_client_with_a_wrong_secret_is_refused_with_a_message_that_says_so()
