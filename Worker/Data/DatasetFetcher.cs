@@ -89,7 +89,13 @@ public static partial class DatasetFetcher
         try
         {
             long bytes = await ReceiveAsync(stream, manifest, partial, cancellationToken);
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
+            // Another worker on this machine may have cached the same dataset meanwhile: keep a whole copy, replace a damaged one.
+            if (Directory.Exists(target) && !await MatchesAsync(target, manifest, cancellationToken)) Directory.Delete(target, recursive: true);
+            if (Directory.Exists(target))
+            {
+                Log.UsingCached(logger, expectedDataset, target);
+                return Location(target, manifest);
+            }
             try { Directory.Move(partial, target); }
             catch (IOException) when (Directory.Exists(target))
             {
