@@ -9,13 +9,14 @@ namespace Cluster.ParameterServer.Training;
 
 /// <summary>
 /// One job's float32 master weights for this server's key range, cut into partitions, under
-/// BSP. Step t of a partition is applied as soon as every rank has delivered that partition
-/// (pipelining), and a pull streams each partition as soon as it reaches the version asked
-/// for. Pulls read the master buffer directly: a partition at version t cannot move on while
+/// BSP. Step t is applied partition by partition once every member rank's push of it is
+/// complete (whole pushes only, so that a rank lost mid-push is never half-applied: see
+/// JobParameters.Membership), and a pull streams each partition as soon as it reaches the
+/// version asked for. Pulls read the master buffer directly: a partition at version t cannot move on while
 /// any rank still pulls it, because version t + 1 needs every rank's push for step t, which a
 /// rank sends only after its pull of version t has ended.
 /// </summary>
-public sealed class JobParameters
+public sealed partial class JobParameters
 {
     private readonly object _gate = new();
     private readonly float[] _weights;
@@ -24,8 +25,8 @@ public sealed class JobParameters
     private readonly IOptimizer _optimizer;
     private readonly long[] _partitionVersions;
     private readonly int[] _partitionArrivals;
-    private readonly bool[][] _excluded;          // [partition][rank]: rank's part was rejected this step
-    private readonly RankPush[] _ranks;
+    private bool[][] _excluded;                   // [partition][rank]: rank's part was rejected this step
+    private RankPush[] _ranks;                    // grows when ranks join (Membership)
     private int _partitionsAhead;                 // partitions already at Version + 1
     private TaskCompletionSource _progress = NewSignal();
     private Exception? _failure;
@@ -83,6 +84,7 @@ public sealed class JobParameters
                 throw new PushRejectedException($"rank: {rank} is already pushing step {push.Step} of job {JobId} on another call");
             if (step != Version)
                 throw new PushRejectedException($"step: {step} is not the current step {Version} of job {JobId}");
+            CheckMember(rank, step);
             if (push.Step == step && push.Delivered == PartitionCount)
                 throw new PushRejectedException($"rank: {rank} already pushed step {step} of job {JobId}");
             if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
@@ -102,6 +104,7 @@ public sealed class JobParameters
         lock (_gate)
         {
             var push = _ranks[rank];
+            if (!IsMember(rank, Version)) return; // removed mid-push: what it still sends is discarded
             int delivered = receivedElements >= ElementCount ? PartitionCount : receivedElements / PartitionElements;
             var gradient = _aggregator.BufferFor(rank).Span;
             for (int p = push.Delivered; p < delivered; p++)
@@ -112,9 +115,10 @@ public sealed class JobParameters
                     push.Rejected = true;
                     RejectedGradients++;
                 }
-                if (++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
+                _partitionArrivals[p]++;
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
+            EnqueueIfStepComplete();
         }
     }
 
@@ -213,6 +217,7 @@ public sealed class JobParameters
                 {
                     _partitionsAhead = 0;
                     Version++;
+                    OnStepApplied();
                 }
                 var progress = _progress;
                 _progress = NewSignal();
