@@ -15,6 +15,7 @@ public sealed class JobOptions
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Passes over the training set", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Samples per worker per step", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<int> Workers { get; } = new("--workers") { Description = "Number of workers", DefaultValueFactory = _ => Defaults.Workers };
+    public Option<int> MaxWorkers { get; } = new("--max-workers") { Description = "Scheme ps: admit workers that start while the job runs, up to this many ranks (0: only to replace lost ones)", DefaultValueFactory = _ => 0 };
     public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam, adamw or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
     public Option<double> LearningRate { get; } = new("--lr") { Description = "Learning rate", DefaultValueFactory = _ => Defaults.Optimizer.LearningRate };
     public Option<double> Momentum { get; } = new("--momentum") { Description = "SGD momentum", DefaultValueFactory = _ => 0.0 };
@@ -37,7 +38,7 @@ public sealed class JobOptions
 
     public void AddTo(Command command)
     {
-        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes })
+        foreach (Option option in new Option[] { Model, Dataset, Data, Epochs, BatchSize, Workers, MaxWorkers, Optimizer, LearningRate, Momentum, WeightDecay, Seed, Device, TrainLimit, TestLimit, ParameterServers, WireDtype, TopK, Loss, InitFrom, Freeze, ReplaceHead, SaveTo, Scheme, BucketBytes })
             command.Options.Add(option);
     }
 
@@ -49,6 +50,7 @@ public sealed class JobOptions
         Epochs = parse.GetValue(Epochs),
         BatchSize = parse.GetValue(BatchSize),
         Workers = parse.GetValue(Workers),
+        MaxWorkers = parse.GetValue(MaxWorkers),
         Optimizer = new OptimizerSettings
         {
             Kind = parse.GetValue(Optimizer)!,

@@ -1,3 +1,4 @@
+using System.Text.Json.Serialization;
 using Cluster.Shared.Sharding;
 
 namespace Cluster.Coordinator.Leases;
@@ -11,15 +12,21 @@ public sealed class EpochAudit(int epoch, int samples, int shards)
     public int Epoch { get; } = epoch;
     /// <summary>Samples in the epoch (the training set).</summary>
     public int Samples { get; } = samples;
+    [JsonInclude]
     public int SamplesTrainedOnce { get; internal set; }
+    [JsonInclude]
     public int SamplesNotTrained { get; internal set; } = samples;
     /// <summary>Samples applied more than once in the epoch: always 0 unless a safety property is broken.</summary>
+    [JsonInclude]
     public int SamplesTrainedMoreThanOnce { get; internal set; }
     public int Shards { get; } = shards;
+    [JsonInclude]
     public int ShardsAcknowledged { get; internal set; }
     /// <summary>Leases that went back to the pool because their step was applied without their rank.</summary>
+    [JsonInclude]
     public int ShardsReturned { get; internal set; }
     /// <summary>True when every shard is acknowledged.</summary>
+    [JsonInclude]
     public bool Complete { get; internal set; }
 }
 

@@ -76,7 +76,7 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
     public override Task<ReportFailureReply> ReportFailure(ReportFailureRequest request, ServerCallContext context)
     {
         string message = request.Message.Length <= FailureMessageLengthMax ? request.Message : request.Message[..FailureMessageLengthMax] + " (cut)";
-        board.Fail(request.JobId, message);
+        board.Fail(request.JobId, message, request.Rank);
         return Task.FromResult(new ReportFailureReply());
     }
 
@@ -86,6 +86,13 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         try { return await board.JoinRingAsync(request, wait, context.CancellationToken); }
         catch (ArgumentException e) { throw Invalid(e.Message); }
         catch (InvalidOperationException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+    }
+
+    public override Task<LeaseShardReply> LeaseShard(LeaseShardRequest request, ServerCallContext context)
+    {
+        if (request.Applied is { } applied && applied.Steps.Count > Leases.ShardLeaseTable.AppliedStepsKept)
+            throw Invalid($"applied: {applied.Steps.Count} steps; expected at most {Leases.ShardLeaseTable.AppliedStepsKept}");
+        return Task.FromResult(Guard(() => board.Lease(request)));
     }
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;

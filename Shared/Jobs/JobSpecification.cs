@@ -29,6 +29,11 @@ public sealed record JobSpecification
     public int BatchSize { get; init; } = 64;
     public OptimizerSettings Optimizer { get; init; } = new();
     public int Workers { get; init; } = 2;
+    /// <summary>
+    /// Scheme "ps": the most ranks the job grows to by admitting workers that start while it
+    /// runs; 0: <see cref="Workers"/> (lost workers are replaced, the job does not grow).
+    /// </summary>
+    public int MaxWorkers { get; init; }
     public string Scheme { get; init; } = "ps";
     /// <summary>Scheme "allreduce": bytes of gradient per ring pass; 0: <see cref="BucketBytesDefault"/>.</summary>
     public int BucketBytes { get; init; }
@@ -77,6 +82,8 @@ public sealed record JobSpecification
             errors.Add($"batch-size: {BatchSize} is out of range; expected 1 to {BatchSizeMax}");
         if (Workers is <= 0 or > WorkersMax)
             errors.Add($"workers: {Workers} is out of range; expected 1 to {WorkersMax}");
+        if (MaxWorkers != 0 && (MaxWorkers < Workers || MaxWorkers > WorkersMax))
+            errors.Add($"max-workers: {MaxWorkers} is out of range; expected 0 (no growth) or {Workers} (workers) to {WorkersMax}");
         if (!KnownSchemes.Contains(Scheme))
             errors.Add($"scheme: '{Scheme}' is not supported; expected one of {string.Join(", ", KnownSchemes)}");
         if (BucketBytes < 0)
@@ -142,6 +149,7 @@ public sealed record JobSpecification
         ParameterServers = ParameterServers,
         Scheme = Scheme,
         BucketBytes = BucketBytes,
+        WorkersMax = MaxWorkers,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -168,6 +176,7 @@ public sealed record JobSpecification
         ParameterServers = Math.Max(1, spec.ParameterServers),
         Scheme = spec.Scheme.Length == 0 ? "ps" : spec.Scheme,
         BucketBytes = spec.BucketBytes,
+        MaxWorkers = spec.WorkersMax,
     };
 }
 
