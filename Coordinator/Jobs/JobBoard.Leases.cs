@@ -45,7 +45,9 @@ public sealed partial class JobBoard
     private bool TryRemoveFromPs(JobRecord job, WorkerMember worker, string lostMessage)
     {
         if (job.Spec.Scheme != "ps") return false;
-        RemoveFromPs(job, job.Ranks.IndexOf(worker.Id), lostMessage);
+        int rank = job.Ranks.IndexOf(worker.Id);
+        // A rank that finished its part may exit while the others still evaluate: it is not lost.
+        if (!job.IsDoneWith(rank)) RemoveFromPs(job, rank, lostMessage);
         return true;
     }
 

@@ -51,6 +51,18 @@ public sealed partial class JobRecord
         return true;
     }
 
+    /// <summary>
+    /// Whether a rank has nothing left to do in the job: every epoch is trained and the rank has
+    /// reported its part of the last evaluation (or has none). Such a rank may exit before the
+    /// others finish evaluating without counting as lost.
+    /// </summary>
+    public bool IsDoneWith(int rank)
+    {
+        if (Leases is not { } leases || leases.CurrentEpoch < Spec.Epochs) return false;
+        int last = Spec.Epochs - 1;
+        return !leases.Evaluators(last).Contains(rank) || (_epochs.TryGetValue(last, out var progress) && progress.EvaluatedRanks.Contains(rank));
+    }
+
     /// <summary>Adds a joining rank to a running "ps" job; returns its rank.</summary>
     public int AddRank(string workerId)
     {

@@ -25,6 +25,9 @@ public sealed class EpochAudit(int epoch, int samples, int shards)
     /// <summary>Leases that went back to the pool because their step was applied without their rank.</summary>
     [JsonInclude]
     public int ShardsReturned { get; internal set; }
+    /// <summary>Acknowledged shards by the rank that trained them.</summary>
+    [JsonInclude]
+    public SortedDictionary<int, int> ShardsByRank { get; internal set; } = [];
     /// <summary>True when every shard is acknowledged.</summary>
     [JsonInclude]
     public bool Complete { get; internal set; }
@@ -74,10 +77,11 @@ internal sealed class EpochPool
 
     public int[] Samples(int shardId) => _plan.Batch(shardId % _plan.WorldSize, shardId / _plan.WorldSize).ToArray();
 
-    public void Acknowledge(int shardId)
+    public void Acknowledge(int shardId, int rank)
     {
         _leased--;
         Audit.ShardsAcknowledged++;
+        Audit.ShardsByRank[rank] = Audit.ShardsByRank.GetValueOrDefault(rank) + 1;
         if (_timesTrained is null) throw new InvalidOperationException($"epoch {Audit.Epoch}: released while shard {shardId} was leased");
         foreach (int sample in _plan.Batch(shardId % _plan.WorldSize, shardId / _plan.WorldSize))
         {

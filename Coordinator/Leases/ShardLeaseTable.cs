@@ -127,7 +127,7 @@ public sealed class ShardLeaseTable
             var lease = _outstanding[key];
             _outstanding.Remove(key);
             var pool = _pools[lease.Epoch];
-            if (contributors.Contains(key.Rank)) pool.Acknowledge(lease.ShardId);
+            if (contributors.Contains(key.Rank)) pool.Acknowledge(lease.ShardId, key.Rank);
             else pool.Return(lease.ShardId);
         }
         // Leases of other steps wait for their own report: a list says nothing of another step.
