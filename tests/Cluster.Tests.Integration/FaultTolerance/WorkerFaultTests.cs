@@ -5,6 +5,7 @@ using Cluster.Coordinator.Leases;
 using Cluster.ParameterServer;
 using Cluster.Shared.Jobs;
 using Cluster.Tests.Integration.Support;
+using Xunit.Abstractions;
 
 namespace Cluster.Tests.Integration.FaultTolerance;
 
