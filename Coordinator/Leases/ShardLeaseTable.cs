@@ -107,6 +107,9 @@ public sealed class ShardLeaseTable
         if (step < 0) throw new ArgumentException($"step: {step}; expected 0 or more");
         if (step <= _settledThrough)
             throw new InvalidOperationException($"step: {step} was already applied (steps through {_settledThrough} are settled); the request is stale");
+        // A rank leases step t after pulling version t, and hands in the ranks of step t - 1 with the request.
+        if (step > _settledThrough + 1)
+            throw new ArgumentException($"step: {step} is ahead of the applied steps (through {_settledThrough}); expected {_settledThrough + 1}");
         int resolved = epoch < 0 ? CurrentEpoch : epoch;
         if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved) return last.Grant;
         var grant = Answer(rank, resolved, step);
