@@ -21,33 +21,49 @@ public sealed class WorkerFaultTests(ITestOutputHelper output)
     private static readonly TimeSpan JobTimeout = TimeSpan.FromMinutes(4);
     private const int FashionMnistTrainSamples = 60_000;
 
+    /// <summary>
+    /// Test accuracy after epoch 1 of this job without any fault: 87.71 % (measured on this
+    /// project's 2-core machines; the fault-free run is deterministic: rank-ordered aggregation,
+    /// one libtorch thread per worker). Recorded rather than re-run beside the faulted job,
+    /// which would double this test's time (about 2 x 75 s on an idle 2-core machine).
+    /// </summary>
+    private const double FaultFreeAccuracy = 0.8771;
+
+    /// <summary>Shards per rank of a fault-free epoch: 60,000 samples in global batches of 3 x 64, 313 steps.</summary>
+    private const int FaultFreeShardsPerRank = 313;
+
     [Fact]
     public async Task A_worker_killed_with_signal_9_at_40_percent_loses_no_sample_and_costs_under_a_point_of_accuracy()
     {
         var spec = new JobSpecification { Model = "cnn", Workers = 3, Epochs = 1, BatchSize = 64, Seed = 5, Device = "cpu" };
 
         var clock = Stopwatch.StartNew();
-        var baseline = await RunAsync(spec, killAtFraction: null);
-        output.WriteLine($"baseline: {clock.Elapsed.TotalSeconds:0} s, accuracy {baseline.Accuracy:P2}, shards by rank {string.Join(" ", baseline.Audit[0].ShardsByRank)}");
-        clock.Restart();
         var faulted = await RunAsync(spec, killAtFraction: 0.4);
-        output.WriteLine($"rank 1 killed: {clock.Elapsed.TotalSeconds:0} s, accuracy {faulted.Accuracy:P2}, shards by rank {string.Join(" ", faulted.Audit[0].ShardsByRank)}, returned {faulted.Audit[0].ShardsReturned}");
+        var audit = Assert.Single(faulted.Audit);
+        output.WriteLine($"rank 1 killed: {clock.Elapsed.TotalSeconds:0} s, accuracy {faulted.Accuracy:P2}, shards by rank {string.Join(" ", audit.ShardsByRank)}, returned {audit.ShardsReturned}");
 
-        foreach (var run in new[] { baseline, faulted })
-        {
-            var audit = Assert.Single(run.Audit);
-            Assert.Equal(FashionMnistTrainSamples, audit.Samples);
-            Assert.Equal((FashionMnistTrainSamples, 0, 0, true), (audit.SamplesTrainedOnce, audit.SamplesNotTrained, audit.SamplesTrainedMoreThanOnce, audit.Complete));
-        }
-        Assert.Empty(baseline.Removed);
+        Assert.Equal(FashionMnistTrainSamples, audit.Samples);
+        Assert.Equal((FashionMnistTrainSamples, 0, 0, true), (audit.SamplesTrainedOnce, audit.SamplesNotTrained, audit.SamplesTrainedMoreThanOnce, audit.Complete));
         Assert.Equal([1], faulted.Removed);
-        // The killed rank trained part of the epoch, the survivors the rest, its unfinished shards included.
-        var byRank = faulted.Audit[0].ShardsByRank;
-        Assert.InRange(byRank.GetValueOrDefault(1), 1, baseline.Audit[0].ShardsByRank[1] - 1);
-        Assert.True(byRank[0] + byRank[2] > baseline.Audit[0].ShardsByRank[0] + baseline.Audit[0].ShardsByRank[2]);
-        Assert.InRange(baseline.Accuracy, 0.80, 1.0);
-        Assert.True(Math.Abs(faulted.Accuracy - baseline.Accuracy) <= 0.01,
-            $"accuracy {faulted.Accuracy:P2} with the fault, {baseline.Accuracy:P2} without; expected within 1 point");
+        // The killed rank trained part of the epoch; the survivors the rest, its unfinished shards included.
+        Assert.InRange(audit.ShardsByRank.GetValueOrDefault(1), 1, FaultFreeShardsPerRank - 1);
+        Assert.Equal(3 * FaultFreeShardsPerRank, audit.ShardsByRank.Values.Sum());
+        Assert.True(Math.Abs(faulted.Accuracy - FaultFreeAccuracy) <= 0.01,
+            $"accuracy {faulted.Accuracy:P2} with the fault, {FaultFreeAccuracy:P2} without; expected within 1 point");
+    }
+
+    [Fact]
+    public async Task The_fault_free_job_trains_each_sample_once_with_the_recorded_accuracy()
+    {
+        var spec = new JobSpecification { Model = "cnn", Workers = 3, Epochs = 1, BatchSize = 64, Seed = 5, Device = "cpu" };
+
+        var baseline = await RunAsync(spec, killAtFraction: null);
+
+        var audit = Assert.Single(baseline.Audit);
+        Assert.Equal((FashionMnistTrainSamples, 0, 0, true), (audit.SamplesTrainedOnce, audit.ShardsReturned, audit.SamplesTrainedMoreThanOnce, audit.Complete));
+        Assert.All(audit.ShardsByRank.Values, shards => Assert.Equal(FaultFreeShardsPerRank, shards));
+        Assert.Empty(baseline.Removed);
+        Assert.True(Math.Abs(baseline.Accuracy - FaultFreeAccuracy) <= 0.005, $"accuracy {baseline.Accuracy:P2}; recorded {FaultFreeAccuracy:P2}");
     }
 
     [Fact]
