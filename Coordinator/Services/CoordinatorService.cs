@@ -95,6 +95,9 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         return Task.FromResult(Guard(() => board.Lease(request)));
     }
 
+    public override Task<LeaveJobReply> LeaveJob(LeaveJobRequest request, ServerCallContext context) =>
+        Task.FromResult(new LeaveJobReply { Left = Guard(() => board.Leave(request.JobId, request.Rank)) });
+
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 
     /// <summary>Maps the board's errors to gRPC statuses: bad arguments, and calls for jobs that are over.</summary>

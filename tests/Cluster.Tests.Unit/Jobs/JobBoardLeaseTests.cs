@@ -140,6 +140,24 @@ public sealed class JobBoardLeaseTests
     }
 
     [Fact]
+    public async Task A_worker_that_leaves_is_removed_at_once_and_the_job_goes_on()
+    {
+        var (job, workers) = await StartAsync(TwoWorkers);
+        Lease(job, 0, 0, 0);
+        Lease(job, 1, 0, 0);
+
+        Assert.True(_board.Leave(job.Id, 1));
+
+        Assert.Equal(JobState.Running, job.State);
+        Assert.True(_board.RemovedRanks.TryRead(out var removed));
+        Assert.Equal((job, 1), removed);
+        Assert.Null(_board.Read((_, members) => members.FindWorker(workers[1].Id)!.JobId));
+        // Step 0 went on without rank 1: its shard is leased again.
+        Assert.Equal(Kind.Shard, Lease(job, 0, 0, 1, (0, [0])).Kind);
+        Assert.Equal(1, job.Leases!.Audits()[0].ShardsReturned);
+    }
+
+    [Fact]
     public async Task A_report_of_a_step_outside_the_window_before_the_lease_is_refused_naming_the_field()
     {
         var (job, _) = await StartAsync(TwoWorkers);
