@@ -56,6 +56,8 @@ public sealed partial class JobRecord
     {
         if (!RemovedRanks.Add(rank)) return false;
         Leases?.RemoveRank(rank);
+        // The live view shows the slowest live rank, not where the lost one stopped.
+        foreach (var progress in _epochs.Values) progress.StepsDone.Remove(rank);
         // Epochs waiting for this rank's evaluation are complete without its part.
         foreach (int epoch in _epochs.Keys.Order().ToList()) TryFinishEpoch(epoch, now);
         return true;
