@@ -31,6 +31,13 @@ public sealed class EpochAudit(int epoch, int samples, int shards)
     /// <summary>True when every shard is acknowledged.</summary>
     [JsonInclude]
     public bool Complete { get; internal set; }
+
+    /// <summary>A copy that later leases do not change (the API serialises it outside the board's lock).</summary>
+    public EpochAudit Snapshot() => new(Epoch, Samples, Shards)
+    {
+        SamplesTrainedOnce = SamplesTrainedOnce, SamplesNotTrained = SamplesNotTrained, SamplesTrainedMoreThanOnce = SamplesTrainedMoreThanOnce,
+        ShardsAcknowledged = ShardsAcknowledged, ShardsReturned = ShardsReturned, ShardsByRank = new(ShardsByRank), Complete = Complete,
+    };
 }
 
 /// <summary>One epoch's shards: those in the pool, those leased, and how often each sample was trained.</summary>

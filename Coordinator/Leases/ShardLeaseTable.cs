@@ -141,11 +141,11 @@ public sealed class ShardLeaseTable
     /// <summary>Ranks that must evaluate epoch <paramref name="epoch"/> (fixed when it was first done), in part order.</summary>
     public IReadOnlyList<int> Evaluators(int epoch) => _pools.TryGetValue(epoch, out var pool) ? pool.Evaluators : [];
 
-    /// <summary>The audit of every epoch started so far.</summary>
+    /// <summary>The audit of every epoch started so far, as copies.</summary>
     public IReadOnlyList<EpochAudit> Audits()
     {
         foreach (var pool in _pools.Values) pool.WriteAudit();
-        return _audits;
+        return [.. _audits.Select(audit => audit.Snapshot())];
     }
 
     private LeaseGrant Answer(int rank, int epoch, long step)
