@@ -109,6 +109,13 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
             WorkerLog.JobAborted(_logger, assignment.JobId);
             outcome = "aborted";
         }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested && assignment.Spec.Scheme != "allreduce")
+        {
+            // The process is stopping: leave the job so that the others need not wait for the heartbeat timeout.
+            outcome = "left";
+            await LeaveAsync(coordinator, assignment);
+            throw;
+        }
         catch (Exception e) when (e is not OperationCanceledException)
         {
             string reason = e is RpcException rpc ? $"{rpc.StatusCode}: {rpc.Status.Detail}" : e.Message;
@@ -122,6 +129,19 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
             lock (_gate) (_currentJobId, _currentJob) = (null, null);
             Telemetry.Training.Set(0);
             Telemetry.JobsFinished.WithLabels(outcome).Increment();
+        }
+    }
+
+    private static async Task LeaveAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment)
+    {
+        try
+        {
+            await coordinator.LeaveJobAsync(new LeaveJobRequest { JobId = assignment.JobId, Rank = assignment.Rank },
+                deadline: DateTime.UtcNow + TimeSpan.FromSeconds(2), cancellationToken: CancellationToken.None);
+        }
+        catch (RpcException)
+        {
+            // The heartbeat timeout removes it instead.
         }
     }
 

@@ -9,7 +9,8 @@ public sealed record JobView(
     string Id, string State, string? Error, JobSpecification Spec,
     DateTimeOffset SubmittedAt, DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt,
     IReadOnlyList<string> Workers, IReadOnlyList<string> ParameterServers,
-    LiveProgress? Progress, IReadOnlyList<EpochResult> Epochs, long RejectedGradients)
+    LiveProgress? Progress, IReadOnlyList<EpochResult> Epochs, long RejectedGradients,
+    IReadOnlyList<Leases.EpochAudit>? Audit = null, IReadOnlyList<int>? RemovedRanks = null)
 {
     public static JobView From(JobRecord job, DateTimeOffset now)
     {
@@ -18,7 +19,9 @@ public sealed record JobView(
             job.Id, job.State.ToString().ToLowerInvariant(), job.Error, job.Spec,
             job.SubmittedAt, job.StartedAt, job.FinishedAt, [.. job.Ranks], [.. job.ParameterServers],
             live is { } l ? new LiveProgress(l.Epoch, job.Spec.Epochs, l.StepsDone, l.StepsTotal, l.RecentLoss, l.SamplesPerSecond) : null,
-            [.. job.Results], job.RejectedGradients);
+            [.. job.Results], job.RejectedGradients,
+            job.Leases is { } leases ? [.. leases.Audits()] : null,
+            job.Spec.Scheme == "ps" ? [.. job.RemovedRanks.Order()] : null);
     }
 }
 

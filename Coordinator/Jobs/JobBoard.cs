@@ -123,16 +123,18 @@ public sealed partial class JobBoard(TimeProvider time)
         lock (_gate)
         {
             var job = RunningJob(report.JobId, report.Rank);
+            if (IsRemoved(job, report.Rank)) return; // its part was given up when it was removed
             bool epochDone = job.RecordEvaluation(report.Rank, report.Epoch, report.ClassCount, report.Confusion, report.LossSum, time.GetUtcNow());
             if (epochDone && job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
         }
     }
 
-    public void Fail(string jobId, string message)
+    /// <summary>Fails a job on a rank's report; a rank the job already let go (lost or left) fails nothing.</summary>
+    public void Fail(string jobId, string message, int? rank = null)
     {
         lock (_gate)
         {
-            if (_jobs.TryGetValue(jobId, out var job) && !job.IsFinished) End(job, JobState.Failed, message);
+            if (_jobs.TryGetValue(jobId, out var job) && !job.IsFinished && !(rank is { } r && IsRemoved(job, r))) End(job, JobState.Failed, message);
         }
     }
 
@@ -147,7 +149,10 @@ public sealed partial class JobBoard(TimeProvider time)
         }
     }
 
-    /// <summary>Declares silent workers dead and fails the jobs they were training.</summary>
+    /// <summary>
+    /// Declares silent workers dead: a "ps" job goes on without them (their leases return to
+    /// the pool), a ring drops them; a job fails when it has no worker left.
+    /// </summary>
     public void ExpireWorkers(TimeSpan heartbeatTimeout)
     {
         lock (_gate)
@@ -155,9 +160,9 @@ public sealed partial class JobBoard(TimeProvider time)
             foreach (var worker in _members.ExpireWorkers(time.GetUtcNow(), heartbeatTimeout))
             {
                 _waiting.RemoveAll(w => w.Worker == worker);
-                if (worker.JobId is not null && _jobs.TryGetValue(worker.JobId, out var job) && !job.IsFinished && !TryDropFromRing(job, worker.Id))
-                    End(job, JobState.Failed,
-                        $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s");
+                if (worker.JobId is null || !_jobs.TryGetValue(worker.JobId, out var job) || job.IsFinished) continue;
+                string lost = $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s";
+                if (!TryDropFromRing(job, worker.Id) && !TryRemoveFromPs(job, worker, lost)) End(job, JobState.Failed, lost);
             }
         }
     }
@@ -199,6 +204,7 @@ public sealed partial class JobBoard(TimeProvider time)
                 reply.TrySetResult(assignment);
             }
         }
+        AdmitJoiners();
     }
 
     private void End(JobRecord job, JobState state, string? error)

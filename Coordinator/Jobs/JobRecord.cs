@@ -97,7 +97,17 @@ public sealed partial class JobRecord(string id, JobSpecification spec, DateTime
             throw new ArgumentException($"class_count: {classCount} differs from other ranks' evaluation");
         for (int i = 0; i < confusion.Count; i++) progress.Confusion[i] += confusion[i];
         progress.TestLossSum += lossSum;
-        if (progress.EvaluatedRanks.Count < LiveWorkerCount) return false;
+        return TryFinishEpoch(epoch, now);
+    }
+
+    /// <summary>Merges the epoch's evaluations into its result once every rank that evaluates it has reported.</summary>
+    private bool TryFinishEpoch(int epoch, DateTimeOffset now)
+    {
+        var progress = Epoch(epoch);
+        if (progress.Finished || progress.Confusion is null) return false;
+        if (progress.EvaluatedRanks.Count < EvaluatorCount(epoch, progress.EvaluatedRanks)) return false;
+        progress.Finished = true;
+        int classCount = (int)Math.Round(Math.Sqrt(progress.Confusion.Length));
 
         var metrics = ClassificationMetrics.FromConfusion(progress.Confusion, classCount, progress.TestLossSum);
         var trainedAt = progress.TrainedAt ?? now;
@@ -148,5 +158,6 @@ public sealed partial class JobRecord(string id, JobSpecification spec, DateTime
         public HashSet<int> EvaluatedRanks { get; } = [];
         public long[]? Confusion { get; set; }
         public double TestLossSum { get; set; }
+        public bool Finished { get; set; }
     }
 }

@@ -76,7 +76,7 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
     public override Task<ReportFailureReply> ReportFailure(ReportFailureRequest request, ServerCallContext context)
     {
         string message = request.Message.Length <= FailureMessageLengthMax ? request.Message : request.Message[..FailureMessageLengthMax] + " (cut)";
-        board.Fail(request.JobId, message);
+        board.Fail(request.JobId, message, request.Rank);
         return Task.FromResult(new ReportFailureReply());
     }
 
@@ -89,6 +89,16 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         catch (ArgumentException e) { throw Invalid(e.Message); }
         catch (InvalidOperationException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
+
+    public override Task<LeaseShardReply> LeaseShard(LeaseShardRequest request, ServerCallContext context)
+    {
+        if (request.Applied is { } applied && applied.Steps.Count > Leases.ShardLeaseTable.AppliedStepsKept)
+            throw Invalid($"applied: {applied.Steps.Count} steps; expected at most {Leases.ShardLeaseTable.AppliedStepsKept}");
+        return Task.FromResult(Guard(() => board.Lease(request)));
+    }
+
+    public override Task<LeaveJobReply> LeaveJob(LeaveJobRequest request, ServerCallContext context) =>
+        Task.FromResult(new LeaveJobReply { Left = Guard(() => board.Leave(request.JobId, request.Rank)) });
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 

@@ -11,8 +11,8 @@ namespace Cluster.ParameterServer.Aggregation;
 /// </summary>
 public sealed class StepAggregator
 {
-    private readonly float[][] _rankGradients;
-    private readonly int[] _sampleCounts;
+    private float[][] _rankGradients;
+    private int[] _sampleCounts;
 
     public StepAggregator(int worldSize, int elementCount)
     {
@@ -25,6 +25,21 @@ public sealed class StepAggregator
 
     /// <summary>Rank's receive buffer for the current step.</summary>
     public Memory<float> BufferFor(int rank) => _rankGradients[rank];
+
+    public int SampleCount(int rank) => _sampleCounts[rank];
+
+    /// <summary>Adds buffers for ranks up to <paramref name="worldSize"/> (joining workers); existing buffers stay.</summary>
+    public void Grow(int worldSize, int elementCount)
+    {
+        int old = _rankGradients.Length;
+        if (worldSize <= old) return;
+        var gradients = new float[worldSize][];
+        Array.Copy(_rankGradients, gradients, old);
+        for (int r = old; r < worldSize; r++) gradients[r] = new float[elementCount];
+        var counts = new int[worldSize];
+        Array.Copy(_sampleCounts, counts, old);
+        (_rankGradients, _sampleCounts) = (gradients, counts);
+    }
 
     public void SetSampleCount(int rank, int sampleCount)
     {

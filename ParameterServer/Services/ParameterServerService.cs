@@ -111,6 +111,33 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
         {
             if (encoded is not null) ArrayPool<byte>.Shared.Return(encoded);
         }
+        if (request.MinVersion > 0) await responseStream.WriteAsync(new PullMessage { Applied = AppliedSteps(job, request.MinVersion - 1) });
+    }
+
+    /// <summary>The ranks behind the steps up to <paramref name="throughStep"/> (parameter_server.proto, step 5).</summary>
+    private static AppliedSteps AppliedSteps(JobParameters job, long throughStep)
+    {
+        var applied = new AppliedSteps();
+        foreach (var (step, ranks) in job.AppliedSteps(throughStep))
+        {
+            var entry = new AppliedStep { Step = step };
+            entry.Ranks.AddRange(ranks);
+            applied.Steps.Add(entry);
+        }
+        return applied;
+    }
+
+    public override Task<RemoveRankReply> RemoveRank(RemoveRankRequest request, ServerCallContext context)
+    {
+        long? until = FindJob(request.JobId).RemoveRank(request.Rank);
+        return Task.FromResult(new RemoveRankReply { Removed = until is not null, UntilStep = until ?? 0 });
+    }
+
+    public override Task<JoinRankReply> JoinRank(JoinRankRequest request, ServerCallContext context)
+    {
+        var job = FindJob(request.JobId);
+        var (joined, version) = Rejected(() => job.JoinRank(request.Rank, request.FromStep));
+        return Task.FromResult(new JoinRankReply { Joined = joined, Version = version });
     }
 
     public override Task<FinishReply> Finish(FinishRequest request, ServerCallContext context) =>

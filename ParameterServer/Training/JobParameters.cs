@@ -9,9 +9,10 @@ namespace Cluster.ParameterServer.Training;
 
 /// <summary>
 /// One job's float32 master weights for this server's key range, cut into partitions, under
-/// BSP. Step t of a partition is applied as soon as every rank has delivered that partition
-/// (pipelining), and a pull streams each partition as soon as it reaches the version asked
-/// for. Pulls read the master buffer directly: a partition at version t cannot move on while
+/// BSP. Step t is applied partition by partition once every member rank's push of it is
+/// complete (whole pushes only, so that a rank lost mid-push is never half-applied: see
+/// JobParameters.Membership), and a pull streams each partition as soon as it reaches the
+/// version asked for. Pulls read the master buffer directly: a partition at version t cannot move on while
 /// any rank still pulls it, because version t + 1 needs every rank's push for step t, which a
 /// rank sends only after its pull of version t has ended.
 /// </summary>
@@ -24,8 +25,8 @@ public sealed partial class JobParameters
     private readonly IOptimizer _optimizer;
     private readonly long[] _partitionVersions;
     private readonly int[] _partitionArrivals;
-    private readonly bool[][] _excluded;          // [partition][rank]: rank's part was rejected this step
-    private readonly RankPush[] _ranks;
+    private bool[][] _excluded;                   // [partition][rank]: rank's part was rejected this step
+    private RankPush[] _ranks;                    // grows when ranks join (Membership)
     private int _partitionsAhead;                 // partitions already at Version + 1
     private TaskCompletionSource _progress = NewSignal();
     private Exception? _failure;
@@ -89,6 +90,7 @@ public sealed partial class JobParameters
                 throw new PushRejectedException($"rank: {rank} is already pushing step {push.Step} of job {JobId} on another call");
             if (TryBeginDuplicate(rank, step) is { } scratch) return scratch;
             if (step != ExpectedStep(rank)) throw StepMismatch(rank, step);
+            if (!IsAsync) CheckMember(rank, step);
             RecordLead(step);
             if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
             push.Open = true;
@@ -109,6 +111,7 @@ public sealed partial class JobParameters
         {
             var push = _ranks[rank];
             if (push.Duplicate) return;
+            if (!IsAsync && !IsMember(rank, Version)) return; // removed mid-push: what it still sends is discarded
             int delivered = receivedElements >= ElementCount ? PartitionCount : receivedElements / PartitionElements;
             var gradient = _aggregator.BufferFor(rank).Span;
             for (int p = push.Delivered; p < delivered; p++)
@@ -120,9 +123,10 @@ public sealed partial class JobParameters
                     push.Rejected = true;
                     RejectedGradients++;
                 }
-                if (!IsAsync && ++_partitionArrivals[p] == WorldSize) _ready.Writer.TryWrite(p);
+                _partitionArrivals[p]++;
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
+            if (!IsAsync) EnqueueIfStepComplete();
         }
     }
 
@@ -225,6 +229,7 @@ public sealed partial class JobParameters
                     _partitionsAhead = 0;
                     Version++;
                     reached = Version;
+                    OnStepApplied();
                 }
                 var progress = _progress;
                 _progress = NewSignal();

@@ -18,7 +18,8 @@ public sealed record JobSpecification
     public static readonly IReadOnlyList<string> LanguageModels = ["lstm", "transformer"];
     public static readonly IReadOnlyList<string> KnownLosses = ["cross-entropy", "mse", "bce"];
     public static readonly IReadOnlyList<string> KnownSchemes = ["ps", "allreduce"];
-    public static readonly IReadOnlyList<string> KnownSyncModes = ["bsp", "ssp", "asp"];
+    public const string SyncBsp = "bsp";
+    public static readonly IReadOnlyList<string> KnownSyncModes = [SyncBsp, "ssp", "asp"];
 
     public const int EpochsMax = 10_000;
     public const int BatchSizeMax = 65_536;
@@ -33,6 +34,13 @@ public sealed record JobSpecification
     public int BatchSize { get; init; } = 64;
     public OptimizerSettings Optimizer { get; init; } = new();
     public int Workers { get; init; } = 2;
+    /// <summary>
+    /// Scheme "ps": the most ranks the job grows to by admitting workers that start while it
+    /// runs; 0: <see cref="Workers"/> (lost workers are replaced, the job does not grow).
+    /// </summary>
+    public int MaxWorkers { get; init; }
+    /// <summary>Scheme ps, BSP: fixed per-rank slices of each batch instead of shard leases (see coordinator.proto static_plan).</summary>
+    public bool StaticPlan { get; init; }
     public string Scheme { get; init; } = "ps";
     /// <summary>Scheme "allreduce": bytes of gradient per ring pass; 0: <see cref="BucketBytesDefault"/>.</summary>
     public int BucketBytes { get; init; }
@@ -99,6 +107,8 @@ public sealed record JobSpecification
             errors.Add($"batch-size: {BatchSize} is out of range; expected 1 to {BatchSizeMax}");
         if (Workers is <= 0 or > WorkersMax)
             errors.Add($"workers: {Workers} is out of range; expected 1 to {WorkersMax}");
+        if (MaxWorkers != 0 && (MaxWorkers < Workers || MaxWorkers > WorkersMax))
+            errors.Add($"max-workers: {MaxWorkers} is out of range; expected 0 (no growth) or {Workers} (workers) to {WorkersMax}");
         if (!KnownSchemes.Contains(Scheme))
             errors.Add($"scheme: '{Scheme}' is not supported; expected one of {string.Join(", ", KnownSchemes)}");
         if (BucketBytes < 0)
@@ -195,6 +205,8 @@ public sealed record JobSpecification
         BucketBytes = BucketBytes,
         Sync = Sync,
         Staleness = Staleness,
+        WorkersMax = MaxWorkers,
+        StaticPlan = StaticPlan,
     };
 
     public static JobSpecification FromProto(Protos.JobSpec spec, int worldSize) => new()
@@ -226,6 +238,8 @@ public sealed record JobSpecification
         BucketBytes = spec.BucketBytes,
         Sync = spec.Sync.Length == 0 ? "bsp" : spec.Sync,
         Staleness = spec.Staleness,
+        MaxWorkers = spec.WorkersMax,
+        StaticPlan = spec.StaticPlan,
     };
 }
 

@@ -54,6 +54,14 @@ public sealed class ParameterServerClient : IDisposable
         return reply;
     }
 
+    /// <summary>What the last pull's closing message said: the ranks behind the steps just applied (empty before any).</summary>
+    public AppliedSteps LastApplied { get; private set; } = new();
+
+    /// <summary>Makes <paramref name="rank"/> a member of the job's barrier from <paramref name="fromStep"/> on (a joining worker).</summary>
+    public async Task<JoinRankReply> JoinRankAsync(string jobId, int rank, long fromStep, CancellationToken cancellationToken) =>
+        await Guard(async () => await _client.JoinRankAsync(
+            new JoinRankRequest { JobId = jobId, Rank = rank, FromStep = fromStep }, deadline: Deadline(_callTimeout), cancellationToken: cancellationToken));
+
     /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>
     public async Task PullAsync(string jobId, long minVersion, DType dtype, Memory<float> destination, CancellationToken cancellationToken)
     {
@@ -72,6 +80,11 @@ public sealed class ParameterServerClient : IDisposable
             long received = 0;
             while (await stream.MoveNext(cancellationToken))
             {
+                if (stream.Current.BodyCase == PullMessage.BodyOneofCase.Applied)
+                {
+                    LastApplied = stream.Current.Applied;
+                    continue;
+                }
                 if (received == 0) LastPullFirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
                 received = ChunkReader.ReadDense(stream.Current.Chunk, header.Dtype, destination.Span, received);
             }

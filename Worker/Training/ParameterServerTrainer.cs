@@ -1,23 +1,30 @@
 using System.Diagnostics;
 using Cluster.Protos;
+using Cluster.Sdk;
 using Cluster.Shared.Jobs;
 using Cluster.Worker.Checkpoints;
 using Cluster.Worker.Evaluation;
 using Cluster.Worker.Tasks;
 using Cluster.Worker.Telemetry;
 using Microsoft.Extensions.Logging;
-using Cluster.Sdk;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Cluster.Worker.Training;
 
 /// <summary>
-/// One worker's part of a parameter-server job (scheme "ps", BSP). Per global step t:
-/// pull version t, forward/backward on this rank's batch, push the gradient for step t.
-/// At each epoch end: pull the epoch's final version, evaluate this rank's test slice, report.
+/// One worker's part of a parameter-server job (scheme "ps"). Two ways to get the batches:
+/// <list type="bullet">
+/// <item>Shard leases (BSP, the default; ParameterServerTrainer.Leases.cs): per global step the
+/// rank leases a shard from the coordinator, which keeps an exact audit of the samples trained
+/// and hands a lost rank's shards to the survivors.</item>
+/// <item>A static plan (ParameterServerTrainer.StaticPlan.cs; SSP, ASP, or --static-plan): each
+/// rank trains its fixed slice of every global batch, and when a parameter server comes back
+/// from a checkpoint at an older version the ranks train the lost steps again on the same batches.</item>
+/// </list>
+/// Either way, a step is: forward/backward, push the gradient as step t, pull version t + 1.
 /// </summary>
-public sealed class ParameterServerTrainer(
+public sealed partial class ParameterServerTrainer(
     Assignment assignment,
     Coordinator.CoordinatorClient coordinator,
     WorkerOptions options,
@@ -31,10 +38,9 @@ public sealed class ParameterServerTrainer(
     private float[] _initialParameters = [];
     private int _recoveries;
     private long _rejectedSinceReport;
-    // Each epoch's batches and first step, kept so that steps lost with a restarted server can be
-    // trained again on the same batches, even those of an earlier epoch.
-    private readonly List<(int[] Indices, int[] Offsets, long FirstStep)> _epochs = [];
-    private readonly HashSet<int> _evaluated = [];
+
+    /// <summary>Whether this job's batches come from shard leases (else from the static plan).</summary>
+    public static bool UsesLeases(JobSpec spec) => !spec.StaticPlan && spec.Sync is "" or JobSpecification.SyncBsp;
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -42,8 +48,7 @@ public sealed class ParameterServerTrainer(
         var device = DeviceSelector.Resolve(options.Device ?? spec.Device);
         var job = JobSpecification.FromProto(spec, assignment.WorldSize);
         using var task = TrainingTasks.Create(job, device);
-        var model = task.Model;
-        using var vector = new ParameterVector(model);
+        using var vector = new ParameterVector(task.Model);
         var parameters = new float[vector.ElementCount];
         var gradients = new float[vector.ElementCount];
         using var servers = new ShardedParameterClient(
@@ -55,112 +60,36 @@ public sealed class ParameterServerTrainer(
         _initialParameters = (float[])parameters.Clone();
         _initializeHeader = InitializeHeader(vector);
         _initializeHeader.Groups.AddRange(ParameterGroupRanges.For(task, _initializeHeader.Layout, _initializeHeader.Optimizer));
-        await servers.InitializeAsync(_initializeHeader, parameters, cancellationToken);
-        await servers.PullAsync(0, parameters, cancellationToken);
-        vector.WriteParameters(AsBytes(parameters));
-
-        long step = 0;
-        int startAt = 0;
-        for (int epoch = 0; epoch < spec.Epochs; epoch++)
-        {
-            try
-            {
-                // Each step ends with the next version loaded, so the epoch's final version is in the model here.
-                step = await TrainEpochAsync(epoch, step, startAt, task, vector, servers, parameters, gradients, cancellationToken);
-            }
-            catch (RewindException rewind)
-            {
-                // The servers came back at a version of an earlier epoch: train on from there (its
-                // evaluation, already reported, is not repeated).
-                epoch = _epochs.FindLastIndex(e => e.FirstStep <= rewind.Version);
-                (step, startAt) = (rewind.Version, (int)(rewind.Version - _epochs[epoch].FirstStep));
-                epoch--;
-                continue;
-            }
-            startAt = 0;
-            if (epoch == spec.Epochs - 1 && assignment.Rank == 0 && job.SaveTo is { } path) FineTuning.Save(model, path, job);
-            if (_evaluated.Add(epoch))
-            {
-                await EvaluateAsync(epoch, task, cancellationToken);
-                if (assignment.Rank == 0 && job.OutputDir is { } output && task is IArtifactTask artifacts)
-                {
-                    Directory.CreateDirectory(output);
-                    artifacts.WriteArtifacts(output, epoch);
-                }
-            }
-        }
+        long[] versions = await servers.InitializeAsync(_initializeHeader, parameters, cancellationToken);
+        var training = new Training(job, task, vector, servers, parameters, gradients);
+        if (UsesLeases(spec))
+            await TrainWithLeasesAsync(training, versions.Max(), cancellationToken);
+        else
+            await TrainWithStaticPlanAsync(training, cancellationToken);
     }
 
-    /// <summary>The servers restarted at <see cref="Version"/>, a step of an epoch before the current one.</summary>
-    private sealed class RewindException(long version) : Exception($"parameter servers restarted at version {version}")
-    {
-        public long Version { get; } = version;
-    }
+    /// <summary>What a job's training loop works with.</summary>
+    private sealed record Training(
+        JobSpecification Job, ITrainingTask Task, ParameterVector Vector, ShardedParameterClient Servers, float[] Parameters, float[] Gradients);
 
     private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
 
-    /// <summary>Trains <paramref name="epoch"/> from its step <paramref name="startAt"/> (global step <paramref name="step"/>); returns the next global step.</summary>
-    private async Task<long> TrainEpochAsync(
-        int epoch, long step, int startAt, ITrainingTask task, ParameterVector vector,
-        ShardedParameterClient servers, float[] parameters, float[] gradients, CancellationToken cancellationToken)
+    /// <summary>Forward and backward of one batch into the gradient buffer (zeros for an empty batch); returns the summed loss.</summary>
+    private double ComputeGradient(Training training, ReadOnlySpan<int> batch, long step)
     {
-        if (epoch == _epochs.Count)
+        double loss = 0;
+        if (batch.Length > 0)
         {
-            var shard = await coordinator.GetShardAsync(
-                new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = task.TrainCount },
-                deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
-            _epochs.Add(([.. shard.SampleIndices], [.. shard.StepOffsets], step));
+            loss = training.Task.ComputeGradient(batch);
+            training.Vector.ReadGradients(AsBytes(training.Gradients));
         }
-        var (indices, offsets, epochFirstStep) = _epochs[epoch];
-        int stepCount = offsets.Length - 1;
-
-        var sinceReport = Stopwatch.StartNew();
-        double lossSum = 0, epochLossSum = 0;
-        long sampleCount = 0, epochSampleCount = 0;
-        _timer ??= new StepTimer(telemetry, assignment.JobId, assignment.Rank);
-        _tensorBoard ??= TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
-        int wireBytes = vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(servers.Dtype);
-        for (int s = startAt; s < stepCount; s++, step++)
+        else
         {
-            _timer.BeginStep(step);
-            // Test-only fault injection: a slow device, counted as compute.
-            if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
-            var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
-            lossSum += task.ComputeGradient(batch);
-            sampleCount += batch.Length;
-            vector.ReadGradients(AsBytes(gradients));
-            // Test-only fault injection: one non-finite gradient, which the servers must refuse.
-            if (step == options.NanGradientStep) gradients[0] = float.NaN;
-            _timer.Computed();
-            long? resumeAt = await ExchangeAsync(servers, step, batch.Length, gradients, parameters, cancellationToken);
-            _timer.Exchanged(servers.PushesDoneTimestamp, servers.PullsStartedTimestamp, wireBytes, wireBytes, offsets[s + 1] - offsets[s]);
-            vector.WriteParameters(AsBytes(parameters));
-            if (resumeAt is { } version && version != step + 1)
-            {
-                // The servers went back to an older version: train its step again, on the same batch.
-                if (version < epochFirstStep) throw new RewindException(version);
-                (s, step) = ((int)(version - epochFirstStep) - 1, version - 1);
-                continue;
-            }
-
-            if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
-            {
-                var report = new ReportProgressRequest
-                {
-                    JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch,
-                    StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
-                    RejectedGradients = _rejectedSinceReport,
-                };
-                _timer.Drain(report);
-                _tensorBoard?.Progress(report, step + 1);
-                await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
-                (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
-                (lossSum, sampleCount, _rejectedSinceReport) = (0, 0, 0);
-                sinceReport.Restart();
-            }
+            Array.Clear(training.Gradients); // an idle step: the servers give it no weight
         }
-        WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, epoch, step, epochSampleCount == 0 ? 0 : epochLossSum / epochSampleCount);
-        return step;
+        // Test-only fault injection: one non-finite gradient, which the servers must refuse.
+        if (step == options.NanGradientStep) training.Gradients[0] = float.NaN;
+        return loss;
     }
 
     /// <summary>
@@ -192,10 +121,12 @@ public sealed class ParameterServerTrainer(
         }
     }
 
-    private async Task EvaluateAsync(int epoch, ITrainingTask task, CancellationToken cancellationToken)
+    /// <summary>Evaluates part <paramref name="part"/> of <paramref name="parts"/> of the test set and reports it; rank 0's part also writes the task's artefacts.</summary>
+    private async Task EvaluateAsync(int epoch, int part, int parts, Training training, CancellationToken cancellationToken)
     {
+        var task = training.Task;
         int classCount = task.ClassCount;
-        var (start, count) = Evaluator.Slice(task.TestCount, assignment.Rank, assignment.WorldSize);
+        var (start, count) = Evaluator.Slice(task.TestCount, part, parts);
         var result = task.Evaluate(start, count);
         var request = new ReportEvaluationRequest
         {
@@ -211,6 +142,17 @@ public sealed class ParameterServerTrainer(
             _tensorBoard.Evaluation(epoch, result.LossSum / scored, (double)correct / scored);
         }
         await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        if (part == 0 && training.Job.OutputDir is { } output && task is IArtifactTask artifacts)
+        {
+            Directory.CreateDirectory(output);
+            artifacts.WriteArtifacts(output, epoch);
+        }
+    }
+
+    /// <summary>The final epoch's model goes to --save-to, written by the first evaluator (rank 0 may be gone).</summary>
+    private static void SaveIfLast(Training training, int epoch, int part)
+    {
+        if (epoch == training.Job.Epochs - 1 && part == 0 && training.Job.SaveTo is { } path) FineTuning.Save(training.Task.Model, path, training.Job);
     }
 
     private InitializeHeader InitializeHeader(ParameterVector vector) => new()

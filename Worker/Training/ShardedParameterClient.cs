@@ -33,6 +33,39 @@ public sealed class ShardedParameterClient : IDisposable
     public int PartitionElements { get; }
     public DType Dtype { get; }
 
+    /// <summary>
+    /// The ranks behind the steps the last pull reported, as every server saw them: a rank counts
+    /// in a step only when each server applied its push (parameter_server.proto, step 5).
+    /// </summary>
+    public AppliedSteps LastApplied()
+    {
+        var result = new AppliedSteps();
+        foreach (var first in _servers[0].LastApplied.Steps)
+        {
+            var ranks = first.Ranks.Where(rank => _servers.All(server =>
+                server.LastApplied.Steps.Any(s => s.Step == first.Step && s.Ranks.Contains(rank))));
+            var step = new AppliedStep { Step = first.Step };
+            step.Ranks.AddRange(ranks);
+            if (_servers.All(server => server.LastApplied.Steps.Any(s => s.Step == first.Step))) result.Steps.Add(step);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// A joining worker: becomes a member of every server's barrier from one step boundary none
+    /// of them has passed; returns that step (parameter_server.proto, step 7).
+    /// </summary>
+    public async Task<long> JoinAsync(long version, CancellationToken cancellationToken)
+    {
+        long fromStep = version + 1;
+        while (true)
+        {
+            var replies = await Task.WhenAll(_servers.Select(server => server.JoinRankAsync(_jobId, _rank, fromStep, cancellationToken)));
+            if (replies.All(r => r.Joined)) return fromStep;
+            fromStep = replies.Max(r => r.Version) + 1;
+        }
+    }
+
     /// <summary>Creates the job on every server (idempotent) with this rank's initial parameters; returns each server's version.</summary>
     public async Task<long[]> InitializeAsync(InitializeHeader template, float[] parameters, CancellationToken cancellationToken, TimeSpan? connectTimeout = null)
     {
@@ -106,6 +139,8 @@ public sealed class ShardedParameterClient : IDisposable
         Grpc.Core.RpcException r => r.StatusCode is Grpc.Core.StatusCode.Unavailable or Grpc.Core.StatusCode.Aborted
             or Grpc.Core.StatusCode.NotFound or Grpc.Core.StatusCode.Internal or Grpc.Core.StatusCode.Unknown,
         InvalidDataException d => d.Message.StartsWith("parameter server", StringComparison.Ordinal),
+        // The connection dropped under a stream in flight (HttpIOException "response ended prematurely", resets).
+        IOException or System.Net.Http.HttpRequestException => true,
         _ => false,
     };
 

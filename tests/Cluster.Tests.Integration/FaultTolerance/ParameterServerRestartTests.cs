@@ -43,7 +43,8 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
             using var worker0 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
             using var worker1 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
             using var submit = ClusterCommand.Start("submit", "--api", urls["http"], "--wait", "--output", "json",
-                "--model", "mlp", "--workers", "2", "--epochs", epochs.ToString(), "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000");
+                "--model", "mlp", "--workers", "2", "--epochs", epochs.ToString(), "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000",
+                "--static-plan"); // recovery retrains the steps the server lost: the static plan (see ParameterServerTrainer.Leases.cs)
 
             await WaitForStepsAsync(urls["http"], killEpoch, killAfterSteps);
             using (var kill = System.Diagnostics.Process.Start("kill", ["-9", server.ProcessId.ToString()])) await kill.WaitForExitAsync();

@@ -69,7 +69,7 @@ public sealed class CoordinatorHandlerFuzzTests
         int rank = Pick(random, 0, 1, 0, 1, -1, 2, int.MaxValue, int.MinValue);
         int epoch = Pick(random, 0, 1, 2, -1, 3, int.MaxValue);
         string worker = random.Next(4) == 0 ? Fuzz.RandomString(random, 12) : workers[random.Next(workers.Count)];
-        switch (random.Next(9))
+        switch (random.Next(10))
         {
             case 0:
                 await service.RegisterWorker(new RegisterWorkerRequest
@@ -107,6 +107,16 @@ public sealed class CoordinatorHandlerFuzzTests
                 int cells = Pick(random, Math.Max(0, classes) * Math.Max(0, classes), 100, 0, 7);
                 for (int c = 0; c < Math.Min(cells, 10_000); c++) request.Confusion.Add(Pick(random, 1L, 0, 5, -1, long.MaxValue));
                 await service.ReportEvaluation(request, context);
+                break;
+            case 8:
+                var lease = new LeaseShardRequest
+                {
+                    JobId = job, Rank = rank, Epoch = epoch, Step = Pick(random, 0L, 1, 2, -1, long.MaxValue, long.MinValue),
+                    TrainSampleCount = Pick(random, 6000, 0, -1, int.MaxValue),
+                    Applied = new AppliedSteps(),
+                };
+                if (random.Next(2) == 0) lease.Applied.Steps.Add(new AppliedStep { Step = Pick(random, 0L, -1, 1, long.MaxValue), Ranks = { Pick(random, 0, 1, -1, 7, int.MaxValue) } });
+                await service.LeaseShard(lease, context);
                 break;
             default:
                 // Mutated wire bytes: what survives protobuf parsing reaches the handler.

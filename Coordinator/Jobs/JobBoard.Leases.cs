@@ -1,0 +1,88 @@
+using System.Threading.Channels;
+using Cluster.Coordinator.Membership;
+using Cluster.Protos;
+
+namespace Cluster.Coordinator.Jobs;
+
+/// <summary>
+/// The "ps" scheme's part of the board: shard leases, removing lost ranks instead of failing
+/// the job (the parameter servers are told through <see cref="RemovedRanks"/>), and admitting
+/// workers that start while a job runs.
+/// </summary>
+public sealed partial class JobBoard
+{
+    private readonly Channel<(JobRecord Job, int Rank)> _removedRanks = Channel.CreateUnbounded<(JobRecord, int)>();
+
+    /// <summary>Ranks removed from running "ps" jobs, for telling their parameter servers to stop waiting for them.</summary>
+    public ChannelReader<(JobRecord Job, int Rank)> RemovedRanks => _removedRanks.Reader;
+
+    public LeaseShardReply Lease(LeaseShardRequest request)
+    {
+        lock (_gate)
+        {
+            var job = RunningJob(request.JobId, request.Rank);
+            if (job.Ring is not null)
+                throw new InvalidOperationException($"job {job.Id} uses scheme '{job.Spec.Scheme}'; its workers call GetShard, not LeaseShard");
+            return job.Lease(request, time.GetUtcNow());
+        }
+    }
+
+    /// <summary>A worker leaves a running "ps" job on its own: the same as losing it, without the wait.</summary>
+    public bool Leave(string jobId, int rank)
+    {
+        lock (_gate)
+        {
+            var job = RunningJob(jobId, rank);
+            if (job.Spec.Scheme != "ps") return false;
+            var worker = _members.FindWorker(job.Ranks[rank]);
+            if (worker is not null && worker.JobId == job.Id) worker.JobId = null;
+            RemoveFromPs(job, rank, $"rank {rank} left");
+            return true;
+        }
+    }
+
+    /// <summary>For ExpireWorkers: a "ps" job loses the rank instead of failing, unless it was its last.</summary>
+    private bool TryRemoveFromPs(JobRecord job, WorkerMember worker, string lostMessage)
+    {
+        if (job.Spec.Scheme != "ps") return false;
+        int rank = job.Ranks.IndexOf(worker.Id);
+        // A rank that finished its part may exit while the others still evaluate: it is not lost.
+        if (!job.IsDoneWith(rank)) RemoveFromPs(job, rank, lostMessage);
+        return true;
+    }
+
+    private void RemoveFromPs(JobRecord job, int rank, string lostMessage)
+    {
+        if (!job.RemoveRank(rank, time.GetUtcNow())) return;
+        _removedRanks.Writer.TryWrite((job, rank));
+        if (job.LiveRankCount == 0) End(job, JobState.Failed, lostMessage);
+        else if (job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
+        else Schedule();
+    }
+
+    /// <summary>Whether a failure report comes from a rank the job already let go (its failure is not the job's).</summary>
+    private static bool IsRemoved(JobRecord job, int rank) => job.RemovedRanks.Contains(rank);
+
+    /// <summary>
+    /// Idle workers join running "ps" jobs that have room (fewer live ranks than they may have)
+    /// while no queued job waits for them.
+    /// </summary>
+    private void AdmitJoiners()
+    {
+        if (_queue.Count > 0) return;
+        foreach (var job in _jobs.Values.Where(j => j.State == JobState.Running && j.Spec.Scheme == "ps").OrderBy(j => j.StartedAt))
+        {
+            if (job.Leases is { } leases && leases.CurrentEpoch >= job.Spec.Epochs) continue; // trained: only evaluations are left
+            while (job.LiveRankCount < job.LiveRanksMax && _waiting.FirstOrDefault(w => w.Worker.Alive && w.Worker.JobId is null) is { Worker: not null } idle)
+            {
+                var (worker, reply) = idle;
+                worker.JobId = job.Id;
+                _waiting.RemoveAll(w => w.Worker == worker);
+                int rank = job.AddRank(worker.Id);
+                var assignment = new Assignment { JobId = job.Id, Rank = rank, WorldSize = job.Spec.Workers, Spec = job.Spec.ToProto(), Join = true };
+                assignment.ParameterServers.AddRange(job.ParameterServers);
+                reply.TrySetResult(assignment);
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+using Cluster.Shared.Sharding;
+
+namespace Cluster.Coordinator.Leases;
+
+/// <summary>
+/// The shard leases of one parameter-server job: every epoch is a pool of shards that live
+/// ranks lease one per step, and a shard counts as trained only once a parameter server has
+/// applied it. Plain, deterministic class: the coordinator and the seeded simulation in the
+/// unit tests run this same code. Not thread-safe: <see cref="Jobs.JobBoard"/> guards it.
+///
+/// Shards. Epoch e is the <see cref="EpochPlan"/> of (seed, e) with <c>slots</c> = the job's
+/// initial worker count: shard (t, s) is slot s's slice of global batch t. Shard ids order
+/// shards by step, then slot.
+///
+/// Message sequence, per rank and global step t (the parameter server's step, which runs on
+/// across epochs):
+///  1. The rank asks for a lease for (epoch e, step t) and hands in what its pull of version t
+///     told it: which ranks' complete pushes made up step t - 1 and the few steps before it
+///     (<see cref="AppliedStep"/>; a server keeps the last <see cref="AppliedStepsKept"/>).
+///  2. The table first settles those steps (see "when a shard is trained"), then answers:
+///     a shard (the rank trains it and pushes step t with its samples), idle (push step t with
+///     0 samples: the pool is empty but leases of this epoch are still unsettled), epoch done
+///     (every shard of e is trained: evaluate, then ask again for (e + 1, t)), or job done.
+///     The same request asked twice gets the same answer.
+///  3. Hand-out order: a rank whose slot s &lt; slots still has shards takes its own lowest one;
+///     otherwise the lowest shard left in the pool. Without faults rank r therefore trains
+///     (t, r) at every step t of the epoch: exactly the static plan, the same batches as
+///     single-process training on the union.
+///
+/// When a shard is trained (the audit is exact, never inferred from a worker's word alone).
+/// A parameter server applies step t from the complete pushes of the ranks that are members
+/// of step t; a rank removed while its push of step t is incomplete is not a member of step t
+/// and its partial push is discarded, never half-applied (servers apply a step only once
+/// every member's push of it is complete; see ParameterServer's JobParameters.Membership). The
+/// server records which ranks made up step t and sends that list, with those of the steps just
+/// before, at the end of every pull of version t + 1; each rank forwards them with its next
+/// lease request (the earlier steps cover reports lost with ranks that died right after a pull). The table then
+/// acknowledges the step-t leases of the ranks on the list (their samples are trained, even
+/// when that rank died right after its push) and returns the others' shards to the pool
+/// (their pushes were never applied). Lists of steps already settled change nothing, so
+/// duplicated or late reports are harmless; a request for a step already settled is stale and
+/// refused. With K parameter servers a rank forwards the intersection of the K lists; a rank
+/// that dies between its pushes to two servers then has its shard retrained although one
+/// server applied it (a known limit: part of the model sees that batch twice).
+/// </summary>
+public sealed class ShardLeaseTable
+{
+    private readonly int _sampleCount, _slots, _batchSize, _epochs;
+    private readonly long _seed;
+    private readonly SortedSet<int> _members = [];
+    private readonly HashSet<int> _removed = [];
+    private readonly Dictionary<int, EpochPool> _pools = [];
+    private readonly Dictionary<(int Rank, long Step), LeasedShard> _outstanding = [];
+    private readonly Dictionary<int, (int Epoch, long Step, LeaseGrant Grant)> _lastGrant = [];
+    private readonly List<EpochAudit> _audits = [];
+    private readonly HashSet<long> _settled = [];
+    private long _settledThrough = -1;
+
+    /// <summary>How many recent applied steps a parameter server reports with each pull.</summary>
+    public const int AppliedStepsKept = 16;
+
+    public ShardLeaseTable(int sampleCount, long seed, int slots, int batchSize, int epochs)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(sampleCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(slots, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(epochs, 1);
+        (_sampleCount, _seed, _slots, _batchSize, _epochs) = (sampleCount, seed, slots, batchSize, epochs);
+        for (int rank = 0; rank < slots; rank++) _members.Add(rank);
+    }
+
+    public int SampleCount => _sampleCount;
+    /// <summary>Ranks that may lease: the initial ones and those that joined, less those removed.</summary>
+    public IReadOnlyCollection<int> Members => _members;
+    /// <summary>The lowest epoch not yet fully trained; the epoch count when the job is trained.</summary>
+    public int CurrentEpoch { get; private set; }
+    /// <summary>The highest step whose applied ranks the table has been told.</summary>
+    public long SettledThrough => _settledThrough;
+
+    /// <summary>Adds a rank that joins the running job (it takes shards from the common pool).</summary>
+    public void AddRank(int rank)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(rank);
+        if (_removed.Contains(rank)) throw new InvalidOperationException($"rank: {rank} was removed from the job; a joining worker gets a new rank");
+        _members.Add(rank);
+    }
+
+    /// <summary>
+    /// A rank is gone (dead, or left): it gets no more leases. Its unsettled leases stay until
+    /// the step they belong to is reported, because its push may still have been applied.
+    /// </summary>
+    public bool RemoveRank(int rank)
+    {
+        if (!_members.Remove(rank)) return false;
+        _removed.Add(rank);
+        return true;
+    }
+
+    public bool IsRemoved(int rank) => _removed.Contains(rank);
+
+    /// <summary>Step 2 of the sequence: settles <paramref name="applied"/>, then answers rank's request.</summary>
+    public LeaseGrant Lease(int rank, int epoch, long step, IEnumerable<AppliedStep> applied)
+    {
+        foreach (var report in applied.OrderBy(a => a.Step)) Settle(report);
+        if (!_members.Contains(rank))
+            throw new InvalidOperationException($"rank: {rank} is not a member of the job{(_removed.Contains(rank) ? " (it was removed: declared dead or left)" : "")}");
+        if (step < 0) throw new ArgumentException($"step: {step}; expected 0 or more");
+        if (step <= _settledThrough)
+            throw new InvalidOperationException($"step: {step} was already applied (steps through {_settledThrough} are settled); the request is stale");
+        // A rank leases step t after pulling version t, and hands in the ranks of step t - 1 with the request.
+        if (step > _settledThrough + 1)
+            throw new ArgumentException($"step: {step} is ahead of the applied steps (through {_settledThrough}); expected {_settledThrough + 1}");
+        int resolved = epoch < 0 ? CurrentEpoch : epoch;
+        if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved) return last.Grant;
+        var grant = Answer(rank, resolved, step);
+        _lastGrant[rank] = (resolved, step, grant);
+        return grant;
+    }
+
+    /// <summary>
+    /// Records which ranks' pushes made up an applied step: their leases of that step are
+    /// acknowledged, the other ranks' shards of that step go back to the pool. Idempotent.
+    /// </summary>
+    public void Settle(AppliedStep applied)
+    {
+        if (!_settled.Add(applied.Step)) return;
+        var contributors = new HashSet<int>(applied.Ranks);
+        foreach (var key in _outstanding.Keys.Where(k => k.Step == applied.Step).OrderBy(k => k.Rank).ToList())
+        {
+            var lease = _outstanding[key];
+            _outstanding.Remove(key);
+            var pool = _pools[lease.Epoch];
+            if (contributors.Contains(key.Rank)) pool.Acknowledge(lease.ShardId, key.Rank);
+            else pool.Return(lease.ShardId);
+        }
+        // Leases of other steps wait for their own report: a list says nothing of another step.
+        _settledThrough = Math.Max(_settledThrough, applied.Step);
+        AdvanceEpoch();
+    }
+
+    /// <summary>Ranks that must evaluate epoch <paramref name="epoch"/> (fixed when it was first done), in part order.</summary>
+    public IReadOnlyList<int> Evaluators(int epoch) => _pools.TryGetValue(epoch, out var pool) ? pool.Evaluators : [];
+
+    /// <summary>The audit of every epoch started so far, as copies.</summary>
+    public IReadOnlyList<EpochAudit> Audits()
+    {
+        foreach (var pool in _pools.Values) pool.WriteAudit();
+        return [.. _audits.Select(audit => audit.Snapshot())];
+    }
+
+    private LeaseGrant Answer(int rank, int epoch, long step)
+    {
+        if (epoch >= _epochs) return LeaseGrant.JobDone(step);
+        if (epoch > CurrentEpoch)
+            throw new InvalidOperationException($"epoch: {epoch} cannot start; epoch {CurrentEpoch} is not trained yet");
+        var pool = Pool(epoch);
+        if (pool.Trained)
+        {
+            int part = pool.EvaluationPart(rank, _members);
+            return LeaseGrant.EpochDone(epoch, step, part, pool.Evaluators.Count);
+        }
+        int? shard = pool.Take(rank < _slots ? rank : null);
+        if (shard is not { } id) return LeaseGrant.Idle(epoch, step);
+        _outstanding[(rank, step)] = new LeasedShard(epoch, id);
+        return LeaseGrant.Shard(epoch, step, id, pool.Samples(id));
+    }
+
+    private EpochPool Pool(int epoch)
+    {
+        if (!_pools.TryGetValue(epoch, out var pool))
+        {
+            pool = new EpochPool(new EpochPlan(_sampleCount, _seed, epoch, _slots, _batchSize), epoch);
+            _pools[epoch] = pool;
+            _audits.Add(pool.Audit);
+            // Plans and per-sample counts of older epochs are no longer needed: their audits stay.
+            if (_pools.TryGetValue(epoch - 2, out var old)) old.Release();
+        }
+        return pool;
+    }
+
+    private void AdvanceEpoch()
+    {
+        while (CurrentEpoch < _epochs && _pools.TryGetValue(CurrentEpoch, out var pool) && pool.Trained) CurrentEpoch++;
+    }
+
+    private readonly record struct LeasedShard(int Epoch, int ShardId);
+}
+
+/// <summary>Which ranks' complete pushes a parameter server applied as step <paramref name="Step"/>.</summary>
+public sealed record AppliedStep(long Step, IReadOnlyList<int> Ranks);
+
+public enum LeaseKind { Shard, Idle, EpochDone, JobDone }
+
+/// <summary>
+/// The answer to a lease request. <see cref="EvaluationPart"/> of <see cref="EvaluationParts"/>:
+/// the slice of the test set this rank evaluates when the epoch is done (-1: none).
+/// </summary>
+public sealed record LeaseGrant(LeaseKind Kind, int Epoch, long Step, int ShardId, int[] SampleIndices, int EvaluationPart, int EvaluationParts)
+{
+    public static LeaseGrant Shard(int epoch, long step, int shardId, int[] samples) => new(LeaseKind.Shard, epoch, step, shardId, samples, -1, 0);
+    public static LeaseGrant Idle(int epoch, long step) => new(LeaseKind.Idle, epoch, step, -1, [], -1, 0);
+    public static LeaseGrant EpochDone(int epoch, long step, int part, int parts) => new(LeaseKind.EpochDone, epoch, step, -1, [], part, parts);
+    public static LeaseGrant JobDone(long step) => new(LeaseKind.JobDone, -1, step, -1, [], -1, 0);
+}

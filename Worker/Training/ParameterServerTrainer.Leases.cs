@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using Cluster.Protos;
+
+namespace Cluster.Worker.Training;
+
+/// <summary>
+/// Shard leases (coordinator.proto, LeaseShard). Per global step t: lease a shard for step t
+/// from the coordinator (handing in which ranks' pushes made up the steps its last pull
+/// reported), forward/backward on it, push the gradient as step t and pull version t + 1. When
+/// the coordinator says the epoch is trained: evaluate the part of the test set it names,
+/// report, and go on with the next epoch at the same step. A worker that joins a running job
+/// first becomes a member of the servers' barrier at a step boundary and pulls that version.
+/// A parameter server that comes back from a checkpoint at the step in flight is simply
+/// pushed to again; one that lost applied steps cannot be followed here (the coordinator has
+/// counted those steps' shards as trained): the job fails saying so, and --static-plan jobs
+/// are the ones that retrain lost steps.
+/// </summary>
+public sealed partial class ParameterServerTrainer
+{
+    private async Task TrainWithLeasesAsync(Training training, long serverVersion, CancellationToken cancellationToken)
+    {
+        var servers = training.Servers;
+        long step = assignment.Join ? await servers.JoinAsync(serverVersion, cancellationToken) : 0;
+        await servers.PullAsync(step, training.Parameters, cancellationToken);
+        training.Vector.WriteParameters(AsBytes(training.Parameters));
+
+        var state = new EpochState(assignment.Join ? -1 : 0);
+        while (true)
+        {
+            var lease = await coordinator.LeaseShardAsync(new LeaseShardRequest
+            {
+                JobId = assignment.JobId, Rank = assignment.Rank, Epoch = state.Epoch, Step = step,
+                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(),
+            }, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+            switch (lease.Kind)
+            {
+                case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:
+                    if (state.Epoch != lease.Epoch) state = new EpochState(lease.Epoch);
+                    await TrainStepAsync(training, state, step, lease, cancellationToken);
+                    step++;
+                    break;
+                case LeaseShardReply.Types.Kind.EpochDone:
+                    await ReportProgressAsync(state, lease.PlannedSteps, step, force: true, cancellationToken);
+                    WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, lease.Epoch, step, state.MeanLoss);
+                    SaveIfLast(training, lease.Epoch, lease.EvaluationPart);
+                    if (lease.EvaluationPart >= 0) await EvaluateAsync(lease.Epoch, lease.EvaluationPart, lease.EvaluationParts, training, cancellationToken);
+                    // After the last epoch's evaluation the job may already be over: nothing more to ask.
+                    if (lease.Epoch == training.Job.Epochs - 1) return;
+                    state = new EpochState(lease.Epoch + 1);
+                    break;
+                default:
+                    return;
+            }
+        }
+    }
+
+    /// <summary>One global step on the leased shard (none when idle): compute, push as <paramref name="step"/>, pull step + 1.</summary>
+    private async Task TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, CancellationToken cancellationToken)
+    {
+        _timer ??= new Telemetry.StepTimer(telemetry, assignment.JobId, assignment.Rank);
+        _tensorBoard ??= Telemetry.TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
+        int wireBytes = training.Vector.ElementCount * Shared.Wire.ElementCodec.ElementBytes(training.Servers.Dtype);
+        _timer.BeginStep(step);
+        // Test-only fault injection: a slow device, counted as compute.
+        if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
+        int[] batch = [.. lease.SampleIndices];
+        state.LossSum += ComputeGradient(training, batch, step);
+        state.SampleCount += batch.Length;
+        _timer.Computed();
+        while (await ExchangeAsync(training.Servers, step, batch.Length, training.Gradients, training.Parameters, cancellationToken) is { } version && version != step + 1)
+        {
+            // A server came back from a checkpoint: at this very step the push is made again; earlier, applied steps were lost.
+            if (version != step)
+                throw new InvalidOperationException(
+                    $"parameter servers: back at version {version} while this rank was at step {step}; a job with shard leases cannot retrain lost steps (run it with --static-plan to recover from checkpoints)");
+        }
+        _timer.Exchanged(training.Servers.PushesDoneTimestamp, training.Servers.PullsStartedTimestamp, wireBytes, wireBytes, batch.Length);
+        training.Vector.WriteParameters(AsBytes(training.Parameters));
+        state.Steps++;
+        await ReportProgressAsync(state, lease.PlannedSteps, step, force: false, cancellationToken);
+    }
+
+    private async Task ReportProgressAsync(EpochState state, int plannedSteps, long step, bool force, CancellationToken cancellationToken)
+    {
+        if (state.Epoch < 0 || (!force && state.SinceReport.Elapsed < ProgressInterval)) return;
+        var report = new ReportProgressRequest
+        {
+            JobId = assignment.JobId, Rank = assignment.Rank, Epoch = state.Epoch,
+            StepsDone = state.Steps, StepsTotal = Math.Max(plannedSteps, state.Steps), LossSum = state.LossSum, SampleCount = state.SampleCount,
+            RejectedGradients = _rejectedSinceReport,
+        };
+        _timer?.Drain(report);
+        _tensorBoard?.Progress(report, step + 1);
+        await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        _rejectedSinceReport = 0;
+        state.Reported();
+    }
+
+    /// <summary>This rank's training in one epoch: steps, and loss not yet reported.</summary>
+    private sealed class EpochState(int epoch)
+    {
+        public int Epoch { get; } = epoch;
+        public int Steps { get; set; }
+        public double LossSum { get; set; }
+        public long SampleCount { get; set; }
+        public Stopwatch SinceReport { get; } = Stopwatch.StartNew();
+        private double _epochLossSum;
+        private long _epochSampleCount;
+        public double MeanLoss => _epochSampleCount == 0 ? 0 : _epochLossSum / _epochSampleCount;
+
+        public void Reported()
+        {
+            (_epochLossSum, _epochSampleCount) = (_epochLossSum + LossSum, _epochSampleCount + SampleCount);
+            (LossSum, SampleCount) = (0, 0);
+            SinceReport.Restart();
+        }
+    }
+}

@@ -1,0 +1,158 @@
+using Cluster.Coordinator.Leases;
+
+namespace Cluster.Tests.Unit.Leases;
+
+/// <summary>
+/// A deterministic simulation of one parameter-server job under a seeded fault schedule: the
+/// coordinator's real <see cref="ShardLeaseTable"/>, a model of the parameter server's elastic
+/// BSP barrier (a step is applied from the complete pushes of its members; a member removed
+/// mid-push loses its partial push), and workers as state machines. One seed drives
+/// everything: the job's shape, which actor moves next (delays and reordering), crashes at
+/// any point of a step (before, during or after a push), false suspicions of live workers,
+/// workers joining, and duplicated or late lease requests, reports and pushes. The server
+/// model is the ground truth of what was applied; the run checks it against the table's audit.
+/// </summary>
+public sealed class LeaseSimulation
+{
+    private readonly Random _random;
+    private readonly ShardLeaseTable _table;
+    private readonly SimulatedServer _server = new();
+    private readonly List<SimulatedWorker> _workers = [];
+    private readonly List<AppliedStep> _sentReports = [];
+    private readonly List<string> _trace = [];
+    private readonly int _epochs, _sampleCount, _crashesMax, _joinsMax;
+    private int _crashes, _joins;
+
+    public LeaseSimulation(int seed)
+    {
+        Seed = seed;
+        _random = new Random(seed);
+        _sampleCount = _random.Next(1, 300);
+        int slots = _random.Next(1, 5), batchSize = _random.Next(1, 17);
+        _epochs = _random.Next(1, 4);
+        _crashesMax = _random.Next(0, slots + 2);
+        _joinsMax = _random.Next(0, 3);
+        _table = new ShardLeaseTable(_sampleCount, seed, slots, batchSize, _epochs);
+        _server.SampleCount = _sampleCount;
+        for (int rank = 0; rank < slots; rank++)
+        {
+            _server.Join(rank, fromStep: 0);
+            _workers.Add(new SimulatedWorker(rank, firstStep: 0, epoch: 0));
+        }
+        Shape = $"{_sampleCount} samples, {slots} slots, batch {batchSize}, {_epochs} epoch(s), up to {_crashesMax} crash(es), up to {_joinsMax} join(s)";
+    }
+
+    public int Seed { get; }
+    public string Shape { get; }
+    public IReadOnlyList<string> Trace => _trace;
+    public IReadOnlyList<EpochAudit> Audits => _table.Audits();
+
+    /// <summary>Runs the scenario; returns null when every safety and liveness property held, else what broke.</summary>
+    public string? Run(int movesMax = 200_000)
+    {
+        for (int move = 0; move < movesMax; move++)
+        {
+            if (Violation() is { } broken) return broken;
+            var runnable = _workers.Where(w => w.CanMove(_server, _table)).ToList();
+            if (runnable.Count == 0 && _pendingDetections.Count > 0)
+            {
+                Detect(_pendingDetections[0]);
+                continue;
+            }
+            if (runnable.Count == 0) return Outcome();
+            int dice = _random.Next(100);
+            if (dice < 3 && _crashes < _crashesMax) Crash(runnable);
+            else if (dice < 5 && _crashes < _crashesMax) Suspect();
+            else if (dice < 7 && _joins < _joinsMax && _table.CurrentEpoch < _epochs) Join();
+            else if (dice < 10 && _sentReports.Count > 0) _table.Settle(_sentReports[_random.Next(_sentReports.Count)]); // a late duplicate
+            else Step(runnable[_random.Next(runnable.Count)], duplicate: dice < 13);
+        }
+        return $"no end after {movesMax} moves";
+    }
+
+    private void Step(SimulatedWorker worker, bool duplicate)
+    {
+        var reports = worker.Move(_server, _table, duplicate);
+        if (reports is not null) _sentReports.AddRange(reports);
+        _trace.Add(worker.LastAction);
+    }
+
+    /// <summary>A worker process dies at whatever point of its step it is; the coordinator notices later.</summary>
+    private void Crash(List<SimulatedWorker> runnable)
+    {
+        var victim = runnable[_random.Next(runnable.Count)];
+        _crashes++;
+        victim.Crash();
+        _trace.Add($"crash rank {victim.Rank} ({victim.Phase})");
+        // Detection (heartbeat timeout) comes later, as a move of the coordinator.
+        _pendingDetections.Add(victim.Rank);
+    }
+
+    private readonly List<int> _pendingDetections = [];
+
+    /// <summary>Either the coordinator detects a crashed worker, or it wrongly declares a live one dead.</summary>
+    private void Suspect()
+    {
+        if (_pendingDetections.Count > 0)
+        {
+            Detect(_pendingDetections[0]);
+            return;
+        }
+        var live = _workers.Where(w => !w.Crashed && !w.Finished && _table.Members.Contains(w.Rank)).ToList();
+        if (live.Count <= 1) return;
+        _crashes++;
+        Detect(live[_random.Next(live.Count)].Rank);
+    }
+
+    private void Detect(int rank)
+    {
+        _pendingDetections.Remove(rank);
+        _table.RemoveRank(rank);
+        _server.Remove(rank);
+        _trace.Add($"coordinator removes rank {rank}");
+    }
+
+    private void Join()
+    {
+        int rank = _workers.Count;
+        _joins++;
+        _table.AddRank(rank);
+        long from = _server.Version + 1;
+        _server.Join(rank, from);
+        _workers.Add(new SimulatedWorker(rank, firstStep: from, epoch: -1));
+        _trace.Add($"rank {rank} joins from step {from}");
+    }
+
+    /// <summary>Safety, checked after every move: no sample of an epoch applied twice, and the audit agrees with the server.</summary>
+    private string? Violation()
+    {
+        foreach (var (epoch, counts) in _server.Applied)
+            for (int sample = 0; sample < counts.Length; sample++)
+                if (counts[sample] > 1) return $"epoch {epoch}: sample {sample} applied {counts[sample]} times";
+        if (_server.DuplicateApplied) return "a push was applied twice";
+        foreach (var audit in _table.Audits())
+            if (audit.SamplesTrainedMoreThanOnce > 0) return $"epoch {audit.Epoch}: the audit counts {audit.SamplesTrainedMoreThanOnce} samples trained twice";
+        return null;
+    }
+
+    /// <summary>At the end: unless every worker was lost, every epoch trained every sample once, and the audit says exactly that.</summary>
+    private string? Outcome()
+    {
+        bool anyFinished = _workers.Any(w => w.Finished);
+        var stuck = _workers.Where(w => !w.Crashed && !w.Finished && !w.Evicted).ToList();
+        // A joiner may still wait for a step that never comes once the job is trained: the coordinator then ends it.
+        if (stuck.Count > 0 && _table.CurrentEpoch < _epochs)
+            return $"stuck: ranks {string.Join(",", stuck.Select(w => $"{w.Rank}({w.Phase})"))} cannot move";
+        if (!anyFinished) return null; // every worker was lost: the job fails, nothing to check
+        for (int epoch = 0; epoch < _epochs; epoch++)
+        {
+            var counts = _server.Applied.GetValueOrDefault(epoch) ?? new int[_sampleCount];
+            int missing = counts.Count(c => c == 0);
+            if (missing > 0) return $"epoch {epoch}: {missing} of {_sampleCount} samples never applied";
+            var audit = _table.Audits().Single(a => a.Epoch == epoch);
+            if (!audit.Complete || audit.SamplesTrainedOnce != _sampleCount)
+                return $"epoch {epoch}: audit says {audit.SamplesTrainedOnce} trained once, complete {audit.Complete}; the server applied all {_sampleCount}";
+        }
+        return null;
+    }
+}
