@@ -32,11 +32,13 @@ public sealed class IdempotentPushTests
         var job = NewJob(worldSize: 1, weights: [10f, 10f, 10f, 10f, 10f], partitionElements: 2);
         float[] first = [1f, 1f, 2f, 2f, 3f];
         first.CopyTo(job.BeginPush(0, 0, 1).Span);
-        job.Received(0, 2); // partition 0 arrived (and may already be applied), then the stream broke
+        job.Received(0, 2); // partition 0 arrived, then the stream broke
         job.AbortPush(0);
-        await job.WaitForPartitionAsync(0, 1, CancellationToken.None).WaitAsync(Patience);
+        // Whole pushes only: nothing of a partial push is applied.
+        Assert.Equal(0, job.Version);
+        Assert.Equal([10f, 10f, 10f, 10f, 10f], job.WeightsAsFloats.ToArray());
 
-        // The retry sends other values for partition 0: they must not replace what was applied.
+        // The retry sends other values for partition 0: the delivered partition is kept, not replaced.
         Push(job, 0, 0, [100f, 100f, 2f, 2f, 3f]);
         await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);
 
