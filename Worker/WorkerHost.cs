@@ -94,12 +94,11 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
             if (assignment.Spec.Scheme == "allreduce")
             {
                 _peers ??= await PeerHost.StartAsync(options.PeerBindAddress, options.PeerPort, options.PeerAdvertiseHost, options.Security!, cancellationToken);
-                var peers = _peers;
-                await TorchThread.RunAsync($"train {assignment.JobId}", () => new AllReduceTrainer(assignment, coordinator, peers, options, _logger).RunAsync(job.Token));
+                await new AllReduceTrainer(assignment, coordinator, _peers, options, _logger).RunAsync(job.Token);
             }
             else
             {
-                await TorchThread.RunAsync($"train {assignment.JobId}", () => new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token));
+                await new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token);
             }
             WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
             outcome = "succeeded";

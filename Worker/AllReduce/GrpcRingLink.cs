@@ -12,25 +12,20 @@ namespace Cluster.Worker.AllReduce;
 /// receiving, adding and sending overlap. Any failure breaks the link; disposing a broken link
 /// cancels both calls so that the break travels on around the ring.
 /// </summary>
-public sealed class GrpcRingLink : IRingConnection
+public sealed class GrpcRingLink : RingLinkBase
 {
-    private const int QueuedSegmentsMax = 64;
     private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);
-    private readonly Channel<RingSegment> _outgoing = Channel.CreateBounded<RingSegment>(new BoundedChannelOptions(QueuedSegmentsMax) { SingleReader = true, SingleWriter = true });
-    private readonly CancellationTokenSource _broken = new();
     private readonly AsyncServerStreamingCall<RingSegment> _call;
     private readonly IServerStreamWriter<RingSegment> _successor;
     private readonly Task _writer;
     private readonly PeerInbox _inbox;
     private readonly string _jobId;
-    private readonly long _generation;
     private readonly TimeSpan _peerTimeout;
-    private Exception? _failure;
 
     private GrpcRingLink(PeerInbox inbox, string jobId, long generation, AsyncServerStreamingCall<RingSegment> call,
-        IServerStreamWriter<RingSegment> successor, TimeSpan peerTimeout, int successorRank)
+        IServerStreamWriter<RingSegment> successor, TimeSpan peerTimeout, int successorRank) : base(generation)
     {
-        (_inbox, _jobId, _generation, _call, _successor, _peerTimeout) = (inbox, jobId, generation, call, successor, peerTimeout);
+        (_inbox, _jobId, _call, _successor, _peerTimeout) = (inbox, jobId, call, successor, peerTimeout);
         _writer = WriteLoopAsync(successorRank);
     }
 
@@ -56,40 +51,24 @@ public sealed class GrpcRingLink : IRingConnection
         }
     }
 
-    public async ValueTask SendAsync(RingSegment segment, CancellationToken cancellationToken)
+    public override async ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken)
     {
         ThrowIfBroken();
-        if (_outgoing.Writer.TryWrite(segment)) return;
-        using var either = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
-        try
-        {
-            await _outgoing.Writer.WriteAsync(segment, either.Token);
-        }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-        {
-            ThrowIfBroken();
-            throw;
-        }
-    }
-
-    public async ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken)
-    {
-        ThrowIfBroken();
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, Broken.Token);
         timeout.CancelAfter(_peerTimeout);
         try
         {
             if (!await _call.ResponseStream.MoveNext(timeout.Token))
-                throw new RingBrokenException($"ring generation {_generation}: the predecessor ended its stream");
+                throw new RingBrokenException($"ring generation {Generation}: the predecessor ended its stream");
             return _call.ResponseStream.Current;
         }
         catch (Exception e) when (e is RpcException or OperationCanceledException or IOException or InvalidOperationException && !cancellationToken.IsCancellationRequested)
         {
             ThrowIfBroken();
             throw Break(new RingBrokenException(
-                _broken.IsCancellationRequested || e is not OperationCanceledException
-                    ? $"ring generation {_generation}: the predecessor's stream failed ({e.Message})"
-                    : $"ring generation {_generation}: nothing from the predecessor for {_peerTimeout.TotalSeconds:0.#} s", e));
+                Broken.IsCancellationRequested || e is not OperationCanceledException
+                    ? $"ring generation {Generation}: the predecessor's stream failed ({e.Message})"
+                    : $"ring generation {Generation}: nothing from the predecessor for {_peerTimeout.TotalSeconds:0.#} s", e));
         }
     }
 
@@ -97,12 +76,12 @@ public sealed class GrpcRingLink : IRingConnection
     {
         try
         {
-            await foreach (var segment in _outgoing.Reader.ReadAllAsync(_broken.Token))
-                await _successor.WriteAsync(segment, _broken.Token);
+            await foreach (var segment in Outgoing.Reader.ReadAllAsync(Broken.Token))
+                await _successor.WriteAsync(segment, Broken.Token);
         }
-        catch (Exception e) when (!_broken.IsCancellationRequested)
+        catch (Exception e) when (!Broken.IsCancellationRequested)
         {
-            Break(new RingBrokenException($"ring generation {_generation}: sending to the successor (rank {successorRank}) failed ({e.Message})", e));
+            Break(new RingBrokenException($"ring generation {Generation}: sending to the successor (rank {successorRank}) failed ({e.Message})", e));
         }
         catch (Exception)
         {
@@ -110,39 +89,24 @@ public sealed class GrpcRingLink : IRingConnection
         }
     }
 
-    /// <summary>Marks the link broken (so that disposing it does not wait for the successor).</summary>
-    public void Abort(string reason) => Break(new RingBrokenException($"ring generation {_generation}: {reason}"));
-
-    private RingBrokenException Break(RingBrokenException failure)
-    {
-        Interlocked.CompareExchange(ref _failure, failure, null);
-        _broken.Cancel();
-        return failure;
-    }
-
-    private void ThrowIfBroken()
-    {
-        if (_failure is not null) throw new RingBrokenException(_failure.Message, _failure);
-    }
-
     /// <summary>
     /// Leaves the generation. After a completed collective the leave is graceful: the queued
     /// segments are written (up to <see cref="CloseTimeout"/>) and the successor's call ends as a
     /// success, so it reads them all. A broken link ends the successor's call as Aborted at once.
     /// </summary>
-    public async ValueTask DisposeAsync()
+    public override async ValueTask DisposeAsync()
     {
-        _outgoing.Writer.TryComplete();
-        bool graceful = _failure is null;
+        Outgoing.Writer.TryComplete();
+        bool graceful = !IsBroken;
         if (graceful)
         {
             try { await _writer.WaitAsync(CloseTimeout); }
             catch (TimeoutException) { graceful = false; }
         }
-        _inbox.Release(_jobId, _generation, graceful);
-        if (!_broken.IsCancellationRequested) await _broken.CancelAsync();
+        _inbox.Release(_jobId, Generation, graceful);
+        if (!Broken.IsCancellationRequested) await Broken.CancelAsync();
         try { await _writer; } catch (OperationCanceledException) { }
         _call.Dispose();
-        _broken.Dispose();
+        Broken.Dispose();
     }
 }

@@ -14,24 +14,20 @@ namespace Cluster.Worker.AllReduce;
 /// receiving, adding and sending overlap. Any failure breaks the link; a broken link closes
 /// both connections so that the break travels on around the ring.
 /// </summary>
-public sealed class SocketRingLink : IRingConnection
+public sealed class SocketRingLink : RingLinkBase
 {
-    private const int QueuedSegmentsMax = 64;
     private static readonly TimeSpan CloseTimeout = TimeSpan.FromSeconds(10);
-    private readonly Channel<RingSegment> _outgoing = Channel.CreateBounded<RingSegment>(new BoundedChannelOptions(QueuedSegmentsMax) { SingleReader = true, SingleWriter = true });
-    private readonly CancellationTokenSource _broken = new();
     private readonly Stream _predecessor;
     private readonly Stream _successor;
     private readonly Task _writer;
     private readonly RingDataListener _listener;
     private readonly string _jobId;
-    private readonly long _generation;
     private readonly TimeSpan _peerTimeout;
-    private Exception? _failure;
 
     private SocketRingLink(RingDataListener listener, string jobId, long generation, Stream predecessor, Stream successor, TimeSpan peerTimeout, int successorRank)
+        : base(generation)
     {
-        (_listener, _jobId, _generation, _predecessor, _successor, _peerTimeout) = (listener, jobId, generation, predecessor, successor, peerTimeout);
+        (_listener, _jobId, _predecessor, _successor, _peerTimeout) = (listener, jobId, predecessor, successor, peerTimeout);
         _writer = WriteLoopAsync(successorRank);
     }
 
@@ -79,31 +75,15 @@ public sealed class SocketRingLink : IRingConnection
         return options;
     }
 
-    public async ValueTask SendAsync(RingSegment segment, CancellationToken cancellationToken)
+    public override async ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken)
     {
         ThrowIfBroken();
-        if (_outgoing.Writer.TryWrite(segment)) return;
-        using var either = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
-        try
-        {
-            await _outgoing.Writer.WriteAsync(segment, either.Token);
-        }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-        {
-            ThrowIfBroken();
-            throw;
-        }
-    }
-
-    public async ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken)
-    {
-        ThrowIfBroken();
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _broken.Token);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, Broken.Token);
         timeout.CancelAfter(_peerTimeout);
         try
         {
             return await RingSocketProtocol.ReadSegmentAsync(_predecessor, timeout.Token)
-                ?? throw new RingBrokenException($"ring generation {_generation}: the predecessor closed its connection");
+                ?? throw new RingBrokenException($"ring generation {Generation}: the predecessor closed its connection");
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException or Google.Protobuf.InvalidProtocolBufferException
             or OperationCanceledException or RingBrokenException && !cancellationToken.IsCancellationRequested)
@@ -111,8 +91,8 @@ public sealed class SocketRingLink : IRingConnection
             ThrowIfBroken();
             throw Break(new RingBrokenException(
                 e is OperationCanceledException
-                    ? $"ring generation {_generation}: nothing from the predecessor for {_peerTimeout.TotalSeconds:0.#} s"
-                    : $"ring generation {_generation}: the predecessor's connection failed ({e.Message})", e));
+                    ? $"ring generation {Generation}: nothing from the predecessor for {_peerTimeout.TotalSeconds:0.#} s"
+                    : $"ring generation {Generation}: the predecessor's connection failed ({e.Message})", e));
         }
     }
 
@@ -120,17 +100,17 @@ public sealed class SocketRingLink : IRingConnection
     {
         try
         {
-            var reader = _outgoing.Reader;
-            while (await reader.WaitToReadAsync(_broken.Token))
+            var reader = Outgoing.Reader;
+            while (await reader.WaitToReadAsync(Broken.Token))
             {
                 while (reader.TryRead(out var segment))
-                    await RingSocketProtocol.WriteFrameAsync(_successor, segment, _broken.Token);
-                await _successor.FlushAsync(_broken.Token);
+                    await RingSocketProtocol.WriteFrameAsync(_successor, segment, Broken.Token);
+                await _successor.FlushAsync(Broken.Token);
             }
         }
-        catch (Exception e) when (!_broken.IsCancellationRequested)
+        catch (Exception e) when (!Broken.IsCancellationRequested)
         {
-            Break(new RingBrokenException($"ring generation {_generation}: sending to the successor (rank {successorRank}) failed ({e.Message})", e));
+            Break(new RingBrokenException($"ring generation {Generation}: sending to the successor (rank {successorRank}) failed ({e.Message})", e));
         }
         catch (Exception)
         {
@@ -138,21 +118,11 @@ public sealed class SocketRingLink : IRingConnection
         }
     }
 
-    /// <summary>Marks the link broken and closes both connections.</summary>
-    public void Abort(string reason) => Break(new RingBrokenException($"ring generation {_generation}: {reason}"));
-
-    private RingBrokenException Break(RingBrokenException failure)
+    /// <summary>Closes both connections: the neighbours' reads and writes fail at once.</summary>
+    protected override void OnBroken()
     {
-        Interlocked.CompareExchange(ref _failure, failure, null);
-        _broken.Cancel();
         _predecessor.Dispose();
         _successor.Dispose();
-        return failure;
-    }
-
-    private void ThrowIfBroken()
-    {
-        if (_failure is not null) throw new RingBrokenException(_failure.Message, _failure);
     }
 
     /// <summary>
@@ -160,19 +130,19 @@ public sealed class SocketRingLink : IRingConnection
     /// (up to <see cref="CloseTimeout"/>), so that the successor reads them all before the end
     /// of its connection; a broken link is closed at once.
     /// </summary>
-    public async ValueTask DisposeAsync()
+    public override async ValueTask DisposeAsync()
     {
-        _outgoing.Writer.TryComplete();
-        if (_failure is null)
+        Outgoing.Writer.TryComplete();
+        if (!IsBroken)
         {
             try { await _writer.WaitAsync(CloseTimeout); }
             catch (TimeoutException) { }
         }
-        if (!_broken.IsCancellationRequested) await _broken.CancelAsync();
+        if (!Broken.IsCancellationRequested) await Broken.CancelAsync();
         try { await _writer; } catch (OperationCanceledException) { }
         await _predecessor.DisposeAsync();
         await _successor.DisposeAsync();
-        _listener.Release(_jobId, _generation);
-        _broken.Dispose();
+        _listener.Release(_jobId, Generation);
+        Broken.Dispose();
     }
 }
