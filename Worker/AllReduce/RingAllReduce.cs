@@ -166,7 +166,10 @@ public interface IRingLink
     /// <summary>Queues a segment for the successor (its bytes must stay unchanged until it has been consumed).</summary>
     ValueTask SendAsync(RingSegment segment, CancellationToken cancellationToken);
 
-    /// <summary>The predecessor's next segment; throws <see cref="RingBrokenException"/> when the predecessor is gone or silent too long.</summary>
+    /// <summary>
+    /// The predecessor's next segment; throws <see cref="RingBrokenException"/> when the predecessor
+    /// is gone or silent too long. Its data may wrap the link's receive buffer: valid until the next call.
+    /// </summary>
     ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken);
 }
 

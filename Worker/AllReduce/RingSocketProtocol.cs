@@ -18,6 +18,7 @@ public static class RingSocketProtocol
     /// <summary>Largest frame: one 1 MiB chunk and its header, with room to spare.</summary>
     public const int FrameBytesMax = 2 << 20;
     public const int HelloBytesMax = 4096;
+    public const int SegmentHeaderBytesMax = 4096;
     public static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(10);
     private const byte Version = 1;
     private const int NonceBytes = 32;
@@ -93,25 +94,56 @@ public static class RingSocketProtocol
         }
     }
 
-    /// <summary>Reads one length-prefixed segment; the length is checked before anything is allocated.</summary>
-    public static async ValueTask<RingSegment?> ReadSegmentAsync(Stream stream, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes one segment as [header length][data length][header: the segment without its data]
+    /// [data]: the data goes from the segment's memory (the gradient vector) straight to the
+    /// stream, without serializing it into a buffer first.
+    /// </summary>
+    public static async ValueTask WriteSegmentAsync(Stream stream, RingSegment segment, CancellationToken cancellationToken)
     {
-        byte[] header = new byte[sizeof(int)];
-        int got = await stream.ReadAtLeastAsync(header, header.Length, throwOnEndOfStream: false, cancellationToken);
-        if (got == 0) return null;
-        if (got < header.Length) throw new EndOfStreamException("ring frame: the stream ended inside a length prefix");
-        int size = BinaryPrimitives.ReadInt32LittleEndian(header);
-        if (size is < 0 or > FrameBytesMax) throw new InvalidDataException($"ring frame: length {size}; expected 0 to {FrameBytesMax}");
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(size, 1));
+        var data = segment.Chunk?.Data ?? ByteString.Empty;
+        var header = segment.Clone();
+        if (header.Chunk is not null) header.Chunk.Data = ByteString.Empty;
+        int headerSize = header.CalculateSize();
+        if (headerSize > SegmentHeaderBytesMax || data.Length > FrameBytesMax)
+            throw new InvalidOperationException($"ring frame: a {headerSize}-byte header and {data.Length} bytes of data; expected at most {SegmentHeaderBytesMax} and {FrameBytesMax}");
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(2 * sizeof(int) + headerSize);
         try
         {
-            await stream.ReadExactlyAsync(buffer.AsMemory(0, size), cancellationToken);
-            return RingSegment.Parser.ParseFrom(buffer.AsSpan(0, size));
+            BinaryPrimitives.WriteInt32LittleEndian(buffer, headerSize);
+            BinaryPrimitives.WriteInt32LittleEndian(buffer.AsSpan(sizeof(int)), data.Length);
+            header.WriteTo(buffer.AsSpan(2 * sizeof(int), headerSize));
+            await stream.WriteAsync(buffer.AsMemory(0, 2 * sizeof(int) + headerSize), cancellationToken);
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
+        if (data.Length > 0) await stream.WriteAsync(data.Memory, cancellationToken);
+    }
+
+    /// <summary>
+    /// Reads one segment written by <see cref="WriteSegmentAsync"/>; null at the end of the stream.
+    /// Both lengths are checked before anything is read into memory. The data is read into
+    /// <paramref name="dataBuffer"/> and the segment wraps it: it is valid until the next read.
+    /// </summary>
+    public static async ValueTask<RingSegment?> ReadSegmentAsync(Stream stream, byte[] dataBuffer, CancellationToken cancellationToken)
+    {
+        byte[] lengths = new byte[2 * sizeof(int)];
+        int got = await stream.ReadAtLeastAsync(lengths, lengths.Length, throwOnEndOfStream: false, cancellationToken);
+        if (got == 0) return null;
+        if (got < lengths.Length) throw new EndOfStreamException("ring frame: the stream ended inside a length prefix");
+        int headerSize = BinaryPrimitives.ReadInt32LittleEndian(lengths);
+        int dataSize = BinaryPrimitives.ReadInt32LittleEndian(lengths.AsSpan(sizeof(int)));
+        if (headerSize is < 0 or > SegmentHeaderBytesMax || dataSize < 0 || dataSize > FrameBytesMax || dataSize > dataBuffer.Length)
+            throw new InvalidDataException($"ring frame: a {headerSize}-byte header and {dataSize} bytes of data; expected at most {SegmentHeaderBytesMax} and {FrameBytesMax}");
+        byte[] header = new byte[headerSize];
+        await stream.ReadExactlyAsync(header, cancellationToken);
+        var segment = RingSegment.Parser.ParseFrom(header);
+        await stream.ReadExactlyAsync(dataBuffer.AsMemory(0, dataSize), cancellationToken);
+        segment.Chunk ??= new Protos.TensorChunk();
+        segment.Chunk.Data = UnsafeByteOperations.UnsafeWrap(dataBuffer.AsMemory(0, dataSize));
+        return segment;
     }
 
     private static async Task<byte[]> ReadFrameAsync(Stream stream, int bytesMax, CancellationToken cancellationToken)

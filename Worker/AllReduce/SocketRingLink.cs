@@ -23,6 +23,8 @@ public sealed class SocketRingLink : RingLinkBase
     private readonly RingDataListener _listener;
     private readonly string _jobId;
     private readonly TimeSpan _peerTimeout;
+    // Received segments wrap this buffer: each is valid until the next receive (IRingLink.ReceiveAsync).
+    private readonly byte[] _receiveBuffer = new byte[RingSocketProtocol.FrameBytesMax];
 
     private SocketRingLink(RingDataListener listener, string jobId, long generation, Stream predecessor, Stream successor, TimeSpan peerTimeout, int successorRank)
         : base(generation)
@@ -82,7 +84,7 @@ public sealed class SocketRingLink : RingLinkBase
         timeout.CancelAfter(_peerTimeout);
         try
         {
-            return await RingSocketProtocol.ReadSegmentAsync(_predecessor, timeout.Token)
+            return await RingSocketProtocol.ReadSegmentAsync(_predecessor, _receiveBuffer, timeout.Token)
                 ?? throw new RingBrokenException($"ring generation {Generation}: the predecessor closed its connection");
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException or Google.Protobuf.InvalidProtocolBufferException
@@ -104,7 +106,7 @@ public sealed class SocketRingLink : RingLinkBase
             while (await reader.WaitToReadAsync(Broken.Token))
             {
                 while (reader.TryRead(out var segment))
-                    await RingSocketProtocol.WriteFrameAsync(_successor, segment, Broken.Token);
+                    await RingSocketProtocol.WriteSegmentAsync(_successor, segment, Broken.Token);
                 await _successor.FlushAsync(Broken.Token);
             }
         }
