@@ -124,22 +124,23 @@ public static class RingSocketProtocol
 
     /// <summary>
     /// Reads one segment written by <see cref="WriteSegmentAsync"/>; null at the end of the stream.
-    /// Both lengths are checked before anything is read into memory. The data is read into
-    /// <paramref name="dataBuffer"/> and the segment wraps it: it is valid until the next read.
+    /// Both lengths are checked before anything is read into memory. The lengths and header are
+    /// read into <paramref name="headerBuffer"/> (at least <see cref="SegmentHeaderBytesMax"/> bytes),
+    /// the data into <paramref name="dataBuffer"/>, which the segment wraps: valid until the next read.
     /// </summary>
-    public static async ValueTask<RingSegment?> ReadSegmentAsync(Stream stream, byte[] dataBuffer, CancellationToken cancellationToken)
+    public static async ValueTask<RingSegment?> ReadSegmentAsync(Stream stream, byte[] headerBuffer, byte[] dataBuffer, CancellationToken cancellationToken)
     {
-        byte[] lengths = new byte[2 * sizeof(int)];
-        int got = await stream.ReadAtLeastAsync(lengths, lengths.Length, throwOnEndOfStream: false, cancellationToken);
+        const int lengthsSize = 2 * sizeof(int);
+        int got = await stream.ReadAtLeastAsync(headerBuffer.AsMemory(0, lengthsSize), lengthsSize, throwOnEndOfStream: false, cancellationToken);
         if (got == 0) return null;
-        if (got < lengths.Length) throw new EndOfStreamException("ring frame: the stream ended inside a length prefix");
-        int headerSize = BinaryPrimitives.ReadInt32LittleEndian(lengths);
-        int dataSize = BinaryPrimitives.ReadInt32LittleEndian(lengths.AsSpan(sizeof(int)));
-        if (headerSize is < 0 or > SegmentHeaderBytesMax || dataSize < 0 || dataSize > FrameBytesMax || dataSize > dataBuffer.Length)
+        if (got < lengthsSize) throw new EndOfStreamException("ring frame: the stream ended inside a length prefix");
+        int headerSize = BinaryPrimitives.ReadInt32LittleEndian(headerBuffer);
+        int dataSize = BinaryPrimitives.ReadInt32LittleEndian(headerBuffer.AsSpan(sizeof(int)));
+        if (headerSize is < 0 or > SegmentHeaderBytesMax || headerSize > headerBuffer.Length
+            || dataSize < 0 || dataSize > FrameBytesMax || dataSize > dataBuffer.Length)
             throw new InvalidDataException($"ring frame: a {headerSize}-byte header and {dataSize} bytes of data; expected at most {SegmentHeaderBytesMax} and {FrameBytesMax}");
-        byte[] header = new byte[headerSize];
-        await stream.ReadExactlyAsync(header, cancellationToken);
-        var segment = RingSegment.Parser.ParseFrom(header);
+        await stream.ReadExactlyAsync(headerBuffer.AsMemory(0, headerSize), cancellationToken);
+        var segment = RingSegment.Parser.ParseFrom(headerBuffer.AsSpan(0, headerSize));
         await stream.ReadExactlyAsync(dataBuffer.AsMemory(0, dataSize), cancellationToken);
         segment.Chunk ??= new Protos.TensorChunk();
         segment.Chunk.Data = UnsafeByteOperations.UnsafeWrap(dataBuffer.AsMemory(0, dataSize));

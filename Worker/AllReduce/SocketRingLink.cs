@@ -25,6 +25,7 @@ public sealed class SocketRingLink : RingLinkBase
     private readonly TimeSpan _peerTimeout;
     // Received segments wrap this buffer: each is valid until the next receive (IRingLink.ReceiveAsync).
     private readonly byte[] _receiveBuffer = new byte[RingSocketProtocol.FrameBytesMax];
+    private readonly byte[] _headerBuffer = new byte[RingSocketProtocol.SegmentHeaderBytesMax];
 
     private SocketRingLink(RingDataListener listener, string jobId, long generation, Stream predecessor, Stream successor, TimeSpan peerTimeout, int successorRank)
         : base(generation)
@@ -84,7 +85,7 @@ public sealed class SocketRingLink : RingLinkBase
         timeout.CancelAfter(_peerTimeout);
         try
         {
-            return await RingSocketProtocol.ReadSegmentAsync(_predecessor, _receiveBuffer, timeout.Token)
+            return await RingSocketProtocol.ReadSegmentAsync(_predecessor, _headerBuffer, _receiveBuffer, timeout.Token)
                 ?? throw new RingBrokenException($"ring generation {Generation}: the predecessor closed its connection");
         }
         catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException or Google.Protobuf.InvalidProtocolBufferException
