@@ -57,14 +57,15 @@ public sealed class SyncModeTests(ITestOutputHelper output)
     public async Task Under_asp_two_workers_train_the_fashion_mnist_cnn_to_85_percent()
     {
         var (exitCode, stdout, stderr) = await ClusterCommand.RunAsync(TimeSpan.FromMinutes(4),
-            "local", "--model", "cnn", "--workers", "2", "--epochs", "1", "--batch-size", "32", "--train-limit", "30000", "--test-limit", "2000",
+            // The whole training set: ASP's result varies from run to run, and 30,000 samples once gave 83.65 %.
+            "local", "--model", "cnn", "--workers", "2", "--epochs", "1", "--batch-size", "32", "--test-limit", "2000",
             "--sync", "asp", "--output", "json");
 
         Assert.True(exitCode == 0, $"exit code {exitCode}\n{stderr}");
         using var job = JsonDocument.Parse(stdout);
         Assert.Equal("asp", job.RootElement.GetProperty("spec").GetProperty("sync").GetString());
         double accuracy = job.RootElement.GetProperty("epochs")[0].GetProperty("accuracy").GetDouble();
-        output.WriteLine($"ASP cnn accuracy after one epoch of 30,000 samples: {accuracy:P2}");
+        output.WriteLine($"ASP cnn accuracy after one epoch of 60,000 samples: {accuracy:P2}");
         Assert.InRange(accuracy, 0.85, 1.0);
     }
 }
