@@ -3,6 +3,7 @@ using Cluster.Coordinator.Api;
 using Cluster.Coordinator.Dashboard;
 using Cluster.Coordinator.Jobs;
 using Cluster.Coordinator.Services;
+using Cluster.Coordinator.State;
 using Cluster.Coordinator.Telemetry;
 using Cluster.Shared.Health;
 using Cluster.Shared.Security;
@@ -25,8 +26,10 @@ namespace Cluster.Coordinator;
 public sealed class CoordinatorHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
+    private readonly CoordinatorStateFile? _state;
 
-    private CoordinatorHost(WebApplication app, string grpcUrl, string httpUrl) => (_app, GrpcUrl, HttpUrl) = (app, grpcUrl, httpUrl);
+    private CoordinatorHost(WebApplication app, CoordinatorStateFile? state, string grpcUrl, string httpUrl) =>
+        (_app, _state, GrpcUrl, HttpUrl) = (app, state, grpcUrl, httpUrl);
 
     public string GrpcUrl { get; }
     public string HttpUrl { get; }
@@ -38,6 +41,22 @@ public sealed class CoordinatorHost : IAsyncDisposable
     {
         var errors = options.Validate().ToList();
         if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        var state = options.StatePath is { } path ? CoordinatorStateFile.Open(path) : null;
+        try
+        {
+            return await StartAsync(options, state, cancellationToken);
+        }
+        catch
+        {
+            state?.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task<CoordinatorHost> StartAsync(CoordinatorOptions options, CoordinatorStateFile? state, CancellationToken cancellationToken)
+    {
+        var board = new JobBoard(TimeProvider.System) { RingJoinWindow = options.RingJoinWindow, Journal = state };
+        int replayed = state is null ? 0 : board.Restore(state.ReadEvents());
         var builder = WebApplication.CreateSlimBuilder();
         Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning).AddFilter("Cluster", LogLevel.Information);
@@ -64,7 +83,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         });
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton(services => new JobBoard(services.GetRequiredService<TimeProvider>()) { RingJoinWindow = options.RingJoinWindow });
+        builder.Services.AddSingleton(board);
         builder.Services.AddHostedService<MaintenanceService>();
         builder.Services.AddObservability();
         var app = builder.Build();
@@ -78,12 +97,15 @@ public sealed class CoordinatorHost : IAsyncDisposable
         app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
         readiness.MarkReady();
+        if (state is not null)
+            CoordinatorLog.StateRestored(app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Cluster.Coordinator"), state.Path, replayed,
+                board.Read((jobs, _) => jobs.Values.Count(j => j.State is JobState.Running or JobState.Queued)));
 
         // Kestrel writes the bound endpoint (with the port it picked for port 0) back into each ListenOptions.
         string scheme = ClusterEndpoints.Scheme(security);
         var info = app.Services.GetRequiredService<CoordinatorInfo>();
         (info.GrpcUrl, info.HttpUrl, info.StartedAt) = (Url(scheme, grpcListen!), Url(scheme, httpListen!), DateTimeOffset.UtcNow);
-        return new CoordinatorHost(app, info.GrpcUrl, info.HttpUrl);
+        return new CoordinatorHost(app, state, info.GrpcUrl, info.HttpUrl);
     }
 
     private static string Url(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
@@ -94,5 +116,12 @@ public sealed class CoordinatorHost : IAsyncDisposable
     {
         await _app.StopAsync();
         await _app.DisposeAsync();
+        _state?.Dispose();
     }
+}
+
+internal static partial class CoordinatorLog
+{
+    [LoggerMessage(Level = LogLevel.Information, Message = "State {Path}: replayed {Events} recorded events; {Open} jobs queued or running resume")]
+    public static partial void StateRestored(ILogger logger, string path, int events, int open);
 }

@@ -27,6 +27,8 @@ public sealed record CoordinatorOptions
     public int WorkersMax { get; init; } = 4096;
     /// <summary>Scheme "allreduce": how long a ring re-formation waits for the previous members to rejoin.</summary>
     public TimeSpan RingJoinWindow { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>SQLite file holding the coordinator's state; a coordinator restarted on it resumes its jobs. Null: in memory only.</summary>
+    public string? StatePath { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -42,5 +44,6 @@ public sealed record CoordinatorOptions
         if (ApiBodyBytesMax < 1 << 10) yield return $"api-body-bytes-max: {ApiBodyBytesMax}; expected at least 1024";
         if (QueuedJobsMax < 1) yield return $"queued-jobs-max: {QueuedJobsMax}; expected 1 or more";
         if (WorkersMax < 1) yield return $"workers-max: {WorkersMax}; expected 1 or more";
+        if (StatePath is { Length: 0 }) yield return "state: empty; expected a file path";
     }
 }

@@ -44,9 +44,9 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             do
             {
-                var reply = await coordinator.GetAssignmentAsync(
+                var reply = await CoordinatorRetry.CallAsync(options, deadline => coordinator.GetAssignmentAsync(
                     new GetAssignmentRequest { WorkerId = registration.WorkerId, WaitMillis = 5000 },
-                    deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: stopping.Token);
+                    deadline: deadline, cancellationToken: stopping.Token), stopping.Token);
                 if (reply.Assignment is null) continue;
                 await RunJobAsync(coordinator, reply.Assignment, stopping.Token);
             }

@@ -23,7 +23,11 @@ public static class RoleCommands
         var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
         var queuedMax = new Option<int>("--queued-jobs-max") { Description = "Jobs that may wait in the queue", DefaultValueFactory = _ => new CoordinatorOptions().QueuedJobsMax };
         var ringJoinWindow = new Option<double>("--ring-join-window") { Description = "Scheme allreduce: seconds a ring re-formation waits for the previous members", DefaultValueFactory = _ => 10.0 };
-        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ringJoinWindow, ParentPid };
+        var state = new Option<string?>("--state")
+        {
+            Description = "SQLite file for the coordinator's state (jobs, members, leases, progress; created when missing); a coordinator restarted on the same file resumes its jobs. Default: in memory only",
+        };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ringJoinWindow, state, ParentPid };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
@@ -33,7 +37,7 @@ public static class RoleCommands
                 BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
                 HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
                 QueuedJobsMax = parse.GetValue(queuedMax), Security = Security.Read(parse),
-                RingJoinWindow = TimeSpan.FromSeconds(parse.GetValue(ringJoinWindow)),
+                RingJoinWindow = TimeSpan.FromSeconds(parse.GetValue(ringJoinWindow)), StatePath = parse.GetValue(state),
             };
             await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
             await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");

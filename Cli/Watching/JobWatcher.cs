@@ -55,12 +55,30 @@ public sealed class JobWatcher(CoordinatorApi api, IAnsiConsole console, IReadOn
         }
     }
 
+    /// <summary>How long the watcher keeps asking a coordinator that does not answer (one with a state file may be restarting).</summary>
+    public static readonly TimeSpan UnreachableMax = TimeSpan.FromSeconds(60);
+
+    private DateTime? _unreachableSince;
+
     private async Task<JobView> PollAsync(string jobId, CancellationToken cancellationToken)
     {
-        foreach (var role in roles)
-            if (role.HasExited)
-                throw new CliException(role.Describe($"exited with code {role.ExitCode} while job {jobId} was running"), exitCode: 1);
-        return await api.GetJobAsync(jobId, cancellationToken);
+        while (true)
+        {
+            foreach (var role in roles)
+                if (role.HasExited)
+                    throw new CliException(role.Describe($"exited with code {role.ExitCode} while job {jobId} was running"), exitCode: 1);
+            try
+            {
+                var job = await api.GetJobAsync(jobId, cancellationToken);
+                _unreachableSince = null;
+                return job;
+            }
+            catch (Shared.Rpc.PeerUnreachableException e) when (DateTime.UtcNow - (_unreachableSince ??= DateTime.UtcNow) < UnreachableMax)
+            {
+                console.WriteLine($"{e.Message}; asking again (gives up after {UnreachableMax.TotalSeconds:0} s)");
+                await Task.Delay(PollInterval * 2, cancellationToken);
+            }
+        }
     }
 
     private static bool IsOver(JobView job) => job.State is "succeeded" or "failed" or "cancelled";

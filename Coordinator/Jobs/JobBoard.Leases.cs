@@ -20,11 +20,19 @@ public sealed partial class JobBoard
     {
         lock (_gate)
         {
+            Record(new BoardEvent { Leased = request });
             var job = RunningJob(request.JobId, request.Rank);
             if (job.Ring is not null)
                 throw new InvalidOperationException($"job {job.Id} uses scheme '{job.Spec.Scheme}'; its workers call GetShard, not LeaseShard");
-            return job.Lease(request, time.GetUtcNow());
+            return job.Lease(request, Now);
         }
+    }
+
+    /// <summary>An idle worker becomes the next rank of running "ps" job <paramref name="job"/>.</summary>
+    private static int Join(JobRecord job, WorkerMember worker)
+    {
+        worker.JobId = job.Id;
+        return job.AddRank(worker.Id);
     }
 
     /// <summary>A worker leaves a running "ps" job on its own: the same as losing it, without the wait.</summary>
@@ -32,6 +40,7 @@ public sealed partial class JobBoard
     {
         lock (_gate)
         {
+            Record(new BoardEvent { Left = new LeaveJobRequest { JobId = jobId, Rank = rank } });
             var job = RunningJob(jobId, rank);
             if (job.Spec.Scheme != "ps") return false;
             var worker = _members.FindWorker(job.Ranks[rank]);
@@ -53,8 +62,8 @@ public sealed partial class JobBoard
 
     private void RemoveFromPs(JobRecord job, int rank, string lostMessage)
     {
-        if (!job.RemoveRank(rank, time.GetUtcNow())) return;
-        _removedRanks.Writer.TryWrite((job, rank));
+        if (!job.RemoveRank(rank, Now)) return;
+        if (!Replaying) _removedRanks.Writer.TryWrite((job, rank));
         if (job.LiveRankCount == 0) End(job, JobState.Failed, lostMessage);
         else if (job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
         else Schedule();
@@ -76,9 +85,9 @@ public sealed partial class JobBoard
             while (job.LiveRankCount < job.LiveRanksMax && _waiting.FirstOrDefault(w => w.Worker.Alive && w.Worker.JobId is null) is { Worker: not null } idle)
             {
                 var (worker, reply) = idle;
-                worker.JobId = job.Id;
+                Record(new BoardEvent { RankJoined = new RankJoined { JobId = job.Id, WorkerId = worker.Id } });
                 _waiting.RemoveAll(w => w.Worker == worker);
-                int rank = job.AddRank(worker.Id);
+                int rank = Join(job, worker);
                 var assignment = new Assignment { JobId = job.Id, Rank = rank, WorldSize = job.Spec.Workers, Spec = job.Spec.ToProto(), Join = true };
                 assignment.ParameterServers.AddRange(job.ParameterServers);
                 reply.TrySetResult(assignment);

@@ -8,7 +8,9 @@ namespace Cluster.Coordinator.Jobs;
 /// <summary>
 /// The coordinator's state machine: members, the FIFO job queue, assignment of queued jobs to
 /// idle workers, and each running job's lifecycle. One lock guards everything; nothing here
-/// is on the training hot path. Plain class: tested without a network.
+/// is on the training hot path. Plain class: tested without a network. With a
+/// <see cref="Journal"/>, every input that changes the board is recorded before it is applied,
+/// and <see cref="Restore"/> replays them (JobBoard.Journal.cs).
 /// </summary>
 public sealed partial class JobBoard(TimeProvider time)
 {
@@ -34,12 +36,19 @@ public sealed partial class JobBoard(TimeProvider time)
         {
             if (_queue.Count >= queuedMax)
                 throw new QueueFullException($"queue: {_queue.Count} jobs are already waiting (the limit); submit again when some have started");
-            var job = new JobRecord($"job-{++_nextJob}", spec, time.GetUtcNow());
-            _jobs.Add(job.Id, job);
-            _queue.AddLast(job);
-            Schedule();
-            return job;
+            Record(new BoardEvent { Submitted = new JobSubmitted { Spec = spec.ToProto(), Workers = spec.Workers } });
+            return AddJob(spec);
         }
+    }
+
+    private JobRecord AddJob(JobSpecification spec)
+    {
+        var job = new JobRecord($"job-{++_nextJob}", spec, Now);
+        _jobs.Add(job.Id, job);
+        _queue.AddLast(job);
+        JobChanged(job);
+        Schedule();
+        return job;
     }
 
     /// <summary>Registers a worker; refuses it when <paramref name="liveMax"/> live workers are registered.</summary>
@@ -49,7 +58,8 @@ public sealed partial class JobBoard(TimeProvider time)
         {
             if (_members.Workers.Count(w => w.Alive) >= liveMax)
                 throw new QueueFullException($"workers: {liveMax} live workers are registered (the limit); this worker is refused");
-            return _members.AddWorker(host, device, processId, time.GetUtcNow());
+            Record(new BoardEvent { WorkerRegistered = new RegisterWorkerRequest { Host = host, Device = device, ProcessId = processId } });
+            return _members.AddWorker(host, device, processId, Now);
         }
     }
 
@@ -57,10 +67,16 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
-            var server = _members.AddServer(address, time.GetUtcNow());
-            Schedule();
-            return server;
+            Record(new BoardEvent { ServerRegistered = address });
+            return AddServer(address);
         }
+    }
+
+    private ParameterServerMember AddServer(string address)
+    {
+        var server = _members.AddServer(address, Now);
+        Schedule();
+        return server;
     }
 
     /// <summary>Records a heartbeat; returns whether the worker is known and a job it must abort.</summary>
@@ -70,7 +86,7 @@ public sealed partial class JobBoard(TimeProvider time)
         {
             var worker = _members.FindWorker(workerId);
             if (worker is null || !worker.Alive) return (false, null);
-            worker.LastHeartbeat = time.GetUtcNow();
+            worker.LastHeartbeat = Now;
             return _pendingAborts.Remove(workerId, out string? abort) ? (true, abort) : (true, null);
         }
     }
@@ -83,7 +99,11 @@ public sealed partial class JobBoard(TimeProvider time)
         {
             var worker = _members.FindWorker(workerId) ?? throw new ArgumentException($"worker_id: '{workerId}' is not registered");
             // Asking for work means the worker is done with its previous job (its part of it).
-            worker.JobId = null;
+            if (worker.JobId is not null)
+            {
+                Record(new BoardEvent { WorkerReleased = workerId });
+                worker.JobId = null;
+            }
             _waiting.RemoveAll(w => w.Worker == worker);
             reply = new TaskCompletionSource<Assignment>(TaskCreationOptions.RunContinuationsAsynchronously);
             _waiting.Add((worker, reply));
@@ -101,10 +121,11 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
+            Record(new BoardEvent { ShardPlanned = new GetShardRequest { JobId = jobId, Rank = rank, Epoch = epoch, TrainSampleCount = trainSampleCount } });
             var job = RunningJob(jobId, rank);
             return job.Ring is null
-                ? job.Plan(epoch, trainSampleCount, time.GetUtcNow()).Shard(rank)
-                : job.RingShard(rank, epoch, trainSampleCount, time.GetUtcNow());
+                ? job.Plan(epoch, trainSampleCount, Now).Shard(rank)
+                : job.RingShard(rank, epoch, trainSampleCount, Now);
         }
     }
 
@@ -112,9 +133,10 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
+            Record(new BoardEvent { Progress = report });
             var job = RunningJob(report.JobId, report.Rank);
-            job.RecordProgress(report.Rank, report.Epoch, report.StepsDone, report.StepsTotal, report.LossSum, report.SampleCount, time.GetUtcNow());
-            job.RecordRejectedGradients(report.RejectedGradients);
+            if (job.RecordProgress(report.Rank, report.Epoch, report.StepsDone, report.StepsTotal, report.LossSum, report.SampleCount, Now))
+                job.RecordRejectedGradients(report.RejectedGradients);
         }
     }
 
@@ -122,10 +144,13 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
+            Record(new BoardEvent { Evaluation = report });
             var job = RunningJob(report.JobId, report.Rank);
             if (IsRemoved(job, report.Rank)) return; // its part was given up when it was removed
-            bool epochDone = job.RecordEvaluation(report.Rank, report.Epoch, report.ClassCount, report.Confusion, report.LossSum, time.GetUtcNow());
-            if (epochDone && job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
+            bool epochDone = job.RecordEvaluation(report.Rank, report.Epoch, report.ClassCount, report.Confusion, report.LossSum, Now);
+            if (!epochDone) return;
+            JobChanged(job);
+            if (job.Results.Count == job.Spec.Epochs) End(job, JobState.Succeeded, null);
         }
     }
 
@@ -134,7 +159,9 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
-            if (_jobs.TryGetValue(jobId, out var job) && !job.IsFinished && !(rank is { } r && IsRemoved(job, r))) End(job, JobState.Failed, message);
+            if (!_jobs.TryGetValue(jobId, out var job) || job.IsFinished || (rank is { } r && IsRemoved(job, r))) return;
+            Record(new BoardEvent { Failed = new JobFailed { JobId = jobId, Message = message, Rank = rank ?? -1 } });
+            End(job, JobState.Failed, message);
         }
     }
 
@@ -144,6 +171,7 @@ public sealed partial class JobBoard(TimeProvider time)
         lock (_gate)
         {
             if (!_jobs.TryGetValue(jobId, out var job) || job.IsFinished) return false;
+            Record(new BoardEvent { Cancelled = jobId });
             End(job, JobState.Cancelled, "cancelled by the user");
             return true;
         }
@@ -157,14 +185,21 @@ public sealed partial class JobBoard(TimeProvider time)
     {
         lock (_gate)
         {
-            foreach (var worker in _members.ExpireWorkers(time.GetUtcNow(), heartbeatTimeout))
+            foreach (var worker in _members.SilentWorkers(Now, heartbeatTimeout))
             {
-                _waiting.RemoveAll(w => w.Worker == worker);
-                if (worker.JobId is null || !_jobs.TryGetValue(worker.JobId, out var job) || job.IsFinished) continue;
-                string lost = $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s";
-                if (!TryDropFromRing(job, worker.Id) && !TryRemoveFromPs(job, worker, lost)) End(job, JobState.Failed, lost);
+                Record(new BoardEvent { WorkerExpired = new WorkerExpired { WorkerId = worker.Id, HeartbeatTimeoutMillis = (long)heartbeatTimeout.TotalMilliseconds } });
+                Expire(worker, heartbeatTimeout);
             }
         }
+    }
+
+    private void Expire(WorkerMember worker, TimeSpan heartbeatTimeout)
+    {
+        worker.Alive = false;
+        _waiting.RemoveAll(w => w.Worker == worker);
+        if (worker.JobId is null || !_jobs.TryGetValue(worker.JobId, out var job) || job.IsFinished) return;
+        string lost = $"worker {worker.Id} (rank {job.Ranks.IndexOf(worker.Id)}, host {worker.Host}, pid {worker.ProcessId}) lost: no heartbeat for {heartbeatTimeout.TotalSeconds:0.#} s";
+        if (!TryDropFromRing(job, worker.Id) && !TryRemoveFromPs(job, worker, lost)) End(job, JobState.Failed, lost);
     }
 
     public T Read<T>(Func<IReadOnlyDictionary<string, JobRecord>, MemberRegistry, T> view)
@@ -179,25 +214,13 @@ public sealed partial class JobBoard(TimeProvider time)
             var job = head.Value;
             var idle = _waiting.Where(w => w.Worker.Alive && w.Worker.JobId is null).Take(job.Spec.Workers).ToList();
             if (idle.Count < job.Spec.Workers) return;
-            _queue.RemoveFirst();
-            job.State = JobState.Running;
-            job.StartedAt = time.GetUtcNow();
-            if (job.Spec.Scheme == "allreduce")
-            {
-                job.Ring = new(job.Id, idle.Count, RingJoinWindow, time);
-            }
-            else
-            {
-                // Spread jobs over the servers: each job starts where the previous one ended.
-                for (int k = 0; k < job.Spec.ParameterServers; k++)
-                    job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
-                _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
-            }
+            var started = new JobStarted { JobId = job.Id };
+            started.WorkerIds.AddRange(idle.Select(w => w.Worker.Id));
+            Record(new BoardEvent { JobStarted = started });
+            Start(job, [.. idle.Select(w => w.Worker)]);
             for (int rank = 0; rank < idle.Count; rank++)
             {
                 var (worker, reply) = idle[rank];
-                worker.JobId = job.Id;
-                job.Ranks.Add(worker.Id);
                 _waiting.RemoveAll(w => w.Worker == worker);
                 var assignment = new Assignment { JobId = job.Id, Rank = rank, WorldSize = idle.Count, Spec = job.Spec.ToProto() };
                 assignment.ParameterServers.AddRange(job.ParameterServers);
@@ -207,13 +230,39 @@ public sealed partial class JobBoard(TimeProvider time)
         AdmitJoiners();
     }
 
+    /// <summary>Starts a queued job on <paramref name="workers"/> (rank r is workers[r]).</summary>
+    private void Start(JobRecord job, IReadOnlyList<WorkerMember> workers)
+    {
+        _queue.Remove(job);
+        job.State = JobState.Running;
+        job.StartedAt = Now;
+        if (job.Spec.Scheme == "allreduce")
+        {
+            job.Ring = new(job.Id, workers.Count, RingJoinWindow, time);
+        }
+        else
+        {
+            // Spread jobs over the servers: each job starts where the previous one ended.
+            for (int k = 0; k < job.Spec.ParameterServers; k++)
+                job.ParameterServers.Add(_members.Servers[(_nextServer + k) % _members.Servers.Count].Address);
+            _nextServer = (_nextServer + job.Spec.ParameterServers) % _members.Servers.Count;
+        }
+        foreach (var worker in workers)
+        {
+            worker.JobId = job.Id;
+            job.Ranks.Add(worker.Id);
+        }
+        JobChanged(job);
+    }
+
     private void End(JobRecord job, JobState state, string? error)
     {
         bool wasQueued = job.State == JobState.Queued;
         job.State = state;
         job.Error = error;
-        job.FinishedAt = time.GetUtcNow();
+        job.FinishedAt = Now;
         if (wasQueued) _queue.Remove(job);
+        JobChanged(job);
         foreach (string workerId in job.Ranks)
         {
             var worker = _members.FindWorker(workerId);
@@ -222,7 +271,7 @@ public sealed partial class JobBoard(TimeProvider time)
             if (state != JobState.Succeeded) _pendingAborts[workerId] = job.Id;
         }
         job.Ring?.Close();
-        if (!wasQueued) _finished.Writer.TryWrite(job);
+        if (!wasQueued && !Replaying) _finished.Writer.TryWrite(job);
         Schedule();
     }
 

@@ -62,7 +62,11 @@ public sealed partial class JobRecord(string id, JobSpecification spec, DateTime
         return plan;
     }
 
-    public void RecordProgress(int rank, int epoch, int stepsDone, int stepsTotal, double lossSum, long sampleCount, DateTimeOffset now)
+    /// <summary>
+    /// Adds a rank's progress report; returns false for a repeated one (no further than the
+    /// rank's last report of the epoch: a retry whose reply was lost), whose sums are not added again.
+    /// </summary>
+    public bool RecordProgress(int rank, int epoch, int stepsDone, int stepsTotal, double lossSum, long sampleCount, DateTimeOffset now)
     {
         CheckEpoch(epoch);
         if (stepsTotal < 0 || stepsDone < 0 || stepsDone > stepsTotal)
@@ -71,13 +75,18 @@ public sealed partial class JobRecord(string id, JobSpecification spec, DateTime
             throw new ArgumentException($"loss_sum: {lossSum} over sample_count {sampleCount}; expected a finite sum over a count >= 0");
         var progress = Epoch(epoch);
         progress.StartedAt ??= now;
-        progress.StepsDone[rank] = stepsDone;
+        bool repeated = progress.StepsDone.TryGetValue(rank, out int last) && stepsDone <= last && sampleCount > 0;
+        progress.StepsDone[rank] = Math.Max(stepsDone, last);
         progress.StepsTotal = stepsTotal;
-        progress.LossSum += lossSum;
-        progress.SampleCount += sampleCount;
-        if (sampleCount > 0) progress.RecentLoss = lossSum / sampleCount;
+        if (!repeated)
+        {
+            progress.LossSum += lossSum;
+            progress.SampleCount += sampleCount;
+            if (sampleCount > 0) progress.RecentLoss = lossSum / sampleCount;
+        }
         if (progress.StepsDone.Values.All(s => s == stepsTotal) && progress.StepsDone.Count >= LiveWorkerCount)
             progress.TrainedAt ??= now;
+        return !repeated;
     }
 
     /// <summary>Adds one rank's evaluation; returns true when it completed the epoch.</summary>

@@ -44,11 +44,7 @@ public sealed class MemberRegistry
 
     public WorkerMember? FindWorker(string id) => _workers.GetValueOrDefault(id);
 
-    /// <summary>Marks workers silent for longer than <paramref name="timeout"/> as dead and returns them.</summary>
-    public List<WorkerMember> ExpireWorkers(DateTimeOffset now, TimeSpan timeout)
-    {
-        var expired = _workers.Values.Where(w => w.Alive && now - w.LastHeartbeat > timeout).ToList();
-        foreach (var worker in expired) worker.Alive = false;
-        return expired;
-    }
+    /// <summary>Live workers silent for longer than <paramref name="timeout"/>, in registration order.</summary>
+    public List<WorkerMember> SilentWorkers(DateTimeOffset now, TimeSpan timeout) =>
+        [.. _workers.Values.Where(w => w.Alive && now - w.LastHeartbeat > timeout)];
 }

@@ -71,9 +71,8 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
 
     private async Task<long> TrainEpochAsync(int epoch, long step, nn.Module<Tensor, Tensor> model, BatchLoader loader, CancellationToken cancellationToken)
     {
-        var shard = await coordinator.GetShardAsync(
-            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = loader.Count },
-            deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        var shard = await CoordinatorRetry.CallAsync(options, deadline => coordinator.GetShardAsync(
+            new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = loader.Count }, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
         int[] indices = [.. shard.SampleIndices];
         int[] offsets = [.. shard.StepOffsets];
         int stepCount = offsets.Length - 1;
@@ -92,11 +91,11 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
             }
             if (sinceReport.Elapsed >= ProgressInterval || s == stepCount - 1)
             {
-                await coordinator.ReportProgressAsync(new ReportProgressRequest
+                await CoordinatorRetry.CallAsync(options, deadline => coordinator.ReportProgressAsync(new ReportProgressRequest
                 {
                     JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch,
                     StepsDone = s + 1, StepsTotal = stepCount, LossSum = lossSum, SampleCount = sampleCount,
-                }, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                }, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
                 (lossSum, sampleCount) = (0, 0);
                 sinceReport.Restart();
             }
@@ -177,7 +176,7 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
             JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, ClassCount = classCount, LossSum = result.LossSum,
         };
         request.Confusion.AddRange(result.Confusion);
-        await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        await CoordinatorRetry.CallAsync(options, deadline => coordinator.ReportEvaluationAsync(request, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
     }
 
     /// <summary>Logs the final parameters' hash and, when asked, writes them as raw float32 for comparison.</summary>

@@ -27,11 +27,11 @@ public sealed partial class ParameterServerTrainer
         var state = new EpochState(assignment.Join ? -1 : 0);
         while (true)
         {
-            var lease = await coordinator.LeaseShardAsync(new LeaseShardRequest
+            var lease = await CoordinatorRetry.CallAsync(options, deadline => coordinator.LeaseShardAsync(new LeaseShardRequest
             {
                 JobId = assignment.JobId, Rank = assignment.Rank, Epoch = state.Epoch, Step = step,
                 TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(),
-            }, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+            }, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
             switch (lease.Kind)
             {
                 case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:
@@ -91,7 +91,7 @@ public sealed partial class ParameterServerTrainer
         };
         _timer?.Drain(report);
         _tensorBoard?.Progress(report, step + 1);
-        await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        await CoordinatorRetry.CallAsync(options, deadline => coordinator.ReportProgressAsync(report, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
         _rejectedSinceReport = 0;
         state.Reported();
     }

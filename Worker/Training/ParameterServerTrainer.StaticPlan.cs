@@ -55,9 +55,8 @@ public sealed partial class ParameterServerTrainer
     {
         if (epoch == _epochs.Count)
         {
-            var shard = await coordinator.GetShardAsync(
-                new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = training.Task.TrainCount },
-                deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+            var shard = await CoordinatorRetry.CallAsync(options, deadline => coordinator.GetShardAsync(
+                new GetShardRequest { JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, TrainSampleCount = training.Task.TrainCount }, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
             _epochs.Add(([.. shard.SampleIndices], [.. shard.StepOffsets], step));
         }
         var (indices, offsets, epochFirstStep) = _epochs[epoch];
@@ -99,7 +98,7 @@ public sealed partial class ParameterServerTrainer
                 };
                 _timer.Drain(report);
                 _tensorBoard?.Progress(report, step + 1);
-                await coordinator.ReportProgressAsync(report, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+                await CoordinatorRetry.CallAsync(options, deadline => coordinator.ReportProgressAsync(report, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
                 (epochLossSum, epochSampleCount) = (epochLossSum + lossSum, epochSampleCount + sampleCount);
                 (lossSum, sampleCount, _rejectedSinceReport) = (0, 0, 0);
                 sinceReport.Restart();

@@ -141,7 +141,7 @@ public sealed partial class ParameterServerTrainer(
             for (int c = 0; c < classCount; c++) correct += result.Confusion[c * classCount + c];
             _tensorBoard.Evaluation(epoch, result.LossSum / scored, (double)correct / scored);
         }
-        await coordinator.ReportEvaluationAsync(request, deadline: DateTime.UtcNow + options.CallTimeout, cancellationToken: cancellationToken);
+        await CoordinatorRetry.CallAsync(options, deadline => coordinator.ReportEvaluationAsync(request, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
         if (part == 0 && training.Job.OutputDir is { } output && task is IArtifactTask artifacts)
         {
             Directory.CreateDirectory(output);
