@@ -37,7 +37,7 @@ public sealed class DockerComposeTests
         string scratch = Directory.CreateTempSubdirectory("cluster-compose-").FullName;
         string envFile = Path.Combine(scratch, "cluster.env");
         await File.WriteAllTextAsync(envFile, $"CLUSTER_SECRET={TestSecurity.Secret.Value}\n");
-        int apiPort = FreePort(), prometheusPort = FreePort();
+        int apiPort = JobProgress.FreePort(), prometheusPort = JobProgress.FreePort();
         var environment = new Dictionary<string, string>
         {
             ["SDK_IMAGE"] = "cluster-local/sdk:10.0",
@@ -124,12 +124,5 @@ public sealed class DockerComposeTests
             await Task.Delay(1000);
         }
         Assert.Fail($"timed out after {timeout.TotalSeconds:0} s waiting for {what}");
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

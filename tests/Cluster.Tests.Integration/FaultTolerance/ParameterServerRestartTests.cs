@@ -1,4 +1,3 @@
-using System.Net.Http.Json;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Xunit.Abstractions;
@@ -46,7 +45,7 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
                 "--model", "mlp", "--workers", "2", "--epochs", epochs.ToString(), "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000",
                 "--static-plan"); // recovery retrains the steps the server lost: the static plan (see ParameterServerTrainer.Leases.cs)
 
-            await WaitForStepsAsync(urls["http"], killEpoch, killAfterSteps);
+            await JobProgress.WaitForStepsAsync(urls["http"], killEpoch, killAfterSteps, Startup);
             using (var kill = System.Diagnostics.Process.Start("kill", ["-9", server.ProcessId.ToString()])) await kill.WaitForExitAsync();
             await server.WaitAsync(TimeSpan.FromSeconds(10));
             restarted = ClusterCommand.Start(["ps", "--port", port, .. serverArguments]);
@@ -82,22 +81,6 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
             server.Dispose();
             restarted?.Dispose();
         }
-    }
-
-    /// <summary>Waits until the running job's slowest rank has done <paramref name="steps"/> steps of <paramref name="epoch"/>.</summary>
-    private static async Task WaitForStepsAsync(string api, int epoch, int steps)
-    {
-        using var http = TestSecurity.HttpClient();
-        var giveUpAt = DateTime.UtcNow + Startup;
-        while (DateTime.UtcNow < giveUpAt)
-        {
-            var jobs = await http.GetFromJsonAsync<JsonElement>($"{api}/api/jobs");
-            if (jobs.EnumerateArray().Any(j => j.TryGetProperty("progress", out var p) && p.ValueKind == JsonValueKind.Object
-                && (p.GetProperty("epoch").GetInt32() > epoch || (p.GetProperty("epoch").GetInt32() == epoch && p.GetProperty("stepsDone").GetInt32() >= steps))))
-                return;
-            await Task.Delay(100);
-        }
-        Assert.Fail($"the job did not reach step {steps} of epoch {epoch} within {Startup.TotalSeconds} s");
     }
 
     [GeneratedRegex(@"Loaded job \S+ at version (\d+) from checkpoint")]
