@@ -41,6 +41,9 @@ public sealed class RingRendezvous(string jobId, int worldSize, TimeSpan joinWin
         {
             if (request.Rank < 0 || request.Rank >= worldSize)
                 throw new ArgumentException($"rank: {request.Rank} is out of range; job {jobId} has ranks 0 to {worldSize - 1}");
+            if (_formed.Generation == 0 && request.LastGeneration > 0)
+                throw new InvalidOperationException(
+                    $"last_generation: {request.LastGeneration}; job {jobId}'s ring formed before this coordinator restarted, and ring generations are not kept in its state file: the ring cannot re-form");
             if (request.LastGeneration > _formed.Generation || request.LastGeneration < 0)
                 throw new ArgumentException($"last_generation: {request.LastGeneration}; job {jobId} is at ring generation {_formed.Generation}");
             if (_dropped.Contains(request.Rank)) return Excluded();

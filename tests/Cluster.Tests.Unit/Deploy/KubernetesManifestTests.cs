@@ -19,7 +19,7 @@ public sealed class KubernetesManifestTests
     public void Every_manifest_validates_against_the_kubernetes_schema_and_names_the_resources_the_cluster_needs()
     {
         Assert.Equal(
-            ["Deployment/coordinator", "Deployment/worker", "Namespace/cluster", "PersistentVolumeClaim/checkpoints", "PersistentVolumeClaim/datasets",
+            ["Deployment/coordinator", "Deployment/worker", "Namespace/cluster", "PersistentVolumeClaim/checkpoints", "PersistentVolumeClaim/coordinator-state", "PersistentVolumeClaim/datasets",
              "Secret/cluster-secret", "Service/coordinator", "Service/parameter-server", "StatefulSet/parameter-server"],
             Objects.Select(o => $"{o.Kind}/{((IMetadata<V1ObjectMeta>)o).Metadata.Name}").Order(StringComparer.Ordinal));
         Assert.All(Objects.OfType<IMetadata<V1ObjectMeta>>().Where(o => o is not V1Namespace), o => Assert.Equal("cluster", o.Metadata.NamespaceProperty));
@@ -45,6 +45,20 @@ public sealed class KubernetesManifestTests
         var claims = workers.Spec.Template.Spec.Volumes.Where(v => v.PersistentVolumeClaim is not null).Select(v => v.PersistentVolumeClaim.ClaimName).ToList();
         Assert.Equal(["checkpoints", "datasets"], claims.Order(StringComparer.Ordinal));
         Assert.All(claims, claim => Assert.Contains(Objects.OfType<V1PersistentVolumeClaim>(), c => c.Metadata.Name == claim));
+    }
+
+    [Fact]
+    public void The_coordinator_keeps_its_state_file_on_its_own_claim_so_that_a_replacement_pod_resumes_the_jobs()
+    {
+        var coordinator = Objects.OfType<V1Deployment>().Single(d => d.Metadata.Name == "coordinator");
+        var container = coordinator.Spec.Template.Spec.Containers.Single();
+        string state = container.Args[container.Args.IndexOf("--state") + 1];
+        var mount = container.VolumeMounts.Single(m => state.StartsWith(m.MountPath + "/", StringComparison.Ordinal));
+        var volume = coordinator.Spec.Template.Spec.Volumes.Single(v => v.Name == mount.Name);
+        var claim = Objects.OfType<V1PersistentVolumeClaim>().Single(c => c.Metadata.Name == volume.PersistentVolumeClaim.ClaimName);
+        Assert.Equal(["ReadWriteOnce"], claim.Spec.AccessModes);
+        // One writer at a time: the old pod stops before the new one starts.
+        Assert.Equal("Recreate", coordinator.Spec.Strategy.Type);
     }
 
     [Fact]
