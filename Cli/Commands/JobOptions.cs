@@ -15,7 +15,7 @@ public sealed class JobOptions
     public Option<int> Epochs { get; } = new("--epochs") { Description = "Passes over the training set", DefaultValueFactory = _ => Defaults.Epochs };
     public Option<int> BatchSize { get; } = new("--batch-size") { Description = "Samples per worker per step", DefaultValueFactory = _ => Defaults.BatchSize };
     public Option<int> Workers { get; } = new("--workers") { Description = "Number of workers", DefaultValueFactory = _ => Defaults.Workers };
-    public Option<bool> StaticPlan { get; } = new("--static-plan") { Description = "Scheme ps: each rank trains its fixed slice of every batch instead of leasing shards; such a job retrains the steps a parameter server lost when it comes back from a checkpoint" };
+    public Option<bool> StaticPlan { get; } = new("--static-plan") { Description = "Scheme ps: each rank trains its fixed slice of every batch instead of leasing shards from the coordinator (no per-step lease call; a lost worker's remaining samples of the epoch go untrained)" };
     public Option<int> MaxWorkers { get; } = new("--max-workers") { Description = "Scheme ps: admit workers that start while the job runs, up to this many ranks (0: only to replace lost ones)", DefaultValueFactory = _ => 0 };
     public Option<string> Optimizer { get; } = new("--optimizer") { Description = "adam, adamw or sgd", DefaultValueFactory = _ => Defaults.Optimizer.Kind };
     public Option<double> LearningRate { get; } = new("--lr") { Description = "Learning rate", DefaultValueFactory = _ => Defaults.Optimizer.LearningRate };

@@ -32,7 +32,7 @@ public sealed partial class JobRecord
         }
         var table = LeaseTable(request.Epoch < 0 ? 0 : Math.Min(request.Epoch, Spec.Epochs - 1), request.TrainSampleCount, now);
         var applied = request.Applied?.Steps.Select(s => new Leases.AppliedStep(s.Step, [.. s.Ranks])) ?? [];
-        var grant = table.Lease(request.Rank, request.Epoch, request.Step, applied);
+        var grant = table.Lease(request.Rank, request.Epoch, request.Step, applied, request.ServersRewound);
         if (grant.Epoch >= 0)
         {
             var progress = Epoch(grant.Epoch);

@@ -103,9 +103,44 @@ internal sealed class EpochPool
     public void Return(int shardId)
     {
         _leased--;
+        Restock(shardId);
+        Audit.ShardsReturned++;
+    }
+
+    /// <summary>Whether acknowledged shards can still be taken back (the per-sample counts are kept).</summary>
+    public bool CanUnacknowledge => _timesTrained is not null;
+
+    /// <summary>
+    /// Takes back an acknowledged shard whose step the parameter servers lost (they came back from
+    /// an older checkpoint): its samples count as not trained by it, and it goes back to the pool.
+    /// </summary>
+    public void Unacknowledge(int shardId, int rank)
+    {
+        var counts = _timesTrained ?? throw new InvalidOperationException($"epoch {Audit.Epoch}: its per-sample counts were released; shard {shardId} cannot be taken back");
+        Audit.ShardsAcknowledged--;
+        if (--Audit.ShardsByRank[rank] == 0) Audit.ShardsByRank.Remove(rank);
+        foreach (int sample in _plan.Batch(shardId % _plan.WorldSize, shardId / _plan.WorldSize))
+        {
+            byte times = counts[sample];
+            if (times == 1) { Audit.SamplesTrainedOnce--; Audit.SamplesNotTrained++; }
+            else if (times == 2) { Audit.SamplesTrainedMoreThanOnce--; Audit.SamplesTrainedOnce++; }
+            if (times is > 0 and < byte.MaxValue) counts[sample] = (byte)(times - 1);
+        }
+        Restock(shardId);
+        Audit.Complete = Trained;
+    }
+
+    /// <summary>A leased shard whose step was lost goes back to the pool (not counted as returned: no step was applied without it).</summary>
+    public void Unlease(int shardId)
+    {
+        _leased--;
+        Restock(shardId);
+    }
+
+    private void Restock(int shardId)
+    {
         _pool.Add(shardId);
         _bySlot[shardId % _plan.WorldSize].Add(shardId);
-        Audit.ShardsReturned++;
     }
 
     /// <summary>Rank's part of the test set; the evaluators are the members when the epoch was first found done.</summary>

@@ -42,6 +42,17 @@ namespace Cluster.Coordinator.Leases;
 /// refused. With K parameter servers a rank forwards the intersection of the K lists; a rank
 /// that dies between its pushes to two servers then has its shard retrained although one
 /// server applied it (a known limit: part of the model sees that batch twice).
+///
+/// Rewind. A parameter server killed and restarted from a checkpoint at version v has lost the
+/// steps applied from v on (its checkpoint keeps the ranks behind the steps before v, which its
+/// pulls report as usual). The first rank that finds it so asks for step v with "servers
+/// rewound", handing in that report: the table settles the steps before v, then takes back the acknowledged shards of steps v and later (their samples
+/// count as untrained again) and the leases still outstanding, puts them all back in the pool,
+/// and settles from step v again; the epoch of step v becomes current again if it had ended.
+/// Because hand-out is lowest-shard-first, the ranks then lease the very shards they trained
+/// before, so the retrained steps use the same batches. Ranks that ask for a later step meanwhile
+/// are told to rewind too. An epoch two or more behind the newest has released its per-sample
+/// counts and cannot be rewound into (refused with the reason).
 /// </summary>
 public sealed class ShardLeaseTable
 {
@@ -54,7 +65,10 @@ public sealed class ShardLeaseTable
     private readonly Dictionary<int, (int Epoch, long Step, LeaseGrant Grant)> _lastGrant = [];
     private readonly List<EpochAudit> _audits = [];
     private readonly HashSet<long> _settled = [];
+    private readonly Dictionary<long, List<(int Epoch, int ShardId, int Rank)>> _acknowledgedAt = [];
     private long _settledThrough = -1;
+    private long _releasedThrough = -1;
+    private bool _rewound;
 
     /// <summary>How many recent applied steps a parameter server reports with each pull.</summary>
     public const int AppliedStepsKept = 16;
@@ -99,17 +113,24 @@ public sealed class ShardLeaseTable
     public bool IsRemoved(int rank) => _removed.Contains(rank);
 
     /// <summary>Step 2 of the sequence: settles <paramref name="applied"/>, then answers rank's request.</summary>
-    public LeaseGrant Lease(int rank, int epoch, long step, IEnumerable<AppliedStep> applied)
+    public LeaseGrant Lease(int rank, int epoch, long step, IEnumerable<AppliedStep> applied, bool serversRewound = false)
     {
-        foreach (var report in applied.OrderBy(a => a.Step)) Settle(report);
         if (!_members.Contains(rank))
             throw new InvalidOperationException($"rank: {rank} is not a member of the job{(_removed.Contains(rank) ? " (it was removed: declared dead or left)" : "")}");
         if (step < 0) throw new ArgumentException($"step: {step}; expected 0 or more");
+        // Servers back at version `step` applied every step before it: the report (from the restored
+        // servers' pull) settles those first; then the steps from `step` on are taken back.
+        foreach (var report in applied.Where(a => !serversRewound || a.Step < step).OrderBy(a => a.Step)) Settle(report);
+        if (serversRewound) Rewind(step);
         if (step <= _settledThrough)
             throw new InvalidOperationException($"step: {step} was already applied (steps through {_settledThrough} are settled); the request is stale");
         // A rank leases step t after pulling version t, and hands in the ranks of step t - 1 with the request.
         if (step > _settledThrough + 1)
+        {
+            // After a rewind, a rank that has not met the restarted servers yet is told to.
+            if (_rewound) return LeaseGrant.Rewind(_settledThrough + 1);
             throw new ArgumentException($"step: {step} is ahead of the applied steps (through {_settledThrough}); expected {_settledThrough + 1}");
+        }
         int resolved = epoch < 0 ? CurrentEpoch : epoch;
         if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved) return last.Grant;
         var grant = Answer(rank, resolved, step);
@@ -123,19 +144,64 @@ public sealed class ShardLeaseTable
     /// </summary>
     public void Settle(AppliedStep applied)
     {
-        if (!_settled.Add(applied.Step)) return;
+        // Steps settle in order; a report beyond the next step describes steps the servers lost (a rewind): ignored.
+        if (applied.Step > _settledThrough + 1 || !_settled.Add(applied.Step)) return;
         var contributors = new HashSet<int>(applied.Ranks);
         foreach (var key in _outstanding.Keys.Where(k => k.Step == applied.Step).OrderBy(k => k.Rank).ToList())
         {
             var lease = _outstanding[key];
             _outstanding.Remove(key);
             var pool = _pools[lease.Epoch];
-            if (contributors.Contains(key.Rank)) pool.Acknowledge(lease.ShardId, key.Rank);
-            else pool.Return(lease.ShardId);
+            if (contributors.Contains(key.Rank))
+            {
+                pool.Acknowledge(lease.ShardId, key.Rank);
+                AcknowledgedAt(applied.Step).Add((lease.Epoch, lease.ShardId, key.Rank));
+            }
+            else
+            {
+                pool.Return(lease.ShardId);
+            }
         }
         // Leases of other steps wait for their own report: a list says nothing of another step.
         _settledThrough = Math.Max(_settledThrough, applied.Step);
         AdvanceEpoch();
+    }
+
+    /// <summary>
+    /// The parameter servers came back at version <paramref name="toStep"/>: steps from it on
+    /// were lost. Takes back their shards (see "Rewind" above); returns false when nothing
+    /// applied was lost (no step from <paramref name="toStep"/> on was settled: already rewound).
+    /// </summary>
+    public bool Rewind(long toStep)
+    {
+        if (toStep > _settledThrough) return false;
+        var lost = _acknowledgedAt.Where(a => a.Key >= toStep).OrderByDescending(a => a.Key).ToList();
+        if (toStep <= _releasedThrough || lost.SelectMany(a => a.Value).Any(a => !_pools[a.Epoch].CanUnacknowledge))
+            throw new InvalidOperationException(
+                $"step: the parameter servers came back at version {toStep}, in an epoch two or more behind the newest, whose per-sample counts were released; the job cannot retrain it with leases");
+        foreach (var (step, shards) in lost)
+        {
+            foreach (var (epoch, shardId, rank) in shards) _pools[epoch].Unacknowledge(shardId, rank);
+            _acknowledgedAt.Remove(step);
+        }
+        foreach (var (key, lease) in _outstanding.OrderBy(o => o.Key.Step).ThenBy(o => o.Key.Rank).ToList())
+        {
+            _pools[lease.Epoch].Unlease(lease.ShardId);
+            _outstanding.Remove(key);
+        }
+        _settled.RemoveWhere(step => step >= toStep);
+        _settledThrough = toStep - 1;
+        foreach (int rank in _lastGrant.Where(g => g.Value.Step >= toStep).Select(g => g.Key).ToList()) _lastGrant.Remove(rank);
+        CurrentEpoch = 0;
+        AdvanceEpoch();
+        _rewound = true;
+        return true;
+    }
+
+    private List<(int Epoch, int ShardId, int Rank)> AcknowledgedAt(long step)
+    {
+        if (!_acknowledgedAt.TryGetValue(step, out var shards)) _acknowledgedAt[step] = shards = [];
+        return shards;
     }
 
     /// <summary>Ranks that must evaluate epoch <paramref name="epoch"/> (fixed when it was first done), in part order.</summary>
@@ -173,7 +239,15 @@ public sealed class ShardLeaseTable
             _pools[epoch] = pool;
             _audits.Add(pool.Audit);
             // Plans and per-sample counts of older epochs are no longer needed: their audits stay.
-            if (_pools.TryGetValue(epoch - 2, out var old)) old.Release();
+            if (_pools.TryGetValue(epoch - 2, out var old))
+            {
+                old.Release();
+                foreach (long step in _acknowledgedAt.Where(a => a.Value.All(s => s.Epoch <= epoch - 2)).Select(a => a.Key).ToList())
+                {
+                    _acknowledgedAt.Remove(step);
+                    _releasedThrough = Math.Max(_releasedThrough, step);
+                }
+            }
         }
         return pool;
     }
@@ -189,7 +263,7 @@ public sealed class ShardLeaseTable
 /// <summary>Which ranks' complete pushes a parameter server applied as step <paramref name="Step"/>.</summary>
 public sealed record AppliedStep(long Step, IReadOnlyList<int> Ranks);
 
-public enum LeaseKind { Shard, Idle, EpochDone, JobDone }
+public enum LeaseKind { Shard, Idle, EpochDone, JobDone, Rewind }
 
 /// <summary>
 /// The answer to a lease request. <see cref="EvaluationPart"/> of <see cref="EvaluationParts"/>:
@@ -201,4 +275,5 @@ public sealed record LeaseGrant(LeaseKind Kind, int Epoch, long Step, int ShardI
     public static LeaseGrant Idle(int epoch, long step) => new(LeaseKind.Idle, epoch, step, -1, [], -1, 0);
     public static LeaseGrant EpochDone(int epoch, long step, int part, int parts) => new(LeaseKind.EpochDone, epoch, step, -1, [], part, parts);
     public static LeaseGrant JobDone(long step) => new(LeaseKind.JobDone, -1, step, -1, [], -1, 0);
+    public static LeaseGrant Rewind(long step) => new(LeaseKind.Rewind, -1, step, -1, [], -1, 0);
 }

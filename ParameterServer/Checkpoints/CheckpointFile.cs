@@ -25,6 +25,8 @@ public static class CheckpointFile
     public const string ParametersExtension = ".safetensors";
     private static readonly byte[] Magic = "CLPSCKP1"u8.ToArray();
     private const int HashBytes = 32;
+    /// <summary>Bound on the ranks an applied-step record may name (a job's ranks, joiners included).</summary>
+    private const int RanksMax = 1 << 16;
     private const long StateBytesMax = 3L * int.MaxValue;
 
     /// <summary>Untrusted input: MessagePack's hardened mode, and only the standard resolver for the explicit contracts.</summary>
@@ -84,8 +86,16 @@ public static class CheckpointFile
         var optimizer = Settings(manifest.Optimizer);
         var errors = optimizer.Validate().ToList();
         if (errors.Count > 0) throw new InvalidDataException($"{statePath}: optimizer: {string.Join("; ", errors)}");
+        foreach (var applied in manifest.AppliedSteps)
+            if (applied.Step < manifest.Version - JobParameters.AppliedStepsKept || applied.Step >= manifest.Version
+                || applied.Ranks is null || applied.Ranks.Length > RanksMax || applied.Ranks.Any(rank => rank is < 0 or >= RanksMax))
+                throw new InvalidDataException(
+                    $"{statePath}: applied step {applied.Step}: expected a step from {manifest.Version - JobParameters.AppliedStepsKept} to {manifest.Version - 1} with ranks 0 to {RanksMax - 1}");
+        if (manifest.AppliedSteps.Count > JobParameters.AppliedStepsKept)
+            throw new InvalidDataException($"{statePath}: applied steps: {manifest.AppliedSteps.Count}; expected at most {JobParameters.AppliedStepsKept}");
         return new JobSnapshot(manifest.JobId, manifest.Version, manifest.WorldSize, layout, manifest.RangeStart, manifest.PartitionElements,
-            optimizer, weights, state, manifest.RejectedGradients);
+            optimizer, weights, state, manifest.RejectedGradients)
+        { AppliedSteps = [.. manifest.AppliedSteps.Select(a => (a.Step, a.Ranks))] };
     }
 
     /// <summary>The manifest, after checking the magic, the checksum and every field's range.</summary>
@@ -140,6 +150,7 @@ public static class CheckpointFile
         Layout = [.. s.Layout.Tensors.Select(t => new TensorRecord { Name = t.Name, Shape = [.. t.Shape] })],
         OptimizerState = [.. s.OptimizerState.Select(b => new StateRecord { Name = b.Name, Values = MemoryMarshal.AsBytes(b.Values.AsSpan()).ToArray() })],
         ParametersSha256 = parametersSha256, RejectedGradients = s.RejectedGradients,
+        AppliedSteps = [.. s.AppliedSteps.Select(a => new AppliedStepRecord { Step = a.Step, Ranks = a.Ranks })],
         WrittenAtUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
     };
 

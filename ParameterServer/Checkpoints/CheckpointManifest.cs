@@ -29,6 +29,8 @@ public sealed class CheckpointManifest
     [Key(10)] public string ParametersSha256 { get; set; } = "";
     [Key(11)] public long RejectedGradients { get; set; }
     [Key(12)] public long WrittenAtUnixMillis { get; set; }
+    /// <summary>The ranks behind the last applied steps (absent from checkpoints written before it was added: empty).</summary>
+    [Key(13)] public List<AppliedStepRecord> AppliedSteps { get; set; } = [];
 }
 
 /// <summary>Update rule and hyperparameters (parameter_server.proto's OptimizerConfig).</summary>
@@ -60,4 +62,12 @@ public sealed class StateRecord
 {
     [Key(0)] public string Name { get; set; } = "";
     [Key(1)] public byte[] Values { get; set; } = [];
+}
+
+/// <summary>Which ranks' pushes made up one applied step.</summary>
+[MessagePackObject]
+public sealed class AppliedStepRecord
+{
+    [Key(0)] public long Step { get; set; }
+    [Key(1)] public int[] Ranks { get; set; } = [];
 }

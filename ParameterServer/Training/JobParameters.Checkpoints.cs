@@ -27,7 +27,7 @@ public sealed partial class JobParameters
         var state = _optimizer.StateBuffers.Select(b => (b.Name, (float[])b.Values.Clone())).ToList();
         lock (_gate)
             return new JobSnapshot(JobId, Version, WorldSize, Layout, RangeStart, PartitionElements, OptimizerSettings,
-                (float[])_weights.Clone(), state, RejectedGradients);
+                (float[])_weights.Clone(), state, RejectedGradients) { AppliedSteps = AppliedSteps(Version - 1) };
     }
 
     /// <summary>A job at the snapshot's version, with its weights and optimizer state.</summary>
@@ -52,6 +52,8 @@ public sealed partial class JobParameters
             job.Version = snapshot.Version;
             Array.Fill(job._partitionVersions, snapshot.Version);
             job.RejectedGradients = snapshot.RejectedGradients;
+            // Pulls of the restored version report who made up the steps before it, as the lost server's pulls would have.
+            foreach (var (step, ranks) in snapshot.AppliedSteps) job._appliedRanks[step] = ranks;
         }
         return job;
     }
@@ -60,4 +62,8 @@ public sealed partial class JobParameters
 /// <summary>Everything a parameter server needs to continue a job's key range from <paramref name="Version"/>.</summary>
 public sealed record JobSnapshot(
     string JobId, long Version, int WorldSize, TensorLayout Layout, long RangeStart, int PartitionElements, OptimizerSettings Optimizer,
-    float[] Weights, IReadOnlyList<(string Name, float[] Values)> OptimizerState, long RejectedGradients);
+    float[] Weights, IReadOnlyList<(string Name, float[] Values)> OptimizerState, long RejectedGradients)
+{
+    /// <summary>The ranks behind the last applied steps (up to <see cref="JobParameters.AppliedStepsKept"/>), for the coordinator's lease table after a restore.</summary>
+    public IReadOnlyList<(long Step, int[] Ranks)> AppliedSteps { get; init; } = [];
+}

@@ -10,10 +10,10 @@ namespace Cluster.Worker.Training;
 /// the coordinator says the epoch is trained: evaluate the part of the test set it names,
 /// report, and go on with the next epoch at the same step. A worker that joins a running job
 /// first becomes a member of the servers' barrier at a step boundary and pulls that version.
-/// A parameter server that comes back from a checkpoint at the step in flight is simply
-/// pushed to again; one that lost applied steps cannot be followed here (the coordinator has
-/// counted those steps' shards as trained): the job fails saying so, and --static-plan jobs
-/// are the ones that retrain lost steps.
+/// A parameter server that comes back from a checkpoint at version v (steps from v on lost)
+/// is followed: the rank pulls v and leases step v again saying the servers rewound, and the
+/// coordinator takes back the lost steps' shards, which the ranks then train again on the same
+/// batches (a rank that meets the rewind at the coordinator first is told to resynchronise).
 /// </summary>
 public sealed partial class ParameterServerTrainer
 {
@@ -25,28 +25,38 @@ public sealed partial class ParameterServerTrainer
         training.Vector.WriteParameters(AsBytes(training.Parameters));
 
         var state = new EpochState(assignment.Join ? -1 : 0);
+        bool rewound = false;
         while (true)
         {
-            var lease = await CoordinatorRetry.CallAsync(options, deadline => coordinator.LeaseShardAsync(new LeaseShardRequest
+            var request = new LeaseShardRequest
             {
-                JobId = assignment.JobId, Rank = assignment.Rank, Epoch = state.Epoch, Step = step,
-                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(),
-            }, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
+                JobId = assignment.JobId, Rank = assignment.Rank, Epoch = rewound ? -1 : state.Epoch, Step = step,
+                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound,
+            };
+            var lease = await CoordinatorRetry.CallAsync(options, deadline => coordinator.LeaseShardAsync(request, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
+            rewound = false;
             switch (lease.Kind)
             {
                 case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:
                     if (state.Epoch != lease.Epoch) state = new EpochState(lease.Epoch);
-                    await TrainStepAsync(training, state, step, lease, cancellationToken);
-                    step++;
+                    if (await TrainStepAsync(training, state, step, lease, cancellationToken) is { } version) (step, rewound) = (version, true);
+                    else step++;
                     break;
                 case LeaseShardReply.Types.Kind.EpochDone:
                     await ReportProgressAsync(state, lease.PlannedSteps, step, force: true, cancellationToken);
                     WorkerLog.EpochTrained(logger, assignment.JobId, assignment.Rank, lease.Epoch, step, state.MeanLoss);
                     SaveIfLast(training, lease.Epoch, lease.EvaluationPart);
-                    if (lease.EvaluationPart >= 0) await EvaluateAsync(lease.Epoch, lease.EvaluationPart, lease.EvaluationParts, training, cancellationToken);
+                    // An epoch trained again after a rewind is not evaluated again (the coordinator keeps the first result).
+                    if (lease.EvaluationPart >= 0 && _evaluated.Add(lease.Epoch))
+                        await EvaluateAsync(lease.Epoch, lease.EvaluationPart, lease.EvaluationParts, training, cancellationToken);
                     // After the last epoch's evaluation the job may already be over: nothing more to ask.
                     if (lease.Epoch == training.Job.Epochs - 1) return;
                     state = new EpochState(lease.Epoch + 1);
+                    break;
+                case LeaseShardReply.Types.Kind.Rewind:
+                    // Another rank found the servers restarted with applied steps lost: take their version.
+                    step = await RecoverFromRewindAsync(training, step, cancellationToken);
+                    rewound = true;
                     break;
                 default:
                     return;
@@ -54,8 +64,22 @@ public sealed partial class ParameterServerTrainer
         }
     }
 
-    /// <summary>One global step on the leased shard (none when idle): compute, push as <paramref name="step"/>, pull step + 1.</summary>
-    private async Task TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, CancellationToken cancellationToken)
+    /// <summary>Resynchronises with servers that came back from a checkpoint; returns their version (the step to train next).</summary>
+    private async Task<long> RecoverFromRewindAsync(Training training, long step, CancellationToken cancellationToken)
+    {
+        if (++_recoveries > options.ServerRecoveriesMax)
+            throw new InvalidOperationException($"parameter servers: rewound more than {options.ServerRecoveriesMax} times; giving up");
+        long version = await training.Servers.RecoverAsync(_initializeHeader!, _initialParameters, training.Parameters, options.ServerRecoveryTimeout, cancellationToken);
+        training.Vector.WriteParameters(AsBytes(training.Parameters));
+        WorkerLog.ServerRecovered(logger, assignment.JobId, assignment.Rank, step, version, Math.Max(0, step - version));
+        return version;
+    }
+
+    /// <summary>
+    /// One global step on the leased shard (none when idle): compute, push as <paramref name="step"/>,
+    /// pull step + 1. Returns null, or the older version the servers came back at (the step to train next).
+    /// </summary>
+    private async Task<long?> TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, CancellationToken cancellationToken)
     {
         _timer ??= new Telemetry.StepTimer(telemetry, assignment.JobId, assignment.Rank);
         _tensorBoard ??= Telemetry.TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
@@ -71,13 +95,16 @@ public sealed partial class ParameterServerTrainer
         {
             // A server came back from a checkpoint: at this very step the push is made again; earlier, applied steps were lost.
             if (version != step)
-                throw new InvalidOperationException(
-                    $"parameter servers: back at version {version} while this rank was at step {step}; a job with shard leases cannot retrain lost steps (run it with --static-plan to recover from checkpoints)");
+            {
+                training.Vector.WriteParameters(AsBytes(training.Parameters));
+                return version;
+            }
         }
         _timer.Exchanged(training.Servers.PushesDoneTimestamp, training.Servers.PullsStartedTimestamp, wireBytes, wireBytes, batch.Length);
         training.Vector.WriteParameters(AsBytes(training.Parameters));
         state.Steps++;
         await ReportProgressAsync(state, lease.PlannedSteps, step, force: false, cancellationToken);
+        return null;
     }
 
     private async Task ReportProgressAsync(EpochState state, int plannedSteps, long step, bool force, CancellationToken cancellationToken)

@@ -10,7 +10,9 @@ namespace Cluster.Tests.Integration.FaultTolerance;
 /// same address with the same checkpoint folder: it loads its newest checkpoint, the workers
 /// resynchronise with that version and replay the lost steps on the same batches, and the job
 /// finishes. Fewer steps are lost than the checkpoint interval. In the second case the last
-/// checkpoint lies in the epoch before the kill, so the workers go back into that epoch.
+/// checkpoint lies in the epoch before the kill, so the workers go back into that epoch. Both
+/// with shard leases (the default: the coordinator takes back the lost steps' shards, and the
+/// audit still shows every sample trained exactly once per epoch) and with --static-plan.
 /// </summary>
 [Trait("Tier", "e2e")]
 public sealed partial class ParameterServerRestartTests(ITestOutputHelper output) : IDisposable
@@ -22,12 +24,14 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
 
     [Theory]
     // One epoch of 150 steps, a checkpoint every 10, killed after step 40.
-    [InlineData(1, 9600, 10, 0, 40)]
+    [InlineData(1, 9600, 10, 0, 40, false)]
+    [InlineData(1, 9600, 10, 0, 40, true)]
     // Two epochs of 75 steps, a checkpoint every 60 (step 60 is in epoch 0, step 120 would be step 45 of
     // epoch 1), killed early in epoch 1: the workers go back into epoch 0.
-    [InlineData(2, 4800, 60, 1, 5)]
+    [InlineData(2, 4800, 60, 1, 5, false)]
+    [InlineData(2, 4800, 60, 1, 5, true)]
     public async Task A_parameter_server_killed_mid_epoch_resumes_from_its_checkpoint_and_the_job_finishes(
-        int epochs, int trainLimit, int checkpointSteps, int killEpoch, int killAfterSteps)
+        int epochs, int trainLimit, int checkpointSteps, int killEpoch, int killAfterSteps, bool staticPlan)
     {
         using var coordinator = ClusterCommand.Start("coordinator");
         var urls = Cli.Local.LocalCluster.ParseUrls(await coordinator.WaitForLineAsync("CLUSTER-READY", Startup));
@@ -41,9 +45,9 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
             // Slowed steps, so that the kill lands mid-epoch on any machine.
             using var worker0 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
             using var worker1 = ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "40");
-            using var submit = ClusterCommand.Start("submit", "--api", urls["http"], "--wait", "--output", "json",
+            using var submit = ClusterCommand.Start(["submit", "--api", urls["http"], "--wait", "--output", "json",
                 "--model", "mlp", "--workers", "2", "--epochs", epochs.ToString(), "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000",
-                "--static-plan"); // recovery retrains the steps the server lost: the static plan (see ParameterServerTrainer.Leases.cs)
+                .. (staticPlan ? (string[])["--static-plan"] : [])]);
 
             await JobProgress.WaitForStepsAsync(urls["http"], killEpoch, killAfterSteps, Startup);
             using (var kill = System.Diagnostics.Process.Start("kill", ["-9", server.ProcessId.ToString()])) await kill.WaitForExitAsync();
@@ -57,6 +61,16 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
             Assert.Equal("succeeded", job.RootElement.GetProperty("state").GetString());
             Assert.Equal(epochs, job.RootElement.GetProperty("epochs").GetArrayLength());
             Assert.InRange(job.RootElement.GetProperty("epochs")[epochs - 1].GetProperty("accuracy").GetDouble(), 0.7, 1.0);
+            if (!staticPlan)
+            {
+                // The lost steps' shards were taken back and trained again: still every sample exactly once per epoch.
+                foreach (var audit in job.RootElement.GetProperty("audit").EnumerateArray())
+                {
+                    output.WriteLine(audit.ToString());
+                    Assert.Equal((trainLimit, 0, 0), (audit.GetProperty("samplesTrainedOnce").GetInt32(),
+                        audit.GetProperty("samplesNotTrained").GetInt32(), audit.GetProperty("samplesTrainedMoreThanOnce").GetInt32()));
+                }
+            }
 
             // The restarted server loaded a checkpoint of the schedule's version...
             var loaded = LoadedPattern().Match(restarted.Stdout + restarted.Stderr);
