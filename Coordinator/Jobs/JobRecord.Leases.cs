@@ -32,7 +32,7 @@ public sealed partial class JobRecord
         }
         var table = LeaseTable(request.Epoch < 0 ? 0 : Math.Min(request.Epoch, Spec.Epochs - 1), request.TrainSampleCount, now);
         var applied = request.Applied?.Steps.Select(s => new Leases.AppliedStep(s.Step, [.. s.Ranks])) ?? [];
-        var grant = table.Lease(request.Rank, request.Epoch, request.Step, applied, request.ServersRewound);
+        var grant = table.Lease(request.Rank, request.Epoch, request.Step, applied, request.ServersRewound, request.LeaseGeneration);
         if (grant.Epoch >= 0)
         {
             var progress = Epoch(grant.Epoch);
@@ -46,6 +46,7 @@ public sealed partial class JobRecord
             EvaluationPart = grant.EvaluationPart,
             EvaluationParts = grant.EvaluationParts,
             PlannedSteps = (table.SampleCount + Spec.Workers * Spec.BatchSize - 1) / (Spec.Workers * Spec.BatchSize),
+            LeaseGeneration = grant.Generation,
         };
         reply.SampleIndices.AddRange(grant.SampleIndices);
         return reply;

@@ -50,8 +50,9 @@ namespace Cluster.Coordinator.Leases;
 /// count as untrained again) and the leases still outstanding, puts them all back in the pool,
 /// and settles from step v again; the epoch of step v becomes current again if it had ended.
 /// Because hand-out is lowest-shard-first, the ranks then lease the very shards they trained
-/// before, so the retrained steps use the same batches. Ranks that ask for a later step meanwhile
-/// are told to rewind too. An epoch two or more behind the newest has released its per-sample
+/// before, so the retrained steps use the same batches. Each rewind starts a new lease
+/// generation; a rank whose request carries an older one has not met the restarted servers (its
+/// report describes lost steps): its report is not used, and it is told to rewind too. An epoch two or more behind the newest has released its per-sample
 /// counts and cannot be rewound into (refused with the reason).
 /// </summary>
 public sealed class ShardLeaseTable
@@ -68,7 +69,6 @@ public sealed class ShardLeaseTable
     private readonly Dictionary<long, List<(int Epoch, int ShardId, int Rank)>> _acknowledgedAt = [];
     private long _settledThrough = -1;
     private long _releasedThrough = -1;
-    private bool _rewound;
 
     /// <summary>How many recent applied steps a parameter server reports with each pull.</summary>
     public const int AppliedStepsKept = 16;
@@ -84,6 +84,8 @@ public sealed class ShardLeaseTable
     }
 
     public int SampleCount => _sampleCount;
+    /// <summary>How many times steps were rewound (see "Rewind"); grants carry it, and requests of an older one are told to rewind.</summary>
+    public long Generation { get; private set; }
     /// <summary>Ranks that may lease: the initial ones and those that joined, less those removed.</summary>
     public IReadOnlyCollection<int> Members => _members;
     /// <summary>The lowest epoch not yet fully trained; the epoch count when the job is trained.</summary>
@@ -113,27 +115,33 @@ public sealed class ShardLeaseTable
     public bool IsRemoved(int rank) => _removed.Contains(rank);
 
     /// <summary>Step 2 of the sequence: settles <paramref name="applied"/>, then answers rank's request.</summary>
-    public LeaseGrant Lease(int rank, int epoch, long step, IEnumerable<AppliedStep> applied, bool serversRewound = false)
+    public LeaseGrant Lease(int rank, int epoch, long step, IEnumerable<AppliedStep> applied, bool serversRewound = false, long generation = -1)
     {
         if (!_members.Contains(rank))
             throw new InvalidOperationException($"rank: {rank} is not a member of the job{(_removed.Contains(rank) ? " (it was removed: declared dead or left)" : "")}");
         if (step < 0) throw new ArgumentException($"step: {step}; expected 0 or more");
+        if (generation > Generation) throw new ArgumentException($"lease_generation: {generation}; the job is at generation {Generation}");
+        // A rank that has not met the restarted servers: its report is about lost steps.
+        // It keeps its generation until it has rewound (its rewound request is then known as one of this generation's).
+        if (!serversRewound && generation >= 0 && generation < Generation) return LeaseGrant.Rewind(_settledThrough + 1) with { Generation = generation };
         // Servers back at version `step` applied every step before it: the report (from the restored
         // servers' pull) settles those first; then the steps from `step` on are taken back.
         foreach (var report in applied.Where(a => !serversRewound || a.Step < step).OrderBy(a => a.Step)) Settle(report);
-        if (serversRewound) Rewind(step);
+        // The first rank to meet restarted servers opens a new generation, even when they lost no
+        // settled step yet: reports from before their restart may describe steps they lost.
+        if (serversRewound && (Rewind(step) | generation == Generation)) Generation++;
         if (step <= _settledThrough)
             throw new InvalidOperationException($"step: {step} was already applied (steps through {_settledThrough} are settled); the request is stale");
         // A rank leases step t after pulling version t, and hands in the ranks of step t - 1 with the request.
         if (step > _settledThrough + 1)
-        {
-            // After a rewind, a rank that has not met the restarted servers yet is told to.
-            if (_rewound) return LeaseGrant.Rewind(_settledThrough + 1);
             throw new ArgumentException($"step: {step} is ahead of the applied steps (through {_settledThrough}); expected {_settledThrough + 1}");
-        }
         int resolved = epoch < 0 ? CurrentEpoch : epoch;
-        if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved) return last.Grant;
-        var grant = Answer(rank, resolved, step);
+        if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved)
+        {
+            if (last.Grant.Generation != Generation) _lastGrant[rank] = last = last with { Grant = last.Grant with { Generation = Generation } };
+            return last.Grant;
+        }
+        var grant = Answer(rank, resolved, step) with { Generation = Generation };
         _lastGrant[rank] = (resolved, step, grant);
         return grant;
     }
@@ -194,7 +202,6 @@ public sealed class ShardLeaseTable
         foreach (int rank in _lastGrant.Where(g => g.Value.Step >= toStep).Select(g => g.Key).ToList()) _lastGrant.Remove(rank);
         CurrentEpoch = 0;
         AdvanceEpoch();
-        _rewound = true;
         return true;
     }
 
@@ -271,6 +278,9 @@ public enum LeaseKind { Shard, Idle, EpochDone, JobDone, Rewind }
 /// </summary>
 public sealed record LeaseGrant(LeaseKind Kind, int Epoch, long Step, int ShardId, int[] SampleIndices, int EvaluationPart, int EvaluationParts)
 {
+    /// <summary>The table's <see cref="ShardLeaseTable.Generation"/> when it answered.</summary>
+    public long Generation { get; init; }
+
     public static LeaseGrant Shard(int epoch, long step, int shardId, int[] samples) => new(LeaseKind.Shard, epoch, step, shardId, samples, -1, 0);
     public static LeaseGrant Idle(int epoch, long step) => new(LeaseKind.Idle, epoch, step, -1, [], -1, 0);
     public static LeaseGrant EpochDone(int epoch, long step, int part, int parts) => new(LeaseKind.EpochDone, epoch, step, -1, [], part, parts);

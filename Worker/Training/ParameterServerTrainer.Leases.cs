@@ -26,15 +26,16 @@ public sealed partial class ParameterServerTrainer
 
         var state = new EpochState(assignment.Join ? -1 : 0);
         bool rewound = false;
+        long generation = 0;
         while (true)
         {
             var request = new LeaseShardRequest
             {
                 JobId = assignment.JobId, Rank = assignment.Rank, Epoch = rewound ? -1 : state.Epoch, Step = step,
-                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound,
+                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound, LeaseGeneration = generation,
             };
             var lease = await CoordinatorRetry.CallAsync(options, deadline => coordinator.LeaseShardAsync(request, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
-            rewound = false;
+            (rewound, generation) = (false, lease.LeaseGeneration);
             switch (lease.Kind)
             {
                 case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:

@@ -79,9 +79,12 @@ public sealed class LeaseRewindTests
         Assert.Equal(0, table.Audits()[1].SamplesTrainedOnce);
         // The same request again (a lost reply) gets the same answer; the rewind is not repeated.
         Assert.Equal(first, table.Lease(0, -1, 4, [new AppliedStep(3, [0, 1])], serversRewound: true));
-        // A rank that has not met the restarted servers yet is told to.
-        var told = table.Lease(1, 1, 8, [new AppliedStep(7, [0, 1])]);
-        Assert.Equal((LeaseKind.Rewind, 4L), (told.Kind, told.Step));
+        // A rank that has not met the restarted servers yet (its last grant is of generation 0) is told to,
+        // and its report of lost steps 6 and 7 is not used.
+        Assert.Equal(1, first.Generation);
+        var told = table.Lease(1, 1, 8, [new AppliedStep(6, [0, 1]), new AppliedStep(7, [0, 1])], generation: 0);
+        Assert.Equal((LeaseKind.Rewind, 4L, 0L), (told.Kind, told.Step, told.Generation));
+        Assert.Equal(3, table.SettledThrough);
 
         var again = Train(table, 4, 10, rewoundAtFirst: true);
         for (long step = 6; step < 8; step++)
