@@ -24,7 +24,11 @@ public sealed partial class JobBoard
             var job = RunningJob(request.JobId, request.Rank);
             if (job.Ring is not null)
                 throw new InvalidOperationException($"job {job.Id} uses scheme '{job.Spec.Scheme}'; its workers call GetShard, not LeaseShard");
-            return job.Lease(request, Now);
+            var reply = job.Lease(request, Now);
+            // Servers back from a checkpoint may have missed removals made after it: they are told again (removing is idempotent).
+            if (request.ServersRewound && !Replaying)
+                foreach (int rank in job.RemovedRanks.Order()) _removedRanks.Writer.TryWrite((job, rank));
+            return reply;
         }
     }
 

@@ -93,9 +93,20 @@ public static class CheckpointFile
                     $"{statePath}: applied step {applied.Step}: expected a step from {manifest.Version - JobParameters.AppliedStepsKept} to {manifest.Version - 1} with ranks 0 to {RanksMax - 1}");
         if (manifest.AppliedSteps.Count > JobParameters.AppliedStepsKept)
             throw new InvalidDataException($"{statePath}: applied steps: {manifest.AppliedSteps.Count}; expected at most {JobParameters.AppliedStepsKept}");
+        foreach (var (what, records) in new[] { ("joined", manifest.JoinSteps), ("removed", manifest.LeaveSteps) })
+        {
+            if (records.Count > RanksMax || records.Select(r => r.Rank).Distinct().Count() != records.Count
+                || records.Any(r => r.Rank is < 0 or >= RanksMax || r.Step < 0 || (what == "removed" && r.Step > manifest.Version + 1)))
+                throw new InvalidDataException($"{statePath}: {what} ranks: expected distinct ranks 0 to {RanksMax - 1} with steps from 0" +
+                    (what == "removed" ? $" to {manifest.Version + 1}" : ""));
+        }
         return new JobSnapshot(manifest.JobId, manifest.Version, manifest.WorldSize, layout, manifest.RangeStart, manifest.PartitionElements,
             optimizer, weights, state, manifest.RejectedGradients)
-        { AppliedSteps = [.. manifest.AppliedSteps.Select(a => (a.Step, a.Ranks))] };
+        {
+            AppliedSteps = [.. manifest.AppliedSteps.Select(a => (a.Step, a.Ranks))],
+            JoinSteps = manifest.JoinSteps.ToDictionary(r => r.Rank, r => r.Step),
+            LeaveSteps = manifest.LeaveSteps.ToDictionary(r => r.Rank, r => r.Step),
+        };
     }
 
     /// <summary>The manifest, after checking the magic, the checksum and every field's range.</summary>
@@ -151,6 +162,8 @@ public static class CheckpointFile
         OptimizerState = [.. s.OptimizerState.Select(b => new StateRecord { Name = b.Name, Values = MemoryMarshal.AsBytes(b.Values.AsSpan()).ToArray() })],
         ParametersSha256 = parametersSha256, RejectedGradients = s.RejectedGradients,
         AppliedSteps = [.. s.AppliedSteps.Select(a => new AppliedStepRecord { Step = a.Step, Ranks = a.Ranks })],
+        JoinSteps = [.. s.JoinSteps.OrderBy(j => j.Key).Select(j => new RankStepRecord { Rank = j.Key, Step = j.Value })],
+        LeaveSteps = [.. s.LeaveSteps.OrderBy(l => l.Key).Select(l => new RankStepRecord { Rank = l.Key, Step = l.Value })],
         WrittenAtUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
     };
 

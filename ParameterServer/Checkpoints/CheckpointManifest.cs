@@ -31,6 +31,10 @@ public sealed class CheckpointManifest
     [Key(12)] public long WrittenAtUnixMillis { get; set; }
     /// <summary>The ranks behind the last applied steps (absent from checkpoints written before it was added: empty).</summary>
     [Key(13)] public List<AppliedStepRecord> AppliedSteps { get; set; } = [];
+    /// <summary>The barrier's joined ranks and the step each is a member from (absent from older checkpoints: none).</summary>
+    [Key(14)] public List<RankStepRecord> JoinSteps { get; set; } = [];
+    /// <summary>The barrier's removed ranks and the first step each is no longer a member of.</summary>
+    [Key(15)] public List<RankStepRecord> LeaveSteps { get; set; } = [];
 }
 
 /// <summary>Update rule and hyperparameters (parameter_server.proto's OptimizerConfig).</summary>
@@ -70,4 +74,12 @@ public sealed class AppliedStepRecord
 {
     [Key(0)] public long Step { get; set; }
     [Key(1)] public int[] Ranks { get; set; } = [];
+}
+
+/// <summary>A rank and a step (when it joined, or left, the barrier).</summary>
+[MessagePackObject]
+public sealed class RankStepRecord
+{
+    [Key(0)] public int Rank { get; set; }
+    [Key(1)] public long Step { get; set; }
 }

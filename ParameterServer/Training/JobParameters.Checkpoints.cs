@@ -27,7 +27,12 @@ public sealed partial class JobParameters
         var state = _optimizer.StateBuffers.Select(b => (b.Name, (float[])b.Values.Clone())).ToList();
         lock (_gate)
             return new JobSnapshot(JobId, Version, WorldSize, Layout, RangeStart, PartitionElements, OptimizerSettings,
-                (float[])_weights.Clone(), state, RejectedGradients) { AppliedSteps = AppliedSteps(Version - 1) };
+                (float[])_weights.Clone(), state, RejectedGradients)
+            {
+                AppliedSteps = AppliedSteps(Version - 1),
+                JoinSteps = new Dictionary<int, long>(_joinSteps),
+                LeaveSteps = new Dictionary<int, long>(_leaveSteps),
+            };
     }
 
     /// <summary>A job at the snapshot's version, with its weights and optimizer state.</summary>
@@ -54,6 +59,12 @@ public sealed partial class JobParameters
             job.RejectedGradients = snapshot.RejectedGradients;
             // Pulls of the restored version report who made up the steps before it, as the lost server's pulls would have.
             foreach (var (step, ranks) in snapshot.AppliedSteps) job._appliedRanks[step] = ranks;
+            // The barrier's members as they were: ranks that joined or were removed before the checkpoint.
+            foreach (var (rank, step) in snapshot.JoinSteps) job._joinSteps[rank] = step;
+            // A rank removed after its push of the snapshot's step was complete: that push is not in the snapshot.
+            foreach (var (rank, step) in snapshot.LeaveSteps) job._leaveSteps[rank] = Math.Min(step, snapshot.Version);
+            job._capacityWanted = snapshot.JoinSteps.Count == 0 ? 0 : snapshot.JoinSteps.Keys.Max() + 1;
+            job.GrowToWanted();
         }
         return job;
     }
@@ -66,4 +77,8 @@ public sealed record JobSnapshot(
 {
     /// <summary>The ranks behind the last applied steps (up to <see cref="JobParameters.AppliedStepsKept"/>), for the coordinator's lease table after a restore.</summary>
     public IReadOnlyList<(long Step, int[] Ranks)> AppliedSteps { get; init; } = [];
+    /// <summary>Ranks that joined the barrier, with the step they are members from.</summary>
+    public IReadOnlyDictionary<int, long> JoinSteps { get; init; } = new Dictionary<int, long>();
+    /// <summary>Ranks removed from the barrier, with the first step they are no longer members of.</summary>
+    public IReadOnlyDictionary<int, long> LeaveSteps { get; init; } = new Dictionary<int, long>();
 }

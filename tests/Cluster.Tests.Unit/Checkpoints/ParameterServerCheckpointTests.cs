@@ -77,6 +77,24 @@ public sealed class ParameterServerCheckpointTests : IDisposable
     }
 
     [Fact]
+    public async Task A_restored_job_keeps_its_barriers_members_and_the_ranks_behind_its_last_steps()
+    {
+        var job = NewJob();
+        await TrainAsync(job, 3);
+        Assert.True(job.JoinRank(2, fromStep: 5).Joined);
+        Assert.Equal(3, job.RemoveRank(1));
+        string statePath = CheckpointFile.Write(_root, job.Snapshot());
+
+        var restored = JobParameters.Restore(CheckpointFile.Read(statePath));
+
+        foreach (long step in new long[] { 3, 4, 5, 9 }) Assert.Equal(job.Members(step), restored.Members(step));
+        Assert.Equal([0], restored.Members(3));
+        Assert.Equal([0, 2], restored.Members(5));
+        Assert.Equal(job.AppliedSteps(2).Select(a => (a.Step, string.Join(",", a.Ranks))), restored.AppliedSteps(2).Select(a => (a.Step, string.Join(",", a.Ranks))));
+        Assert.Equal(3, restored.AppliedSteps(2).Count);
+    }
+
+    [Fact]
     public async Task The_weights_file_is_plain_safetensors_with_each_parameters_part_by_name()
     {
         var job = NewJob();

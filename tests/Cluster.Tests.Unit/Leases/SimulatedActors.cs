@@ -31,6 +31,10 @@ public sealed class SimulatedServer
         _applied.Clear();
         _applied.UnionWith(_checkpoint.Pushes);
         _pushes.Clear();
+        // Removed ranks stay removed (the checkpoint holds earlier removals; the coordinator tells the
+        // restarted server again of later ones): none is a member of a step it has not pushed again.
+        foreach (var (rank, until) in _leaveStep.ToList())
+            if (until > Version) _leaveStep[rank] = Version;
         Restarts++;
     }
 
