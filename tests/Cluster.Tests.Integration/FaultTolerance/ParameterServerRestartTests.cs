@@ -97,6 +97,62 @@ public sealed partial class ParameterServerRestartTests(ITestOutputHelper output
         }
     }
 
+    /// <summary>
+    /// A worker killed with signal 9 and removed from the job (heartbeat timeout), then the
+    /// parameter server killed and restarted from a checkpoint written after the removal: the
+    /// restored barrier does not wait for the lost rank, the survivors train the lost steps again,
+    /// and every sample is trained exactly once.
+    /// </summary>
+    [Fact]
+    public async Task A_parameter_server_restarted_after_a_worker_was_lost_resumes_without_it()
+    {
+        const int trainLimit = 9600; // 100 steps of 3 x 32
+        using var coordinator = ClusterCommand.Start("coordinator", "--heartbeat-timeout", "3");
+        var urls = Cli.Local.LocalCluster.ParseUrls(await coordinator.WaitForLineAsync("CLUSTER-READY", Startup));
+        string[] serverArguments = ["--coordinator", urls["grpc"], "--checkpoint-dir", _checkpoints, "--checkpoint-steps", "10"];
+        var server = ClusterCommand.Start(["ps", .. serverArguments]);
+        ClusterCommand? restarted = null;
+        List<ClusterCommand> workers = [];
+        try
+        {
+            string port = new Uri(Cli.Local.LocalCluster.ParseUrls(await server.WaitForLineAsync("CLUSTER-READY", Startup))["grpc"]).Port.ToString();
+            workers.AddRange(Enumerable.Range(0, 3).Select(_ => ClusterCommand.Start("worker", "--coordinator", urls["grpc"], "--threads", "1", "--slow-step-ms", "60")));
+            using var submit = ClusterCommand.Start("submit", "--api", urls["http"], "--wait", "--output", "json",
+                "--model", "mlp", "--workers", "3", "--epochs", "1", "--batch-size", "32", "--train-limit", trainLimit.ToString(), "--test-limit", "1000");
+
+            await JobProgress.WaitForStepsAsync(urls["http"], epoch: 0, steps: 10, Startup);
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-9", workers[2].ProcessId.ToString()])) await kill.WaitForExitAsync();
+            // The removal, then a checkpoint written after it (one every 10 steps), then the server's kill.
+            int removedAt = await JobProgress.WaitForRemovedRankAsync(urls["http"], Startup);
+            await JobProgress.WaitForStepsAsync(urls["http"], epoch: 0, steps: removedAt + 15, Startup);
+            output.WriteLine($"rank removed at step {removedAt}");
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-9", server.ProcessId.ToString()])) await kill.WaitForExitAsync();
+            await server.WaitAsync(TimeSpan.FromSeconds(10));
+            restarted = ClusterCommand.Start(["ps", "--port", port, .. serverArguments]);
+            await restarted.WaitForLineAsync("CLUSTER-READY", Startup);
+
+            int exitCode = await submit.WaitAsync(TimeSpan.FromSeconds(180));
+            Assert.True(exitCode == 0, $"exit code {exitCode}\n{submit.Stdout}\n{submit.Stderr}\nworker 0:\n{workers[0].Stdout}\nserver:\n{restarted.Stdout}{restarted.Stderr}");
+            using var job = JsonDocument.Parse(submit.Stdout);
+            Assert.Equal("succeeded", job.RootElement.GetProperty("state").GetString());
+            Assert.Single(job.RootElement.GetProperty("removedRanks").EnumerateArray());
+            var loaded = LoadedPattern().Match(restarted.Stdout + restarted.Stderr);
+            Assert.True(loaded.Success, $"the restarted server loaded no checkpoint:\n{restarted.Stdout}\n{restarted.Stderr}");
+            output.WriteLine($"restarted from version {loaded.Groups[1].Value}");
+            var audit = Assert.Single(job.RootElement.GetProperty("audit").EnumerateArray());
+            output.WriteLine(audit.ToString());
+            Assert.Equal((trainLimit, 0, 0), (audit.GetProperty("samplesTrainedOnce").GetInt32(),
+                audit.GetProperty("samplesNotTrained").GetInt32(), audit.GetProperty("samplesTrainedMoreThanOnce").GetInt32()));
+            Assert.InRange(job.RootElement.GetProperty("epochs")[0].GetProperty("accuracy").GetDouble(), 0.7, 1.0);
+        }
+        finally
+        {
+            foreach (var worker in workers) worker.Dispose();
+            server.Dispose();
+            restarted?.Dispose();
+        }
+    }
+
     [GeneratedRegex(@"Loaded job \S+ at version (\d+) from checkpoint")]
     private static partial Regex LoadedPattern();
 

@@ -22,6 +22,24 @@ public static class JobProgress
         Assert.Fail($"the job did not reach step {steps} of epoch {epoch} within {timeout.TotalSeconds} s");
     }
 
+    /// <summary>Waits until a running job has lost a rank (removedRanks not empty); returns its slowest rank's steps then.</summary>
+    public static async Task<int> WaitForRemovedRankAsync(string api, TimeSpan timeout)
+    {
+        using var http = TestSecurity.HttpClient();
+        var giveUpAt = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < giveUpAt)
+        {
+            var jobs = await http.GetFromJsonAsync<JsonElement>($"{api}/api/jobs");
+            foreach (var job in jobs.EnumerateArray())
+                if (job.TryGetProperty("removedRanks", out var removed) && removed.ValueKind == JsonValueKind.Array && removed.GetArrayLength() > 0
+                    && job.TryGetProperty("progress", out var p) && p.ValueKind == JsonValueKind.Object)
+                    return p.GetProperty("stepsDone").GetInt32();
+            await Task.Delay(100);
+        }
+        Assert.Fail($"no job lost a rank within {timeout.TotalSeconds} s");
+        return 0;
+    }
+
     /// <summary>A TCP port free on loopback right now (for a process that must come back on the same port).</summary>
     public static int FreePort()
     {
