@@ -53,6 +53,8 @@ public sealed class DockerComposeTests
         string[] compose = ["-p", project, "-f", Path.Combine(deploy, "docker-compose.yml")];
 
         await using var engine = await DockerEngine.StartAsync();
+        // A failure of the job is kept and thrown after the clean-up's checks, which then name it too.
+        Exception? failure = null;
         try
         {
             await HostCommand.CheckAsync(Path.Combine(deploy, "docker", "build-local-base-images"), [], BuildTimeout);
@@ -84,18 +86,21 @@ public sealed class DockerComposeTests
                 return health.Count == 5 && health.All(h => h == "up");
             }, ReadyTimeout, "Prometheus to scrape all five roles");
         }
-        finally
+        catch (Exception e)
         {
-            var down = await HostCommand.RunAsync("docker-compose", [.. compose, "down", "--volumes", "--timeout", "20"], TimeSpan.FromMinutes(3), environment, deploy);
-            var left = await HostCommand.RunAsync("docker", ["ps", "-a", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
-            var networks = await HostCommand.RunAsync("docker", ["network", "ls", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
-            var volumes = await HostCommand.RunAsync("docker", ["volume", "ls", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
-            Directory.Delete(scratch, recursive: true);
-            Assert.True(down.ExitCode == 0, down.Describe("docker-compose down"));
-            Assert.True(left.Stdout.Trim().Length == 0, $"containers left after down: {left.Stdout}");
-            Assert.True(networks.Stdout.Trim().Length == 0, $"networks left after down: {networks.Stdout}");
-            Assert.True(volumes.Stdout.Trim().Length == 0, $"volumes left after down: {volumes.Stdout}");
+            failure = e;
         }
+        var down = await HostCommand.RunAsync("docker-compose", [.. compose, "down", "--volumes", "--timeout", "20"], TimeSpan.FromMinutes(3), environment, deploy);
+        var left = await HostCommand.RunAsync("docker", ["ps", "-a", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
+        var networks = await HostCommand.RunAsync("docker", ["network", "ls", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
+        var volumes = await HostCommand.RunAsync("docker", ["volume", "ls", "--filter", $"label=com.docker.compose.project={project}", "-q"], TimeSpan.FromSeconds(30));
+        Directory.Delete(scratch, recursive: true);
+        string after = failure is null ? "" : $"after the test failed with: {failure}\n";
+        Assert.True(down.ExitCode == 0, after + down.Describe("docker-compose down"));
+        Assert.True(left.Stdout.Trim().Length == 0, $"{after}containers left after down: {left.Stdout}");
+        Assert.True(networks.Stdout.Trim().Length == 0, $"{after}networks left after down: {networks.Stdout}");
+        Assert.True(volumes.Stdout.Trim().Length == 0, $"{after}volumes left after down: {volumes.Stdout}");
+        if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
     }
 
     /// <summary>Prometheus from Debian's package on the local Debian base (the official image cannot be pulled here).</summary>
