@@ -54,6 +54,9 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
             for (int epoch = 0; epoch < spec.Epochs; epoch++)
             {
                 step = await TrainEpochAsync(epoch, step, model, trainLoader, cancellationToken);
+                // --save-to: the first member of the ring writes the final model before its last report (the replicas are equal).
+                if (epoch == spec.Epochs - 1 && _ring.Position == 0 && spec.SaveTo.Length > 0)
+                    Checkpoints.FineTuning.Save(model, spec.SaveTo, Shared.Jobs.JobSpecification.FromProto(spec, assignment.WorldSize));
                 await EvaluateAsync(epoch, model, testLoader, train.ClassCount, cancellationToken);
             }
             _ring.MarkCompleted();
