@@ -24,7 +24,8 @@ public sealed class ShardedParameterClient : IDisposable
         PartitionElements = KeyRanges.PartitionElementsFor(elementCount, serverCount);
         Ranges = KeyRanges.Split(elementCount, serverCount, PartitionElements);
         _servers = assignment.ParameterServers
-            .Select(address => new ParameterServerClient(address, options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout))
+            .Select(address => new ParameterServerClient(address, options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout,
+                options.ParameterServerTransport))
             .ToArray();
         _encoder = new GradientEncoder(Ranges, elementCount, PartitionElements, dtype, topKRatio);
     }
