@@ -30,7 +30,7 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
                 : await nextLengths;
             nextLengths = null;
             if (!more) return;
-            var frame = await ParameterDataProtocol.ReadBodyAsync(_reader, _buffers, stopping);
+            var (frame, _) = await ParameterDataProtocol.ReadHeaderAsync(_reader, _buffers, stopping);
             switch (frame.BodyCase)
             {
                 case DataFrame.BodyOneofCase.PushHeader:
@@ -51,15 +51,14 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
         DataFrame answer;
         try
         {
-            answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks.ReadAsync(stopping), stopping) };
+            answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks, stopping) };
         }
         catch (Exception e) when (ErrorFrame(e) is { } error)
         {
             answer = error;
         }
         // The worker writes its whole push before it reads the answer: read what the handler left.
-        while (!chunks.Ended)
-            await foreach (var _ in chunks.ReadAsync(stopping)) { }
+        await chunks.SkipRestAsync(header, stopping);
         await ParameterDataProtocol.WriteAsync(_writer, answer, stopping);
         await _writer.FlushAsync(stopping);
     }
@@ -108,19 +107,38 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
         _ => new DataFrame { Error = new DataError { StatusCode = (int)StatusCode.Unknown, Detail = e.Message } },
     };
 
-    /// <summary>A push's chunk frames up to its end frame.</summary>
-    private sealed class PushChunks(DataPortConnection connection)
+    /// <summary>A push's chunk frames up to its end frame; float32 data is read straight into the push's buffer.</summary>
+    private sealed class PushChunks(DataPortConnection connection) : IPushSource
     {
-        public bool Ended { get; private set; }
+        private bool _ended;
 
-        public async IAsyncEnumerable<TensorChunk> ReadAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+        public async ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken)
         {
-            while (!Ended)
+            if (_ended) return null;
+            var (reader, buffers) = (connection._reader, connection._buffers);
+            var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(reader, buffers, "a push", cancellationToken,
+                DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.End);
+            if (frame.BodyCase == DataFrame.BodyOneofCase.End)
             {
-                var frame = await ParameterDataProtocol.ReadExpectedAsync(connection._reader, connection._buffers, "a push", cancellationToken,
-                    DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.End);
-                if (frame.BodyCase == DataFrame.BodyOneofCase.End) Ended = true;
-                else yield return frame.Chunk;
+                _ended = true;
+                return null;
+            }
+            if (!header.Sparse && await ParameterDataProtocol.ReadDenseDataAsync(reader, buffers, frame.Chunk, dataBytes, header.Dtype,
+                destination, received, cancellationToken) is { } total)
+                return total;
+            if (header.Sparse) await ParameterDataProtocol.ReadDataAsync(reader, buffers, frame.Chunk, dataBytes, cancellationToken);
+            return CallErrors.Decode(header, frame.Chunk, destination.Span, received);
+        }
+
+        /// <summary>Reads (and drops) what a failed push still sends: the worker reads the answer only after its end frame.</summary>
+        public async Task SkipRestAsync(PushHeader header, CancellationToken cancellationToken)
+        {
+            while (!_ended)
+            {
+                var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(connection._reader, connection._buffers, "a push",
+                    cancellationToken, DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.End);
+                if (frame.BodyCase == DataFrame.BodyOneofCase.End) _ended = true;
+                else await ParameterDataProtocol.ReadDataAsync(connection._reader, connection._buffers, frame.Chunk, dataBytes, cancellationToken);
             }
         }
     }

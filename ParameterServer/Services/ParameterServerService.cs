@@ -66,14 +66,18 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
     private async Task<PushReply> PushAsync(IAsyncStreamReader<PushMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == PushMessage.BodyOneofCase.Header ? m.Header : null, context);
-        return await _traffic.PushAsync(header, Chunks(requestStream, context.CancellationToken), context.CancellationToken);
+        return await _traffic.PushAsync(header, new GrpcPushSource(requestStream), context.CancellationToken);
     }
 
-    private static async IAsyncEnumerable<TensorChunk> Chunks(IAsyncStreamReader<PushMessage> requestStream,
-        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    /// <summary>A push over gRPC: each message after the header is a chunk.</summary>
+    private sealed class GrpcPushSource(IAsyncStreamReader<PushMessage> stream) : IPushSource
     {
-        while (await requestStream.MoveNext(cancellationToken))
-            yield return requestStream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
+        public async ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken)
+        {
+            if (!await stream.MoveNext(cancellationToken)) return null;
+            var chunk = stream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
+            return CallErrors.Decode(header, chunk, destination.Span, received);
+        }
     }
 
     public override Task PullParameters(PullRequest request, IServerStreamWriter<PullMessage> responseStream, ServerCallContext context) =>

@@ -15,6 +15,17 @@ public interface IPullSink
     ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken);
 }
 
+/// <summary>Where a push's chunks come from: a gRPC request stream or a data-port connection.</summary>
+public interface IPushSource
+{
+    /// <summary>
+    /// Decodes the next chunk into <paramref name="destination"/> (checked as ChunkReader
+    /// checks; malformed content is an InvalidArgument <see cref="RpcException"/>); returns the
+    /// elements received so far, or null at the end of the push.
+    /// </summary>
+    ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken);
+}
+
 /// <summary>
 /// PushGradients and PullParameters (parameter_server.proto, steps 3 and 5), whatever carries
 /// them: the gRPC service and the data port both call these, so that deduplication, whole-push
@@ -25,7 +36,7 @@ public interface IPullSink
 public sealed class ParameterTraffic(ParameterStore store)
 {
     /// <summary>One worker's gradient for one step: the header, then its chunks in order.</summary>
-    public async Task<PushReply> PushAsync(PushHeader header, IAsyncEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
+    public async Task<PushReply> PushAsync(PushHeader header, IPushSource chunks, CancellationToken cancellationToken)
     {
         var job = FindJob(header.JobId);
         if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
@@ -35,11 +46,9 @@ public sealed class ParameterTraffic(ParameterStore store)
         try
         {
             long received = 0;
-            await foreach (var chunk in chunks.WithCancellation(cancellationToken))
+            while (await chunks.ReadNextAsync(header, buffer, received, cancellationToken) is { } total)
             {
-                received = CallErrors.Guard(() => header.Sparse
-                    ? ChunkReader.ReadSparse(chunk, header.Dtype, buffer.Span, received)
-                    : ChunkReader.ReadDense(chunk, header.Dtype, buffer.Span, received));
+                received = total;
                 job.Received(header.Rank, (int)received);
             }
             if (received != job.ElementCount)
@@ -108,6 +117,18 @@ public sealed class ParameterTraffic(ParameterStore store)
 /// <summary>How the handlers' failures become gRPC statuses.</summary>
 public static class CallErrors
 {
+    /// <summary>A received chunk decoded into place (<see cref="ChunkReader"/>), malformed content → InvalidArgument.</summary>
+    public static long Decode(PushHeader header, TensorChunk chunk, Span<float> destination, long received)
+    {
+        try
+        {
+            return header.Sparse
+                ? ChunkReader.ReadSparse(chunk, header.Dtype, destination, received)
+                : ChunkReader.ReadDense(chunk, header.Dtype, destination, received);
+        }
+        catch (InvalidDataException e) { throw Invalid(e.Message); }
+    }
+
     /// <summary>Malformed input → InvalidArgument naming the field.</summary>
     public static T Guard<T>(Func<T> read)
     {

@@ -50,20 +50,20 @@ public static class DataFrames
     }
 
     /// <summary>
-    /// Reads the header and data of a frame whose lengths <see cref="ReadLengthsAsync"/> put in
-    /// <paramref name="lengths"/>: the header into <paramref name="headerBuffer"/>, the data into
-    /// <paramref name="dataBuffer"/>. Returns both sizes.
+    /// Checks the lengths <see cref="ReadLengthsAsync"/> put in <paramref name="lengths"/> against
+    /// the buffers' sizes and reads the header into <paramref name="headerBuffer"/>; the data
+    /// (at most <paramref name="dataBytesMax"/>) is left for the caller to read where it belongs.
+    /// Returns both sizes.
     /// </summary>
-    public static async ValueTask<(int HeaderBytes, int DataBytes)> ReadBodyAsync(Stream stream, ReadOnlyMemory<byte> lengths,
-        byte[] headerBuffer, byte[] dataBuffer, string what, CancellationToken cancellationToken)
+    public static async ValueTask<(int HeaderBytes, int DataBytes)> ReadHeaderAsync(Stream stream, ReadOnlyMemory<byte> lengths,
+        byte[] headerBuffer, int dataBytesMax, string what, CancellationToken cancellationToken)
     {
         int headerSize = BinaryPrimitives.ReadInt32LittleEndian(lengths.Span);
         int dataSize = BinaryPrimitives.ReadInt32LittleEndian(lengths.Span[sizeof(int)..]);
-        if (headerSize < 0 || headerSize > headerBuffer.Length || dataSize < 0 || dataSize > dataBuffer.Length)
+        if (headerSize < 0 || headerSize > headerBuffer.Length || dataSize < 0 || dataSize > dataBytesMax)
             throw new InvalidDataException(
-                $"{what} frame: a {headerSize}-byte header and {dataSize} bytes of data; expected at most {headerBuffer.Length} and {dataBuffer.Length}");
+                $"{what} frame: a {headerSize}-byte header and {dataSize} bytes of data; expected at most {headerBuffer.Length} and {dataBytesMax}");
         await stream.ReadExactlyAsync(headerBuffer.AsMemory(0, headerSize), cancellationToken);
-        await stream.ReadExactlyAsync(dataBuffer.AsMemory(0, dataSize), cancellationToken);
         return (headerSize, dataSize);
     }
 }

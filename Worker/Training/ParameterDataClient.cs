@@ -66,13 +66,14 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
             AppliedSteps? applied = null;
             while (true)
             {
-                var frame = await ParameterDataProtocol.ReadExpectedAsync(connection.Reader, connection.Buffers, "a pull", token,
+                var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(connection.Reader, connection.Buffers, "a pull", token,
                     DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.Applied, DataFrame.BodyOneofCase.End, DataFrame.BodyOneofCase.Error);
                 ThrowIfError(frame);
                 if (frame.BodyCase == DataFrame.BodyOneofCase.End) break;
                 if (frame.BodyCase == DataFrame.BodyOneofCase.Applied) { applied = frame.Applied; continue; }
                 if (received == 0) firstChunk = Stopwatch.GetTimestamp();
-                received = ChunkReader.ReadDense(frame.Chunk, header.Dtype, destination.Span, received);
+                received = await ParameterDataProtocol.ReadDenseDataAsync(connection.Reader, connection.Buffers, frame.Chunk, dataBytes, header.Dtype,
+                    destination, received, token) ?? ChunkReader.ReadDense(frame.Chunk, header.Dtype, destination.Span, received);
             }
             if (received != header.ElementCount)
                 throw new InvalidDataException($"parameter server {Address}: sent {received} of {header.ElementCount} elements");

@@ -40,6 +40,12 @@ public sealed class ParameterServerClient : IDisposable
     /// <summary>Stopwatch timestamp of the last pull's first chunk of parameters (step timeline: end of "wait").</summary>
     public long LastPullFirstChunkTimestamp { get; private set; }
 
+    /// <summary>
+    /// Payload of the chunks a push should be cut into: the data port takes whole chunks of
+    /// up to 1 MiB (fewer frames); gRPC messages stay below the large-object threshold.
+    /// </summary>
+    public int ChunkBytes => _data is null ? TensorWire.ChunkBytesSent : TensorWire.ChunkBytesMax;
+
     /// <summary>The data port pushes and pulls go to; null: gRPC streams.</summary>
     public string? DataAddress => _data?.Address;
 

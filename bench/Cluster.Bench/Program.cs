@@ -38,6 +38,11 @@ foreach (var (workers, servers, dtype) in !Run("ps-sync") ? [] : new[] { (1, 1, 
         workers == 1 && servers == 1 ? "fp32, 1 worker, K=1" : null));
 }
 
+// 2b. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
+if (only == "ps-phases")
+    foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
+        Report(new("ps-phases", $"{syncElements * 4 / 1_000_000} MB model: {name}", millis, "ms"));
+
 // 3. Flatten / unflatten between TorchSharp and the wire buffer.
 if (Run("flatten"))
 {
