@@ -83,20 +83,24 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
     public override Task PullParameters(PullRequest request, IServerStreamWriter<PullMessage> responseStream, ServerCallContext context) =>
         _traffic.PullAsync(request, new GrpcPullSink(responseStream), context.CancellationToken);
 
-    /// <summary>A pull over gRPC: 64 KiB chunks wrapping the partition's memory; each message is serialised before WriteAsync completes.</summary>
+    /// <summary>
+    /// A pull over gRPC: 64 KiB chunks wrapping the partition's memory; each message is
+    /// serialised before WriteAsync completes. The call's own cancellation applies (the
+    /// writer does not take a token: its WriteAsync(message, token) throws NotSupported).
+    /// </summary>
     private sealed class GrpcPullSink(IServerStreamWriter<PullMessage> stream) : IPullSink
     {
         public async ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken) =>
-            await stream.WriteAsync(new PullMessage { Header = header }, cancellationToken);
+            await stream.WriteAsync(new PullMessage { Header = header }, CancellationToken.None);
 
         public async ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken)
         {
             foreach (var chunk in TensorWire.Chunks(elements, firstElement, elementBytes))
-                await stream.WriteAsync(new PullMessage { Chunk = chunk }, cancellationToken);
+                await stream.WriteAsync(new PullMessage { Chunk = chunk }, CancellationToken.None);
         }
 
         public async ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>
-            await stream.WriteAsync(new PullMessage { Applied = applied }, cancellationToken);
+            await stream.WriteAsync(new PullMessage { Applied = applied }, CancellationToken.None);
     }
 
     public override Task<RemoveRankReply> RemoveRank(RemoveRankRequest request, ServerCallContext context)

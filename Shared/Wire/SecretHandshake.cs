@@ -70,7 +70,7 @@ public sealed class SecretHandshake(string magic, byte version, string label)
         if (status[0] != 0)
         {
             string reason = Encoding.UTF8.GetString(await ReadBlockAsync(stream, cancellationToken));
-            throw new HandshakeFailedException($"{label} data port refused this connection: {reason}");
+            throw new HandshakeFailedException($"{label} data port refused this member: {reason}");
         }
         byte[] mac = new byte[MacBytes];
         await stream.ReadExactlyAsync(mac, cancellationToken);
