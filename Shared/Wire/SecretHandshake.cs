@@ -25,8 +25,11 @@ public sealed class SecretHandshake(string magic, byte version, string label)
     private const int MacBytes = 32;
     private readonly byte[] _magic = Encoding.ASCII.GetBytes(magic);
 
-    /// <summary>Server side: greets, checks the client's proof, proves itself. Returns the client's hello.</summary>
-    public async Task<byte[]> AcceptAsync(Stream stream, ClusterSecret secret, CancellationToken cancellationToken)
+    /// <summary>
+    /// Server side: greets, checks the client's proof and (with <paramref name="checkHello"/>,
+    /// which returns why it refuses or null) its hello, proves itself. Returns the hello.
+    /// </summary>
+    public async Task<byte[]> AcceptAsync(Stream stream, ClusterSecret secret, CancellationToken cancellationToken, Func<byte[], string?>? checkHello = null)
     {
         byte[] serverNonce = RandomNumberGenerator.GetBytes(NonceBytes);
         byte[] greeting = [.. _magic, version, .. serverNonce];
@@ -39,6 +42,7 @@ public sealed class SecretHandshake(string magic, byte version, string label)
         byte[] hello = await ReadBlockAsync(stream, cancellationToken);
         if (!CryptographicOperations.FixedTimeEquals(proof.AsSpan(NonceBytes), Mac(secret, "client", serverNonce, clientNonce)))
             throw await RefuseAsync(stream, "the cluster secret presented is wrong", cancellationToken);
+        if (checkHello?.Invoke(hello) is { } refusal) throw await RefuseAsync(stream, refusal, cancellationToken);
 
         byte[] answer = [0, .. Mac(secret, "server", clientNonce, serverNonce)];
         await stream.WriteAsync(answer, cancellationToken);
@@ -78,10 +82,7 @@ public sealed class SecretHandshake(string magic, byte version, string label)
             throw new HandshakeFailedException($"{label} data port: the peer did not prove the cluster secret");
     }
 
-    /// <summary>
-    /// Refuses a client after a successful handshake (the hello names something this side does
-    /// not accept): writes nothing more than step 3's refusal would have. Returns the exception to throw.
-    /// </summary>
+    /// <summary>Step 3's refusal, with its reason; returns the exception to throw.</summary>
     private async Task<InvalidDataException> RefuseAsync(Stream stream, string reason, CancellationToken cancellationToken)
     {
         byte[] text = Encoding.UTF8.GetBytes(reason);
