@@ -126,7 +126,8 @@ public sealed class ParameterServerHost : IAsyncDisposable
         builder.Services.AddSingleton<ParameterServerTelemetry>();
         builder.Services.AddSingleton(services => DataPort.ParameterDataPort.Start(options.BindAddress, options.DataPort,
             options.AdvertiseUrl is { } advertise ? new Uri(advertise).Host : options.BindAddress, security,
-            new ParameterTraffic(services.GetRequiredService<ParameterStore>())));
+            new ParameterTraffic(services.GetRequiredService<ParameterStore>()),
+            new TrafficObserver(services.GetRequiredService<ParameterServerTelemetry>(), services.GetRequiredService<ParameterStore>())));
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();

@@ -13,7 +13,7 @@ namespace Cluster.ParameterServer.DataPort;
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
     Justification = "The buffered views own nothing but their buffers: the data port disposes the stream; disposing them would flush into a broken one")]
-internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic)
+internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic, Telemetry.TrafficObserver observer)
 {
     private readonly FrameBuffers _buffers = new();
     // Separate buffered views for the two directions: a pull reads (the probe) while it writes.
@@ -48,13 +48,16 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
     private async Task ServePushAsync(PushHeader header, CancellationToken stopping)
     {
         var chunks = new PushChunks(this);
+        var push = observer.PushStarted(header);
         DataFrame answer;
         try
         {
             answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks, stopping) };
+            push.Completed(chunks.Bytes);
         }
         catch (Exception e) when (ErrorFrame(e) is { } error)
         {
+            if (e is RpcException) observer.Refused(push);
             answer = error;
         }
         // The worker writes its whole push before it reads the answer: read what the handler left.
@@ -69,14 +72,17 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
     /// </summary>
     private async Task<Task<bool>> ServePullAsync(PullRequest request, CancellationToken stopping)
     {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         using var pull = CancellationTokenSource.CreateLinkedTokenSource(stopping);
         var nextLengths = DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping).AsTask();
         _ = nextLengths.ContinueWith(read => { if (!read.IsCompletedSuccessfully || !read.Result) CancelQuietly(pull); },
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
-            await traffic.PullAsync(request, new FrameSink(_writer), pull.Token);
+            var sink = new FrameSink(_writer);
+            await traffic.PullAsync(request, sink, pull.Token);
             await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { End = new DataEnd() }, pull.Token);
+            observer.Pulled(request, start, sink.FirstChunkTimestamp, sink.Bytes);
         }
         catch (OperationCanceledException) when (pull.IsCancellationRequested)
         {
@@ -112,6 +118,9 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
     {
         private bool _ended;
 
+        /// <summary>Chunk data and indices received (telemetry).</summary>
+        public long Bytes { get; private set; }
+
         public async ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken)
         {
             if (_ended) return null;
@@ -123,6 +132,7 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
                 _ended = true;
                 return null;
             }
+            Bytes += dataBytes + frame.Chunk.Indices.Length;
             if (!header.Sparse && await ParameterDataProtocol.ReadDenseDataAsync(reader, buffers, frame.Chunk, dataBytes, header.Dtype,
                 destination, received, cancellationToken) is { } total)
                 return total;
@@ -146,11 +156,18 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
     /// <summary>A pull over the data port: chunks of up to one MiB written straight from the partition's memory.</summary>
     private sealed class FrameSink(Stream writer) : IPullSink
     {
+        public long FirstChunkTimestamp { get; private set; }
+        public long Bytes { get; private set; }
+
         public ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken) =>
             ParameterDataProtocol.WriteAsync(writer, new DataFrame { PullHeader = header }, cancellationToken);
 
-        public ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken) =>
-            ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken);
+        public ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken)
+        {
+            if (FirstChunkTimestamp == 0) FirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+            Bytes += elements.Length;
+            return ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken);
+        }
 
         public ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>
             ParameterDataProtocol.WriteAsync(writer, new DataFrame { Applied = applied }, cancellationToken);

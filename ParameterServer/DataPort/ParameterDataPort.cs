@@ -23,14 +23,15 @@ public sealed class ParameterDataPort : IAsyncDisposable
     private readonly TcpListener _listener;
     private readonly ClusterSecurity _security;
     private readonly ParameterTraffic _traffic;
+    private readonly Telemetry.TrafficObserver _observer;
     private readonly CancellationTokenSource _stopping = new();
     private readonly ConcurrentDictionary<Stream, Task> _connections = new();
     private readonly Task _acceptLoop;
     private int _authenticated;
 
-    private ParameterDataPort(TcpListener listener, ClusterSecurity security, ParameterTraffic traffic, string address)
+    private ParameterDataPort(TcpListener listener, ClusterSecurity security, ParameterTraffic traffic, Telemetry.TrafficObserver observer, string address)
     {
-        (_listener, _security, _traffic, Address) = (listener, security, traffic, address);
+        (_listener, _security, _traffic, _observer, Address) = (listener, security, traffic, observer, address);
         _acceptLoop = AcceptLoopAsync();
     }
 
@@ -40,13 +41,14 @@ public sealed class ParameterDataPort : IAsyncDisposable
     /// <summary>Connections that proved the secret; for tests.</summary>
     public int Authenticated => _authenticated;
 
-    public static ParameterDataPort Start(string bindAddress, int port, string advertiseHost, ClusterSecurity security, ParameterTraffic traffic)
+    public static ParameterDataPort Start(string bindAddress, int port, string advertiseHost, ClusterSecurity security, ParameterTraffic traffic,
+        Telemetry.TrafficObserver observer)
     {
         var listener = new TcpListener(IPAddress.Parse(bindAddress), port);
         listener.Start();
         int boundPort = ((IPEndPoint)listener.LocalEndpoint).Port;
         string host = advertiseHost.Contains(':') && !advertiseHost.StartsWith('[') ? $"[{advertiseHost}]" : advertiseHost;
-        return new ParameterDataPort(listener, security, traffic, $"{ClusterEndpoints.Scheme(security)}://{host}:{boundPort}");
+        return new ParameterDataPort(listener, security, traffic, observer, $"{ClusterEndpoints.Scheme(security)}://{host}:{boundPort}");
     }
 
     private async Task AcceptLoopAsync()
@@ -86,7 +88,7 @@ public sealed class ParameterDataPort : IAsyncDisposable
                 await ParameterDataProtocol.Handshake.AcceptAsync(stream, _security.Secret, timeout.Token);
             }
             Interlocked.Increment(ref _authenticated);
-            await new DataPortConnection(stream, _traffic).ServeAsync(_stopping.Token);
+            await new DataPortConnection(stream, _traffic, _observer).ServeAsync(_stopping.Token);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or AuthenticationException or OperationCanceledException
             or SocketException or ObjectDisposedException)
