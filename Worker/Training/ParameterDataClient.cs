@@ -97,6 +97,8 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         catch (Exception e)
         {
             connection?.Dispose();
+            // The idle connections share this one's fate when the server went away (a server restarted on the same port).
+            DropIdle();
             if (e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
                 throw new PeerUnreachableException($"parameter server data port at {Address} did not answer within {timeout.TotalSeconds:0.#} s", e);
             throw;
@@ -148,10 +150,16 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         }
     }
 
+    /// <summary>Closes the idle connections: the next exchange connects afresh.</summary>
+    public void DropIdle()
+    {
+        while (_idle.TryTake(out var connection)) connection.Dispose();
+    }
+
     public void Dispose()
     {
         _disposed = true;
-        while (_idle.TryTake(out var connection)) connection.Dispose();
+        DropIdle();
     }
 
     /// <summary>An authenticated connection with its buffered views (one per direction) and receive buffers.</summary>

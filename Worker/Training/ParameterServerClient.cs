@@ -69,6 +69,8 @@ public sealed class ParameterServerClient : IDisposable
 
     private void UseDataPort(string? address)
     {
+        // Initialize again (a recovery): connections to the server as it was are not trusted.
+        _data?.DropIdle();
         if (address == _data?.Address) return;
         if (address is not null) _security.CheckCanConnect(address, "parameter server data port");
         var previous = _data;
