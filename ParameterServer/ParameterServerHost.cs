@@ -24,6 +24,8 @@ public sealed record ParameterServerOptions
     public string BindAddress { get; init; } = "127.0.0.1";
     /// <summary>gRPC port; 0 picks a free one.</summary>
     public int Port { get; init; }
+    /// <summary>Port of the data port (raw TCP for pushes and pulls, see parameter_server.proto); 0 picks a free one.</summary>
+    public int DataPort { get; init; }
     /// <summary>URL workers should use; default: the bound address.</summary>
     public string? AdvertiseUrl { get; init; }
     /// <summary>Coordinator to register with; null: stand alone.</summary>
@@ -51,6 +53,7 @@ public sealed record ParameterServerOptions
     {
         if (!IPAddress.TryParse(BindAddress, out _)) yield return $"bind: '{BindAddress}' is not an IP address";
         if (Port is < 0 or > 65535) yield return $"port: {Port} is out of range; expected 0 to 65535";
+        if (DataPort is < 0 or > 65535) yield return $"data-port: {DataPort} is out of range; expected 0 to 65535";
         if (HttpPort is < 0 or > 65535) yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
         if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";
         else foreach (string error in Security.ValidateServing(BindAddress)) yield return error;
@@ -68,10 +71,14 @@ public sealed class ParameterServerHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
 
-    private ParameterServerHost(WebApplication app, string url, string httpUrl, ParameterStore store) => (_app, Url, HttpUrl, Store) = (app, url, httpUrl, store);
+    private ParameterServerHost(WebApplication app, string url, string httpUrl, ParameterStore store, string dataUrl) =>
+        (_app, Url, HttpUrl, Store, DataUrl) = (app, url, httpUrl, store, dataUrl);
 
     /// <summary>The gRPC address the server advertises.</summary>
     public string Url { get; }
+
+    /// <summary>The data port's address (raw TCP for pushes and pulls); workers learn it from Initialize.</summary>
+    public string DataUrl { get; }
 
     /// <summary>Base URL of the HTTP side: /metrics, /timeline, /stats.</summary>
     public string HttpUrl { get; }
@@ -117,11 +124,16 @@ public sealed class ParameterServerHost : IAsyncDisposable
             options.Checkpoints, services.GetRequiredService<ILoggerFactory>().CreateLogger("Cluster.ParameterServer.Checkpoints")));
         builder.Services.AddSingleton(services => RestoredStore(services.GetRequiredService<Checkpoints.JobCheckpoints>()));
         builder.Services.AddSingleton<ParameterServerTelemetry>();
+        builder.Services.AddSingleton(services => DataPort.ParameterDataPort.Start(options.BindAddress, options.DataPort,
+            options.AdvertiseUrl is { } advertise ? new Uri(advertise).Host : options.BindAddress, security,
+            new ParameterTraffic(services.GetRequiredService<ParameterStore>()),
+            new TrafficObserver(services.GetRequiredService<ParameterServerTelemetry>(), services.GetRequiredService<ParameterStore>())));
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();
         app.MapTelemetryEndpoints();
         _ = app.Services.GetRequiredService<ParameterStore>(); // loads the checkpoints before the first call
+        var dataPort = app.Services.GetRequiredService<DataPort.ParameterDataPort>();
         var readiness = new Readiness();
         app.MapHealthProbes(readiness);
         await app.StartAsync(cancellationToken);
@@ -129,7 +141,7 @@ public sealed class ParameterServerHost : IAsyncDisposable
         string scheme = ClusterEndpoints.Scheme(security);
         string url = options.AdvertiseUrl ?? UrlOf(scheme, grpcListen!);
         string httpUrl = UrlOf(scheme, httpListen!);
-        var host = new ParameterServerHost(app, url, httpUrl, app.Services.GetRequiredService<ParameterStore>());
+        var host = new ParameterServerHost(app, url, httpUrl, app.Services.GetRequiredService<ParameterStore>(), dataPort.Address);
         if (options.CoordinatorUrl is not null)
         {
             try { await RegisterAsync(options, url, httpUrl, cancellationToken); }

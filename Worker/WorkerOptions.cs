@@ -56,6 +56,9 @@ public sealed record WorkerOptions
     /// <summary>Scheme "allreduce": how ring segments travel between neighbours.</summary>
     public AllReduce.RingTransport RingTransport { get; init; } = AllReduce.RingTransport.Tcp;
 
+    /// <summary>Scheme "ps": how pushes and pulls travel to the parameter servers.</summary>
+    public Training.ParameterServerTransport ParameterServerTransport { get; init; } = Training.ParameterServerTransport.Tcp;
+
     public IEnumerable<string> Validate()
     {
         if (!Uri.TryCreate(CoordinatorUrl, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))

@@ -24,6 +24,7 @@ public static class JobCommands
         var devices = new Option<string?>("--devices") { Description = "One device per worker, e.g. cuda:0,cuda:1 (round robin over the workers); default: the job's --device for all" };
         var dataSource = RoleCommands.DataSourceOption();
         var ringTransport = RoleCommands.RingTransportOption();
+        var psTransport = RoleCommands.PsTransportOption();
         var nanAtStep = new Option<long>("--nan-gradient-at-step") { Description = "Test-only fault injection: worker 0 pushes a NaN gradient at this step", Hidden = true, DefaultValueFactory = _ => -1 };
         var checkpointDir = new Option<string?>("--checkpoint-dir") { Description = "Parameter servers checkpoint their jobs under this folder (server k in DIR/ps-k)" };
         var checkpointSteps = new Option<int>("--checkpoint-steps") { Description = "With --checkpoint-dir: checkpoint every N steps", DefaultValueFactory = _ => 0 };
@@ -31,6 +32,7 @@ public static class JobCommands
         var command = new Command("local", "Start a coordinator, a parameter server and N workers on this machine, train a job, print its test metrics")
         {
             Output, timeline, tensorBoard, slowWorker, devices, nanAtStep, checkpointDir, checkpointSteps, checkpointSeconds, dataSource, ringTransport,
+            psTransport,
         };
         job.AddTo(command);
         Security.AddTo(command);
@@ -57,6 +59,7 @@ public static class JobCommands
             {
                 WorkerDataSource = parse.GetValue(dataSource).ToString().ToLowerInvariant(),
                 WorkerRingTransport = parse.GetValue(ringTransport).ToString().ToLowerInvariant(),
+                WorkerPsTransport = parse.GetValue(psTransport).ToString().ToLowerInvariant(),
             };
             var spec = job.Read(parse);
             if (spec.OutputDir is null && Shared.Jobs.JobSpecification.GenerativeModels.Contains(spec.Model) && spec.Validate().Count == 0)

@@ -52,12 +52,14 @@ public static class RoleCommands
         var advertise = new Option<string?>("--advertise") { Description = "URL workers use to reach this server (default: the bound address)" };
         var modelBytesMax = new Option<long>("--model-bytes-max") { Description = "Largest model one job may hold on this server, in bytes", DefaultValueFactory = _ => new ParameterServerOptions().ModelBytesMax };
         var httpPort = new Option<int>("--http-port") { Description = "Port of the HTTP side (/metrics, /timeline, /stats; 0: any free port)", DefaultValueFactory = _ => 0 };
+        var dataPort = new Option<int>("--data-port") { Description = "Port of the data port (raw TCP for pushes and pulls; 0: any free port)", DefaultValueFactory = _ => 0 };
         var checkpointDir = new Option<string?>("--checkpoint-dir") { Description = "Checkpoint jobs under this folder, and load the newest valid checkpoint of each at start" };
         var checkpointSteps = new Option<int>("--checkpoint-steps") { Description = "Checkpoint every N steps (0: not by steps)", DefaultValueFactory = _ => 0 };
         var checkpointSeconds = new Option<double>("--checkpoint-seconds") { Description = "Checkpoint at the first step T seconds after the last checkpoint (0: not by time)", DefaultValueFactory = _ => 0 };
         var command = new Command("ps", "Run a parameter server")
         {
             CoordinatorUrl, Bind, Port, advertise, httpPort, ConnectTimeout, modelBytesMax, checkpointDir, checkpointSteps, checkpointSeconds, ParentPid,
+            dataPort,
         };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -68,7 +70,7 @@ public static class RoleCommands
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl), BindAddress = parse.GetValue(Bind)!, Port = parse.GetValue(Port),
                 AdvertiseUrl = parse.GetValue(advertise), ConnectTimeout = TimeSpan.FromSeconds(parse.GetValue(ConnectTimeout)),
                 ModelBytesMax = parse.GetValue(modelBytesMax), Security = Security.Read(parse),
-                HttpPort = parse.GetValue(httpPort),
+                HttpPort = parse.GetValue(httpPort), DataPort = parse.GetValue(dataPort),
                 Checkpoints = new Cluster.ParameterServer.Checkpoints.CheckpointOptions
                 {
                     Directory = parse.GetValue(checkpointDir) is { } dir ? Path.GetFullPath(dir) : null,
@@ -76,7 +78,7 @@ public static class RoleCommands
                 },
             };
             await using var host = await ParameterServerHost.StartAsync(options, cancellationToken);
-            await Ready($"grpc={host.Url} http={host.HttpUrl}");
+            await Ready($"grpc={host.Url} http={host.HttpUrl} data={host.DataUrl}");
             await host.WaitForShutdownAsync(cancellationToken);
             return 0;
         });
@@ -97,6 +99,13 @@ public static class RoleCommands
         DefaultValueFactory = _ => Cluster.Worker.AllReduce.RingTransport.Tcp,
     };
 
+    /// <summary>--ps-transport for workers (and `cluster local`).</summary>
+    public static Option<Cluster.Worker.Training.ParameterServerTransport> PsTransportOption() => new("--ps-transport")
+    {
+        Description = "Scheme ps: how pushes and pulls travel to the parameter servers: tcp (their data ports, TLS when certificates are given) or grpc",
+        DefaultValueFactory = _ => Cluster.Worker.Training.ParameterServerTransport.Tcp,
+    };
+
     public static Command Worker()
     {
         var device = new Option<string?>("--device") { Description = "auto, cpu, cuda or cuda:N (default: what the job asks for)" };
@@ -113,12 +122,13 @@ public static class RoleCommands
         var peerTimeout = new Option<double>("--peer-timeout") { Description = "Scheme allreduce: seconds of silence from a ring neighbour before the ring is re-formed", DefaultValueFactory = _ => 30.0 };
         var dataSource = DataSourceOption();
         var ringTransport = RingTransportOption();
+        var psTransport = PsTransportOption();
         var cacheDir = new Option<string?>("--cache-dir") { Description = "Where datasets fetched from the coordinator are kept (default: $CLUSTER_CACHE_DIR, else ~/.cache/cluster)" };
         var parametersOut = new Option<string?>("--parameters-out") { Description = "Scheme allreduce: write each job's final parameters (raw float32) to this directory", Hidden = true };
         var command = new Command("worker", "Run a worker: trains the jobs the coordinator assigns")
         {
             CoordinatorUrl, device, threads, once, ConnectTimeout, httpBind, httpPort, tensorBoard, slowStep, nanAtStep,
-            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ringTransport, ParentPid,
+            peerBind, peerPort, peerAdvertise, peerTimeout, parametersOut, dataSource, cacheDir, ringTransport, psTransport, ParentPid,
         };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -134,6 +144,7 @@ public static class RoleCommands
                 PeerBindAddress = parse.GetValue(peerBind)!, PeerPort = parse.GetValue(peerPort), PeerAdvertiseHost = parse.GetValue(peerAdvertise),
                 PeerTimeout = TimeSpan.FromSeconds(parse.GetValue(peerTimeout)), ParametersOutDirectory = parse.GetValue(parametersOut),
                 DataSource = parse.GetValue(dataSource), RingTransport = parse.GetValue(ringTransport),
+                ParameterServerTransport = parse.GetValue(psTransport),
                 CacheDirectory = parse.GetValue(cacheDir) is { } cache ? Path.GetFullPath(cache) : Cluster.Worker.Data.DatasetFetcher.DefaultCacheDirectory(),
             };
             var errors = options.Validate().ToList();

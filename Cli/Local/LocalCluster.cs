@@ -23,6 +23,8 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
     public string? WorkerDataSource { get; init; }
     /// <summary>How ring segments travel (worker --ring-transport); null: their default.</summary>
     public string? WorkerRingTransport { get; init; }
+    /// <summary>How pushes and pulls travel (worker --ps-transport); null: their default.</summary>
+    public string? WorkerPsTransport { get; init; }
 
     public Task<JobView> RunAsync(JobSpecification spec, CancellationToken cancellationToken) =>
         RunAsync(spec, async (api, roles, token) =>
@@ -84,6 +86,7 @@ public sealed class LocalCluster(IAnsiConsole console, ClusterSecurity security,
         .. observability is { SlowWorkerMillis: > 0 } o && index == workers - 1 ? new[] { "--slow-step-ms", o.SlowWorkerMillis.ToString() } : [],
         .. WorkerDataSource is { } source ? new[] { "--data-source", source } : [],
         .. WorkerRingTransport is { } transport ? new[] { "--ring-transport", transport } : [],
+        .. WorkerPsTransport is { } psTransport ? new[] { "--ps-transport", psTransport } : [],
         .. observability is { NanGradientStep: >= 0 } n && index == 0 ? new[] { "--nan-at-step", n.NanGradientStep.ToString(CultureInfo.InvariantCulture) } : [],
     ];
 

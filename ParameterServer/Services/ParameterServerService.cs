@@ -1,4 +1,3 @@
-using System.Buffers;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
@@ -7,9 +6,15 @@ using Grpc.Core;
 
 namespace Cluster.ParameterServer.Services;
 
-/// <summary>gRPC adapter over <see cref="ParameterStore"/> (see parameter_server.proto for the sequence).</summary>
-public sealed class ParameterServerService(ParameterStore store, ParameterServerOptions options) : Protos.ParameterServer.ParameterServerBase
+/// <summary>
+/// gRPC adapter over <see cref="ParameterStore"/> (see parameter_server.proto for the sequence);
+/// pushes and pulls go through <see cref="ParameterTraffic"/>, as on the data port.
+/// </summary>
+public sealed class ParameterServerService(ParameterStore store, ParameterServerOptions options, DataPort.ParameterDataPort? dataPort = null)
+    : Protos.ParameterServer.ParameterServerBase
 {
+    private readonly ParameterTraffic _traffic = new(store);
+
     private const int LayoutTensorsMax = 1 << 16;
     private const int NameLengthMax = 1024;
 
@@ -35,7 +40,7 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
             if (existing.ElementCount != header.RangeElements || existing.RangeStart != header.RangeStart)
                 throw new RpcException(new Status(StatusCode.FailedPrecondition,
                     $"job {header.JobId}: already holds elements [{existing.RangeStart}, {existing.RangeStart + existing.ElementCount}); this Initialize is for [{header.RangeStart}, {header.RangeStart + header.RangeElements})"));
-            return new InitializeReply { Created = false, Version = existing.Version };
+            return new InitializeReply { Created = false, Version = existing.Version, DataAddress = dataPort?.Address ?? "" };
         }
 
         var weights = new float[header.RangeElements];
@@ -50,81 +55,52 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
         try
         {
             var (job, created) = store.GetOrCreate(header, weights);
-            return new InitializeReply { Created = created, Version = job.Version };
+            return new InitializeReply { Created = created, Version = job.Version, DataAddress = dataPort?.Address ?? "" };
         }
         catch (ArgumentException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
 
-    public override async Task<PushReply> PushGradients(IAsyncStreamReader<PushMessage> requestStream, ServerCallContext context)
+    public override Task<PushReply> PushGradients(IAsyncStreamReader<PushMessage> requestStream, ServerCallContext context) =>
+        PushAsync(requestStream, context);
+
+    private async Task<PushReply> PushAsync(IAsyncStreamReader<PushMessage> requestStream, ServerCallContext context)
     {
         var header = await ReadHeaderAsync(requestStream, m => m.BodyCase == PushMessage.BodyOneofCase.Header ? m.Header : null, context);
-        var job = FindJob(header.JobId);
-        if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
-            throw Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
-        Guard(() => ElementCodec.ElementBytes(header.Dtype));
-        var buffer = Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount));
-        try
+        return await _traffic.PushAsync(header, new GrpcPushSource(requestStream), context.CancellationToken);
+    }
+
+    /// <summary>A push over gRPC: each message after the header is a chunk.</summary>
+    private sealed class GrpcPushSource(IAsyncStreamReader<PushMessage> stream) : IPushSource
+    {
+        public async ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken)
         {
-            long received = 0;
-            while (await requestStream.MoveNext(context.CancellationToken))
-            {
-                var chunk = requestStream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
-                received = Guard(() => header.Sparse
-                    ? ChunkReader.ReadSparse(chunk, header.Dtype, buffer.Span, received)
-                    : ChunkReader.ReadDense(chunk, header.Dtype, buffer.Span, received));
-                job.Received(header.Rank, (int)received);
-            }
-            if (received != job.ElementCount)
-                throw Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
-            try { return new PushReply { Version = Rejected(() => job.CompletePush(header.Rank)) }; }
-            catch (NonFiniteGradientException)
-            {
-                // Counted and left out of the step; the worker goes on with the next one.
-                return new PushReply { Version = job.Version, Rejected = true };
-            }
-        }
-        catch
-        {
-            job.AbortPush(header.Rank);
-            throw;
+            if (!await stream.MoveNext(cancellationToken)) return null;
+            var chunk = stream.Current.Chunk ?? throw Invalid("stream: a second header; expected chunks after the header");
+            return CallErrors.Decode(header, chunk, destination.Span, received);
         }
     }
 
-    public override async Task PullParameters(PullRequest request, IServerStreamWriter<PullMessage> responseStream, ServerCallContext context)
-    {
-        var job = FindJob(request.JobId);
-        int elementBytes = Guard(() => ElementCodec.ElementBytes(request.Dtype));
-        await responseStream.WriteAsync(new PullMessage
-        {
-            Header = new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype },
-        });
-        byte[]? encoded = request.Dtype == DType.Float32 ? null : ArrayPool<byte>.Shared.Rent(job.PartitionElements * elementBytes);
-        try
-        {
-            for (int p = 0; p < job.PartitionCount; p++)
-            {
-                await job.WaitForPartitionAsync(p, request.MinVersion, context.CancellationToken);
-                await WritePartitionAsync(responseStream, job, p, request.Dtype, encoded);
-            }
-        }
-        finally
-        {
-            if (encoded is not null) ArrayPool<byte>.Shared.Return(encoded);
-        }
-        if (request.MinVersion > 0) await responseStream.WriteAsync(new PullMessage { Applied = AppliedSteps(job, request.MinVersion - 1) });
-    }
+    public override Task PullParameters(PullRequest request, IServerStreamWriter<PullMessage> responseStream, ServerCallContext context) =>
+        _traffic.PullAsync(request, new GrpcPullSink(responseStream), context.CancellationToken);
 
-    /// <summary>The ranks behind the steps up to <paramref name="throughStep"/> (parameter_server.proto, step 5).</summary>
-    private static AppliedSteps AppliedSteps(JobParameters job, long throughStep)
+    /// <summary>
+    /// A pull over gRPC: 64 KiB chunks wrapping the partition's memory; each message is
+    /// serialised before WriteAsync completes. The call's own cancellation applies (the
+    /// writer does not take a token: its WriteAsync(message, token) throws NotSupported).
+    /// </summary>
+    private sealed class GrpcPullSink(IServerStreamWriter<PullMessage> stream) : IPullSink
     {
-        var applied = new AppliedSteps();
-        foreach (var (step, ranks) in job.AppliedSteps(throughStep))
+        public async ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken) =>
+            await stream.WriteAsync(new PullMessage { Header = header }, CancellationToken.None);
+
+        public async ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken)
         {
-            var entry = new AppliedStep { Step = step };
-            entry.Ranks.AddRange(ranks);
-            applied.Steps.Add(entry);
+            foreach (var chunk in TensorWire.Chunks(elements, firstElement, elementBytes))
+                await stream.WriteAsync(new PullMessage { Chunk = chunk }, CancellationToken.None);
         }
-        return applied;
+
+        public async ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>
+            await stream.WriteAsync(new PullMessage { Applied = applied }, CancellationToken.None);
     }
 
     public override Task<RemoveRankReply> RemoveRank(RemoveRankRequest request, ServerCallContext context)
@@ -143,26 +119,7 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
     public override Task<FinishReply> Finish(FinishRequest request, ServerCallContext context) =>
         Task.FromResult(new FinishReply { Removed = store.Remove(request.JobId) });
 
-    /// <summary>One partition as one or more chunks: float32 wraps the master weights, other types go through <paramref name="encoded"/>.</summary>
-    private static async Task WritePartitionAsync(IServerStreamWriter<PullMessage> stream, JobParameters job, int partition, DType dtype, byte[]? encoded)
-    {
-        var weights = job.Partition(partition);
-        int start = job.PartitionStart(partition);
-        if (encoded is null)
-        {
-            foreach (var chunk in TensorWire.Chunks(FloatMemory.AsBytes(weights), start))
-                await stream.WriteAsync(new PullMessage { Chunk = chunk });
-            return;
-        }
-        int elementBytes = ElementCodec.ElementBytes(dtype);
-        ElementCodec.Encode(weights.Span, encoded, dtype);
-        // Each message is serialised before WriteAsync completes, so the buffer can be reused for the next partition.
-        foreach (var chunk in TensorWire.Chunks(encoded.AsMemory(0, weights.Length * elementBytes), start, elementBytes))
-            await stream.WriteAsync(new PullMessage { Chunk = chunk });
-    }
-
-    private JobParameters FindJob(string jobId) =>
-        store.Find(jobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{jobId}' is not initialised on this server"));
+    private JobParameters FindJob(string jobId) => _traffic.FindJob(jobId);
 
     private static IEnumerable<string> ValidateHeader(InitializeHeader header)
     {
@@ -216,22 +173,11 @@ public sealed class ParameterServerService(ParameterStore store, ParameterServer
         return header(stream.Current) ?? throw Invalid("stream: the first message is not a header");
     }
 
-    /// <summary>Malformed input → InvalidArgument naming the field.</summary>
-    private static T Guard<T>(Func<T> read)
-    {
-        try { return read(); }
-        catch (InvalidDataException e) { throw Invalid(e.Message); }
-    }
+    private static T Guard<T>(Func<T> read) => CallErrors.Guard(read);
 
-    /// <summary>A push that does not fit the job's state → FailedPrecondition.</summary>
-    private static T Rejected<T>(Func<T> action)
-    {
-        try { return action(); }
-        catch (StepMismatchException e) { throw new RpcException(new Status(StatusCode.Aborted, e.Message)); }
-        catch (PushRejectedException e) when (e is not NonFiniteGradientException) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
-    }
+    private static T Rejected<T>(Func<T> action) => CallErrors.Rejected(action);
 
-    private static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+    private static RpcException Invalid(string message) => CallErrors.Invalid(message);
 
-    private static RpcException Exhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
+    private static RpcException Exhausted(string message) => CallErrors.Exhausted(message);
 }

@@ -18,14 +18,13 @@ namespace Cluster.ParameterServer.Telemetry;
 /// </summary>
 public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, ParameterStore store) : Interceptor
 {
-    private readonly ParameterServerTelemetry _telemetry = telemetry;
-    private readonly ParameterStore _store = store;
+    private readonly TrafficObserver _observer = new(telemetry, store);
 
     public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(
         IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
     {
         if (requestStream is not IAsyncStreamReader<PushMessage> pushes) return await continuation(requestStream, context);
-        var reader = new PushReader(pushes, this);
+        var reader = new PushReader(pushes, _observer);
         try
         {
             var response = await continuation((IAsyncStreamReader<TRequest>)(object)reader, context);
@@ -49,39 +48,12 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
         }
         var observed = new PullWriter(writer, Stopwatch.GetTimestamp());
         await continuation(request, (IServerStreamWriter<TResponse>)(object)observed, context);
-        long end = Stopwatch.GetTimestamp();
-        long firstChunk = observed.FirstChunkTimestamp == 0 ? end : observed.FirstChunkTimestamp;
-        // A pull names no rank: its spans go to the server's pull track (rank -1), at the step that produced the version.
-        _telemetry.Phase(pull.JobId, -1, pull.MinVersion - 1, StepPhase.Wait, observed.Start, firstChunk);
-        _telemetry.Phase(pull.JobId, -1, pull.MinVersion - 1, StepPhase.Pull, firstChunk, end);
-        _telemetry.Pulls.Increment();
-        _telemetry.BytesPulled.Increment(observed.Bytes);
-        var counts = _telemetry.Job(pull.JobId);
-        Interlocked.Increment(ref counts.Pulls);
-        Interlocked.Add(ref counts.PulledBytes, observed.Bytes);
+        _observer.Pulled(pull, observed.Start, observed.FirstChunkTimestamp, observed.Bytes);
     }
 
-    /// <summary>Aggregate span of a step: from the moment every rank is pushing it until its version is published.</summary>
-    private async Task TimeAggregationAsync(JobParameters job, int rank, long step, long allPushing)
+    private sealed class PushReader(IAsyncStreamReader<PushMessage> inner, TrafficObserver observer) : IAsyncStreamReader<PushMessage>
     {
-        try
-        {
-            using var timeout = new CancellationTokenSource(AggregationWaitMax);
-            await job.WaitForVersionAsync(step + 1, timeout.Token);
-            _telemetry.Phase(job.JobId, rank, step, StepPhase.Aggregate, allPushing, Stopwatch.GetTimestamp());
-        }
-        catch (OperationCanceledException)
-        {
-            // The step never completed (a rank failed, the job was released): no span.
-        }
-    }
-
-    private static readonly TimeSpan AggregationWaitMax = TimeSpan.FromMinutes(5);
-
-    private sealed class PushReader(IAsyncStreamReader<PushMessage> inner, TelemetryInterceptor owner) : IAsyncStreamReader<PushMessage>
-    {
-        private PushHeader? _header;
-        private long _start;
+        private TrafficObserver.Push? _push;
         private long _bytes;
 
         public PushMessage Current => inner.Current;
@@ -90,48 +62,16 @@ public sealed class TelemetryInterceptor(ParameterServerTelemetry telemetry, Par
         {
             if (!await inner.MoveNext(cancellationToken)) return false;
             var message = inner.Current;
-            if (message.BodyCase == PushMessage.BodyOneofCase.Header && _header is null)
-            {
-                _header = message.Header;
-                _start = Stopwatch.GetTimestamp();
-                if (owner._store.Find(_header.JobId) is { } job && owner._telemetry.Job(_header.JobId).PushStarted(_header.Step, job.WorldSize))
-                    _ = owner.TimeAggregationAsync(job, _header.Rank, _header.Step, _start);
-            }
+            if (message.BodyCase == PushMessage.BodyOneofCase.Header && _push is null)
+                _push = observer.PushStarted(message.Header);
             else if (message.BodyCase == PushMessage.BodyOneofCase.Chunk)
-            {
                 _bytes += message.Chunk.Data.Length + message.Chunk.Indices.Length;
-            }
             return true;
         }
 
-        public void Completed()
-        {
-            if (_header is null) return;
-            long end = Stopwatch.GetTimestamp();
-            var (telemetry, counts) = (owner._telemetry, owner._telemetry.Job(_header.JobId));
-            telemetry.Phase(_header.JobId, _header.Rank, _header.Step, StepPhase.Push, _start, end);
-            telemetry.PushesAccepted.Increment();
-            telemetry.BytesPushed.Increment(_bytes);
-            Interlocked.Increment(ref counts.Pushes);
-            Interlocked.Add(ref counts.PushedBytes, _bytes);
-            Remember(counts);
-        }
+        public void Completed() => _push?.Completed(_bytes);
 
-        public void Refused()
-        {
-            owner._telemetry.PushesRefused.Increment();
-            if (_header is null) return;
-            var counts = owner._telemetry.Job(_header.JobId);
-            Interlocked.Increment(ref counts.RefusedPushes);
-            Remember(counts);
-        }
-
-        private void Remember(JobCounts counts)
-        {
-            if (owner._store.Find(counts.JobId) is not { } job) return;
-            Volatile.Write(ref counts.RejectedGradients, job.RejectedGradients);
-            Volatile.Write(ref counts.Version, job.Version);
-        }
+        public void Refused() => observer.Refused(_push);
     }
 
     private sealed class PullWriter(IServerStreamWriter<PullMessage> inner, long start) : IServerStreamWriter<PullMessage>

@@ -13,6 +13,15 @@ public static class FloatMemory
         return new ByteView(segment.Array!, segment.Offset, segment.Count).Memory;
     }
 
+    /// <summary>A writable byte view of float memory over an array; false when it is not over one.</summary>
+    public static bool TryAsWritableBytes(Memory<float> floats, out Memory<byte> bytes)
+    {
+        bytes = default;
+        if (!MemoryMarshal.TryGetArray<float>(floats, out var segment)) return false;
+        bytes = new ByteView(segment.Array!, segment.Offset, segment.Count).Memory;
+        return true;
+    }
+
     private sealed class ByteView(float[] array, int offset, int length) : MemoryManager<byte>
     {
         private GCHandle _pin;

@@ -26,9 +26,10 @@ public static class TensorWire
     /// The chunks of <paramref name="elements"/> (of <paramref name="elementBytes"/> each, the first
     /// at element <paramref name="firstElement"/>), wrapping (not copying) the buffer.
     /// </summary>
-    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements, long firstElement = 0, int elementBytes = ElementBytes)
+    public static IEnumerable<TensorChunk> Chunks(ReadOnlyMemory<byte> elements, long firstElement = 0, int elementBytes = ElementBytes,
+        int chunkBytes = ChunkBytesSent)
     {
-        int step = ChunkBytesSent / elementBytes * elementBytes;
+        int step = chunkBytes / elementBytes * elementBytes;
         for (int offset = 0; offset < elements.Length; offset += step)
         {
             int length = Math.Min(step, elements.Length - offset);

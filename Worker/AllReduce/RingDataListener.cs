@@ -99,7 +99,7 @@ public sealed class RingDataListener : IAsyncDisposable
             {
                 var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = tls;
-                await tls.AuthenticateAsServerAsync(ServerOptions(certificate), timeout.Token);
+                await tls.AuthenticateAsServerAsync(DataPortTls.ServerOptions(_security, certificate), timeout.Token);
             }
             var hello = await RingSocketProtocol.AcceptAsync(stream, _security.Secret, timeout.Token);
             lock (_gate)
@@ -114,22 +114,6 @@ public sealed class RingDataListener : IAsyncDisposable
         {
             await stream.DisposeAsync();
         }
-    }
-
-    private SslServerAuthenticationOptions ServerOptions(X509Certificate2 certificate)
-    {
-        var options = new SslServerAuthenticationOptions
-        {
-            ServerCertificate = certificate,
-            EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-        };
-        if (_security.RequireMemberCertificates && _security.CertificateAuthority is { } authority)
-        {
-            options.ClientCertificateRequired = true;
-            options.RemoteCertificateValidationCallback = (_, presented, _, _) =>
-                presented is not null && CertificateFactory.IsSignedBy(X509CertificateLoader.LoadCertificate(presented.GetRawCertData()), authority, forClient: true);
-        }
-        return options;
     }
 
     public async ValueTask DisposeAsync()

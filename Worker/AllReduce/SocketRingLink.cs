@@ -53,7 +53,7 @@ public sealed class SocketRingLink : RingLinkBase
             {
                 var tls = new SslStream(predecessor, leaveInnerStreamOpen: false);
                 predecessor = tls;
-                await tls.AuthenticateAsClientAsync(ClientOptions(security, uri.Host), timeout.Token);
+                await tls.AuthenticateAsClientAsync(DataPortTls.ClientOptions(security, uri.Host), timeout.Token);
             }
             await RingSocketProtocol.ConnectAsync(predecessor, security.Secret, new RingHello { JobId = jobId, Generation = generation, FromRank = rank }, timeout.Token);
             var successor = await listener.AcceptAsync(jobId, generation, successorRank, timeout.Token);
@@ -67,15 +67,6 @@ public sealed class SocketRingLink : RingLinkBase
             throw new RingBrokenException($"ring generation {generation}: the predecessor's data port at {predecessorAddress} failed " +
                 $"or the successor (rank {successorRank}) did not connect within {peerTimeout.TotalSeconds:0.#} s ({e.Message})", e);
         }
-    }
-
-    private static SslClientAuthenticationOptions ClientOptions(ClusterSecurity security, string host)
-    {
-        var options = new SslClientAuthenticationOptions { TargetHost = host, EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13 };
-        if (security.Certificate is { } certificate) options.ClientCertificates = [certificate];
-        if (security.CertificateAuthority is { } authority)
-            options.RemoteCertificateValidationCallback = (_, presented, _, errors) => ClusterTransport.IsTrustedServer(presented, errors, authority);
-        return options;
     }
 
     public override async ValueTask<RingSegment> ReceiveAsync(CancellationToken cancellationToken)

@@ -33,18 +33,30 @@ public sealed class GradientEncoder
 
     public bool Sparse => _residual is not null;
 
-    /// <summary>The chunks for server <paramref name="server"/>, offsets relative to its key range.</summary>
-    public IReadOnlyList<TensorChunk> Encode(float[] gradient, int server) =>
-        Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, _ranges[server]);
+    /// <summary>
+    /// The chunks for server <paramref name="server"/>, offsets relative to its key range, of at
+    /// most <paramref name="chunkBytes"/> each (dense). Dense chunks are encoded as they are
+    /// enumerated, so that encoding overlaps sending.
+    /// </summary>
+    public IEnumerable<TensorChunk> Encode(float[] gradient, int server, int chunkBytes = TensorWire.ChunkBytesSent) =>
+        Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, _ranges[server], chunkBytes);
 
-    private List<TensorChunk> Dense(float[] gradient, KeyRange range)
+    private IEnumerable<TensorChunk> Dense(float[] gradient, KeyRange range, int chunkBytes)
     {
         var elements = gradient.AsMemory((int)range.Start, range.Length);
-        if (_encoded is null) return [.. TensorWire.Chunks(FloatMemory.AsBytes(elements))];
+        if (_encoded is null)
+        {
+            foreach (var chunk in TensorWire.Chunks(FloatMemory.AsBytes(elements), chunkBytes: chunkBytes)) yield return chunk;
+            yield break;
+        }
         int elementBytes = ElementCodec.ElementBytes(_dtype);
         var bytes = _encoded.AsMemory((int)range.Start * elementBytes, range.Length * elementBytes);
-        ElementCodec.Encode(elements.Span, bytes.Span, _dtype);
-        return [.. TensorWire.Chunks(bytes, 0, elementBytes)];
+        foreach (var chunk in TensorWire.Chunks(bytes, 0, elementBytes, chunkBytes))
+        {
+            int start = (int)chunk.OffsetElements, length = chunk.Data.Length / elementBytes;
+            ElementCodec.Encode(elements.Span.Slice(start, length), bytes.Span.Slice(start * elementBytes, length * elementBytes), _dtype);
+            yield return chunk;
+        }
     }
 
     private List<TensorChunk> TopK(float[] gradient, KeyRange range)

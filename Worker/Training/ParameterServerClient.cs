@@ -9,17 +9,24 @@ namespace Cluster.Worker.Training;
 
 /// <summary>
 /// The worker's side of parameter_server.proto for one server (one key range): Initialize,
-/// PushGradients and PullParameters over one gRPC channel, streaming in chunks.
+/// JoinRank and Finish over one gRPC channel; pushes and pulls over the server's data port
+/// (<see cref="ParameterDataClient"/>, learnt from the Initialize reply) or, with
+/// <see cref="ParameterServerTransport.Grpc"/> or a server without one, as gRPC streams in chunks.
 /// </summary>
 public sealed class ParameterServerClient : IDisposable
 {
     private readonly GrpcChannel _channel;
     private readonly ParameterServer.ParameterServerClient _client;
     private readonly TimeSpan _connectTimeout, _callTimeout, _barrierTimeout;
+    private readonly ClusterSecurity _security;
+    private readonly ParameterServerTransport _transport;
+    private ParameterDataClient? _data;
 
-    public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout)
+    public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout,
+        ParameterServerTransport transport = ParameterServerTransport.Tcp)
     {
         Address = address;
+        (_security, _transport) = (security, transport);
         _channel = ClusterTransport.Channel(address, security, "parameter server");
         _client = new ParameterServer.ParameterServerClient(_channel);
         (_connectTimeout, _callTimeout, _barrierTimeout) = (connectTimeout, callTimeout, barrierTimeout);
@@ -33,23 +40,56 @@ public sealed class ParameterServerClient : IDisposable
     /// <summary>Stopwatch timestamp of the last pull's first chunk of parameters (step timeline: end of "wait").</summary>
     public long LastPullFirstChunkTimestamp { get; private set; }
 
-    /// <summary>The first call to the server: retried until the connect timeout while the server is not up yet.</summary>
-    public Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken,
-        TimeSpan? connectTimeout = null) =>
-        Reconnect.UntilAsync("parameter server", Address, connectTimeout ?? _connectTimeout, async deadline =>
+    /// <summary>
+    /// Payload of the chunks a push should be cut into: the data port takes whole chunks of
+    /// up to 1 MiB (fewer frames); gRPC messages stay below the large-object threshold.
+    /// </summary>
+    public int ChunkBytes => _data is null ? TensorWire.ChunkBytesSent : TensorWire.ChunkBytesMax;
+
+    /// <summary>The data port pushes and pulls go to; null: gRPC streams.</summary>
+    public string? DataAddress => _data?.Address;
+
+    /// <summary>
+    /// The first call to the server: retried until the connect timeout while the server is not up
+    /// yet. Its reply names the server's data port (a restarted server may have a new one).
+    /// </summary>
+    public async Task<InitializeReply> InitializeAsync(InitializeHeader header, ReadOnlyMemory<float> parameters, CancellationToken cancellationToken,
+        TimeSpan? connectTimeout = null)
+    {
+        var reply = await Reconnect.UntilAsync("parameter server", Address, connectTimeout ?? _connectTimeout, async deadline =>
         {
             using var call = _client.Initialize(deadline: Min(deadline, Deadline(_callTimeout)), cancellationToken: cancellationToken);
             await SendAsync(call.RequestStream, new InitializeMessage { Header = header }, chunk => new InitializeMessage { Chunk = chunk },
                 TensorWire.Chunks(FloatMemory.AsBytes(parameters)), cancellationToken);
             return await call.ResponseAsync;
         }, cancellationToken);
+        UseDataPort(_transport == ParameterServerTransport.Tcp && reply.DataAddress.Length > 0 ? reply.DataAddress : null);
+        return reply;
+    }
+
+    private void UseDataPort(string? address)
+    {
+        // Initialize again (a recovery): connections to the server as it was are not trusted.
+        _data?.DropIdle();
+        if (address == _data?.Address) return;
+        if (address is not null) _security.CheckCanConnect(address, "parameter server data port");
+        var previous = _data;
+        _data = address is null ? null : new ParameterDataClient(address, _security, _connectTimeout);
+        previous?.Dispose();
+    }
 
     /// <summary>Pushes one step's gradient for this server's range, already cut into chunks.</summary>
     public async Task<PushReply> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, CancellationToken cancellationToken)
     {
-        using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
-        await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, chunks, cancellationToken));
-        var reply = await Guard(() => call.ResponseAsync);
+        PushReply reply;
+        if (_data is { } data)
+            reply = await Guard(() => data.PushAsync(header, chunks, _barrierTimeout, cancellationToken));
+        else
+        {
+            using var call = _client.PushGradients(deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
+            await Guard(() => SendAsync(call.RequestStream, new PushMessage { Header = header }, chunk => new PushMessage { Chunk = chunk }, chunks, cancellationToken));
+            reply = await Guard(() => call.ResponseAsync);
+        }
         LastPushDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         return reply;
     }
@@ -65,8 +105,15 @@ public sealed class ParameterServerClient : IDisposable
     /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>
     public async Task PullAsync(string jobId, long minVersion, DType dtype, Memory<float> destination, CancellationToken cancellationToken)
     {
-        using var call = _client.PullParameters(
-            new PullRequest { JobId = jobId, MinVersion = minVersion, Dtype = dtype },
+        var request = new PullRequest { JobId = jobId, MinVersion = minVersion, Dtype = dtype };
+        if (_data is { } data)
+        {
+            var (applied, firstChunk) = await Guard(() => data.PullAsync(request, destination, _barrierTimeout, cancellationToken));
+            if (applied is not null) LastApplied = applied;
+            if (firstChunk != 0) LastPullFirstChunkTimestamp = firstChunk;
+            return;
+        }
+        using var call = _client.PullParameters(request,
             deadline: Deadline(_barrierTimeout), cancellationToken: cancellationToken);
         await Guard(async () =>
         {
@@ -125,5 +172,9 @@ public sealed class ParameterServerClient : IDisposable
 
     private Task Guard(Func<Task> call) => Guard(async () => { await call(); return true; });
 
-    public void Dispose() => _channel.Dispose();
+    public void Dispose()
+    {
+        _data?.Dispose();
+        _channel.Dispose();
+    }
 }

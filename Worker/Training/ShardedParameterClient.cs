@@ -24,7 +24,8 @@ public sealed class ShardedParameterClient : IDisposable
         PartitionElements = KeyRanges.PartitionElementsFor(elementCount, serverCount);
         Ranges = KeyRanges.Split(elementCount, serverCount, PartitionElements);
         _servers = assignment.ParameterServers
-            .Select(address => new ParameterServerClient(address, options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout))
+            .Select(address => new ParameterServerClient(address, options.Security!, options.ConnectTimeout, options.CallTimeout, options.BarrierTimeout,
+                options.ParameterServerTransport))
             .ToArray();
         _encoder = new GradientEncoder(Ranges, elementCount, PartitionElements, dtype, topKRatio);
     }
@@ -95,7 +96,7 @@ public sealed class ShardedParameterClient : IDisposable
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k), cancellationToken)).ToArray();
+        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k, server.ChunkBytes), cancellationToken)).ToArray();
         var pull = PullAsync(step + 1, parameters, pullCancel.Token);
         try
         {

@@ -38,6 +38,20 @@ foreach (var (workers, servers, dtype) in !Run("ps-sync") ? [] : new[] { (1, 1, 
         workers == 1 && servers == 1 ? "fp32, 1 worker, K=1" : null));
 }
 
+// 2a. The same sync over gRPC streams (worker --ps-transport grpc), for comparison in the same run.
+if (Run("ps-sync"))
+{
+    var r = await ParameterServerSync.MeasureAsync(syncElements, 1, 1, DType.Float32, syncSteps, Cluster.Worker.Training.ParameterServerTransport.Grpc);
+    string name = $"{syncElements * 4 / 1_000_000} MB model, 1 worker(s), K=1, float32 over gRPC streams";
+    Report(new("ps-sync", name + ": effective bandwidth per worker", r.EffectiveGBps, "GB/s", r.EffectiveGBps / loopback, "raw loopback"));
+    Report(new("ps-sync", name + ": time per step", r.SecondsPerStep * 1000, "ms", fp32OneWorkerSeconds is { } tcp ? r.SecondsPerStep / tcp : null, "fp32, 1 worker, K=1"));
+}
+
+// 2b. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
+if (only == "ps-phases")
+    foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
+        Report(new("ps-phases", $"{syncElements * 4 / 1_000_000} MB model: {name}", millis, "ms"));
+
 // 3. Flatten / unflatten between TorchSharp and the wire buffer.
 if (Run("flatten"))
 {

@@ -11,7 +11,8 @@ namespace Cluster.Bench.Suites;
 
 /// <summary>
 /// One BSP step's synchronisation as workers see it: push the gradient and pull the next
-/// version from K parameter servers (real gRPC on loopback, servers applying Adam), for a model
+/// version from K parameter servers (the worker's own client over real loopback sockets: the
+/// servers' data ports, or gRPC streams with --ps-transport grpc; servers applying Adam), for a model
 /// of <c>elementCount</c> float32 parameters. Reported per worker: seconds per step, and the
 /// bytes it moved (pushed + pulled) per second.
 /// </summary>
@@ -19,7 +20,8 @@ public static class ParameterServerSync
 {
     public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps);
 
-    public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps)
+    public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps,
+        ParameterServerTransport transport = ParameterServerTransport.Tcp)
     {
         var security = new ClusterSecurity { Secret = ClusterSecret.Generate() };
         var hosts = new List<ParameterServerHost>();
@@ -28,7 +30,7 @@ public static class ParameterServerSync
         try
         {
             string jobId = $"bench-{Guid.NewGuid():N}";
-            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1", Security = security };
+            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1", Security = security, ParameterServerTransport = transport };
             var clients = Enumerable.Range(0, workers).Select(rank =>
             {
                 var assignment = new Assignment { JobId = jobId, Rank = rank, WorldSize = workers };

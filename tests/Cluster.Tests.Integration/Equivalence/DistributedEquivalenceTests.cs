@@ -64,7 +64,8 @@ public sealed class DistributedEquivalenceTests
         Assert.True(initial.Zip(reference).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "training did not change the parameters");
     }
 
-    private static async Task<float[]> TrainOnClusterAsync(JobSpecification spec)
+    /// <summary>Trains <paramref name="spec"/> on a cluster of in-process servers and `cluster worker` processes; returns the final parameters.</summary>
+    internal static async Task<float[]> TrainOnClusterAsync(JobSpecification spec, params string[] workerArguments)
     {
         using var cancel = new CancellationTokenSource(JobTimeout);
         await using var coordinator = await CoordinatorHost.StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback }, cancel.Token);
@@ -72,7 +73,7 @@ public sealed class DistributedEquivalenceTests
         for (int k = 0; k < spec.ParameterServers; k++)
             servers.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { CoordinatorUrl = coordinator.GrpcUrl, Security = TestSecurity.Loopback }, cancel.Token));
         var workers = Enumerable.Range(0, spec.Workers)
-            .Select(_ => ClusterCommand.Start("worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once"))
+            .Select(_ => ClusterCommand.Start(["worker", "--coordinator", coordinator.GrpcUrl, "--threads", "1", "--once", .. workerArguments]))
             .ToList();
         try
         {
@@ -89,7 +90,20 @@ public sealed class DistributedEquivalenceTests
                 ranges.Add(range);
             }
             // Version `Steps` is final: the epoch has exactly `Steps` steps, so nothing updates it again.
-            foreach (var range in ranges) await range.WaitForVersionAsync(Steps, cancel.Token);
+            foreach (var range in ranges)
+            {
+                var reached = range.WaitForVersionAsync(Steps, cancel.Token);
+                // A worker that fails fails the test at once, with its output, instead of at the timeout.
+                while (await Task.WhenAny(reached, Task.Delay(500, cancel.Token)) != reached)
+                {
+                    string now = coordinator.Board.Read((jobs, _) => jobs[job.Id].State.ToString());
+                    Assert.True(now != "Failed", $"the job failed at version {range.Version}: {coordinator.Board.Read((jobs, _) => jobs[job.Id].Error)}");
+                    foreach (var worker in workers)
+                        if (worker.HasExited && await worker.WaitAsync(JobTimeout) != 0)
+                            Assert.Fail($"a worker failed at version {range.Version}:\n{worker.Stdout}\n{worker.Stderr}");
+                }
+                await reached;
+            }
             float[] weights = [.. ranges.OrderBy(r => r.RangeStart).SelectMany(r => r.WeightsAsFloats.ToArray())];
             if (spec.ParameterServers > 1) Assert.All(ranges, r => Assert.True(r.ElementCount < weights.Length, "each server holds only its key range"));
 

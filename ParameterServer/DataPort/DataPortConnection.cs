@@ -1,0 +1,175 @@
+using Cluster.ParameterServer.Services;
+using Cluster.Protos;
+using Cluster.Shared.Wire;
+using Grpc.Core;
+
+namespace Cluster.ParameterServer.DataPort;
+
+/// <summary>
+/// One authenticated data-port connection: serves its exchanges one at a time
+/// (parameter_server.proto, "The data port", step 2) through <see cref="ParameterTraffic"/>,
+/// the same code the gRPC service runs. A failed call is answered with an error frame carrying
+/// the gRPC status; a frame against the rules ends the connection (InvalidDataException).
+/// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
+    Justification = "The buffered views own nothing but their buffers: the data port disposes the stream; disposing them would flush into a broken one")]
+internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic, Telemetry.TrafficObserver observer)
+{
+    private readonly FrameBuffers _buffers = new();
+    // Separate buffered views for the two directions: a pull reads (the probe) while it writes.
+    private readonly BufferedStream _reader = new(stream, ParameterDataProtocol.StreamBufferBytes);
+    private readonly BufferedStream _writer = new(stream, ParameterDataProtocol.StreamBufferBytes);
+
+    public async Task ServeAsync(CancellationToken stopping)
+    {
+        Task<bool>? nextLengths = null;
+        while (true)
+        {
+            bool more = nextLengths is null
+                ? await DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping)
+                : await nextLengths;
+            nextLengths = null;
+            if (!more) return;
+            var (frame, _) = await ParameterDataProtocol.ReadHeaderAsync(_reader, _buffers, stopping);
+            switch (frame.BodyCase)
+            {
+                case DataFrame.BodyOneofCase.PushHeader:
+                    await ServePushAsync(frame.PushHeader, stopping);
+                    break;
+                case DataFrame.BodyOneofCase.PullRequest:
+                    nextLengths = await ServePullAsync(frame.PullRequest, stopping);
+                    break;
+                default:
+                    throw new InvalidDataException($"data port frame: {frame.BodyCase} to start an exchange; expected PushHeader or PullRequest");
+            }
+        }
+    }
+
+    private async Task ServePushAsync(PushHeader header, CancellationToken stopping)
+    {
+        var chunks = new PushChunks(this);
+        var push = observer.PushStarted(header);
+        DataFrame answer;
+        try
+        {
+            answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks, stopping) };
+            push.Completed(chunks.Bytes);
+        }
+        catch (Exception e) when (ErrorFrame(e) is { } error)
+        {
+            if (e is RpcException) observer.Refused(push);
+            answer = error;
+        }
+        // The worker writes its whole push before it reads the answer: read what the handler left.
+        await chunks.SkipRestAsync(header, stopping);
+        await ParameterDataProtocol.WriteAsync(_writer, answer, stopping);
+        await _writer.FlushAsync(stopping);
+    }
+
+    /// <summary>
+    /// Serves a pull; returns the read of the next exchange's lengths, started at once so that
+    /// a worker that goes away (the read ends) cancels a pull still waiting for its version.
+    /// </summary>
+    private async Task<Task<bool>> ServePullAsync(PullRequest request, CancellationToken stopping)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        using var pull = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        var nextLengths = DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping).AsTask();
+        _ = nextLengths.ContinueWith(read => { if (!read.IsCompletedSuccessfully || !read.Result) CancelQuietly(pull); },
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        try
+        {
+            var sink = new FrameSink(_writer);
+            await traffic.PullAsync(request, sink, pull.Token);
+            await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { End = new DataEnd() }, pull.Token);
+            observer.Pulled(request, start, sink.FirstChunkTimestamp, sink.Bytes);
+        }
+        catch (OperationCanceledException) when (pull.IsCancellationRequested)
+        {
+            throw new IOException("data port: the worker closed its connection during a pull");
+        }
+        catch (Exception e) when (ErrorFrame(e) is { } error)
+        {
+            await ParameterDataProtocol.WriteAsync(_writer, error, stopping);
+        }
+        await _writer.FlushAsync(stopping);
+        return nextLengths;
+    }
+
+    private static void CancelQuietly(CancellationTokenSource source)
+    {
+        try { source.Cancel(); }
+        catch (ObjectDisposedException) { }
+    }
+
+    /// <summary>
+    /// The error frame for a call that failed, as the gRPC handler's status would be; null for
+    /// failures of the connection itself (broken, closed, or a frame against the rules).
+    /// </summary>
+    private static DataFrame? ErrorFrame(Exception e) => e switch
+    {
+        IOException or InvalidDataException or OperationCanceledException or ObjectDisposedException => null,
+        RpcException rpc => new DataFrame { Error = new DataError { StatusCode = (int)rpc.StatusCode, Detail = rpc.Status.Detail } },
+        _ => new DataFrame { Error = new DataError { StatusCode = (int)StatusCode.Unknown, Detail = e.Message } },
+    };
+
+    /// <summary>A push's chunk frames up to its end frame; float32 data is read straight into the push's buffer.</summary>
+    private sealed class PushChunks(DataPortConnection connection) : IPushSource
+    {
+        private bool _ended;
+
+        /// <summary>Chunk data and indices received (telemetry).</summary>
+        public long Bytes { get; private set; }
+
+        public async ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken)
+        {
+            if (_ended) return null;
+            var (reader, buffers) = (connection._reader, connection._buffers);
+            var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(reader, buffers, "a push", cancellationToken,
+                DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.End);
+            if (frame.BodyCase == DataFrame.BodyOneofCase.End)
+            {
+                _ended = true;
+                return null;
+            }
+            Bytes += dataBytes + frame.Chunk.Indices.Length;
+            if (!header.Sparse && await ParameterDataProtocol.ReadDenseDataAsync(reader, buffers, frame.Chunk, dataBytes, header.Dtype,
+                destination, received, cancellationToken) is { } total)
+                return total;
+            if (header.Sparse) await ParameterDataProtocol.ReadDataAsync(reader, buffers, frame.Chunk, dataBytes, cancellationToken);
+            return CallErrors.Decode(header, frame.Chunk, destination.Span, received);
+        }
+
+        /// <summary>Reads (and drops) what a failed push still sends: the worker reads the answer only after its end frame.</summary>
+        public async Task SkipRestAsync(PushHeader header, CancellationToken cancellationToken)
+        {
+            while (!_ended)
+            {
+                var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(connection._reader, connection._buffers, "a push",
+                    cancellationToken, DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.End);
+                if (frame.BodyCase == DataFrame.BodyOneofCase.End) _ended = true;
+                else await ParameterDataProtocol.ReadDataAsync(connection._reader, connection._buffers, frame.Chunk, dataBytes, cancellationToken);
+            }
+        }
+    }
+
+    /// <summary>A pull over the data port: chunks of up to one MiB written straight from the partition's memory.</summary>
+    private sealed class FrameSink(Stream writer) : IPullSink
+    {
+        public long FirstChunkTimestamp { get; private set; }
+        public long Bytes { get; private set; }
+
+        public ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken) =>
+            ParameterDataProtocol.WriteAsync(writer, new DataFrame { PullHeader = header }, cancellationToken);
+
+        public ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken)
+        {
+            if (FirstChunkTimestamp == 0) FirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+            Bytes += elements.Length;
+            return ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken);
+        }
+
+        public ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>
+            ParameterDataProtocol.WriteAsync(writer, new DataFrame { Applied = applied }, cancellationToken);
+    }
+}

@@ -1,0 +1,150 @@
+using System.Buffers;
+using Cluster.ParameterServer.Training;
+using Cluster.Protos;
+using Cluster.Shared.Wire;
+using Grpc.Core;
+
+namespace Cluster.ParameterServer.Services;
+
+/// <summary>Where a pull's messages go: a gRPC response stream or a data-port connection.</summary>
+public interface IPullSink
+{
+    ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken);
+    /// <summary>One partition's elements (<paramref name="elementBytes"/> each), the first at <paramref name="firstElement"/>; the sink cuts them into chunks.</summary>
+    ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken);
+    ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken);
+}
+
+/// <summary>Where a push's chunks come from: a gRPC request stream or a data-port connection.</summary>
+public interface IPushSource
+{
+    /// <summary>
+    /// Decodes the next chunk into <paramref name="destination"/> (checked as ChunkReader
+    /// checks; malformed content is an InvalidArgument <see cref="RpcException"/>); returns the
+    /// elements received so far, or null at the end of the push.
+    /// </summary>
+    ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// PushGradients and PullParameters (parameter_server.proto, steps 3 and 5), whatever carries
+/// them: the gRPC service and the data port both call these, so that deduplication, whole-push
+/// application, NaN/Inf rejection and AppliedSteps are one code path. Failures are
+/// <see cref="RpcException"/>s with the status the gRPC handler answers; the data port sends
+/// them on as error frames.
+/// </summary>
+public sealed class ParameterTraffic(ParameterStore store)
+{
+    /// <summary>One worker's gradient for one step: the header, then its chunks in order.</summary>
+    public async Task<PushReply> PushAsync(PushHeader header, IPushSource chunks, CancellationToken cancellationToken)
+    {
+        var job = FindJob(header.JobId);
+        if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
+            throw CallErrors.Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
+        CallErrors.Guard(() => ElementCodec.ElementBytes(header.Dtype));
+        var buffer = CallErrors.Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount));
+        try
+        {
+            long received = 0;
+            while (await chunks.ReadNextAsync(header, buffer, received, cancellationToken) is { } total)
+            {
+                received = total;
+                job.Received(header.Rank, (int)received);
+            }
+            if (received != job.ElementCount)
+                throw CallErrors.Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
+            try { return new PushReply { Version = CallErrors.Rejected(() => job.CompletePush(header.Rank)) }; }
+            catch (NonFiniteGradientException)
+            {
+                // Counted and left out of the step; the worker goes on with the next one.
+                return new PushReply { Version = job.Version, Rejected = true };
+            }
+        }
+        catch
+        {
+            job.AbortPush(header.Rank);
+            throw;
+        }
+    }
+
+    /// <summary>Streams each partition as soon as it reaches min_version, then (from version 1) the ranks behind the steps applied.</summary>
+    public async Task PullAsync(PullRequest request, IPullSink sink, CancellationToken cancellationToken)
+    {
+        var job = FindJob(request.JobId);
+        int elementBytes = CallErrors.Guard(() => ElementCodec.ElementBytes(request.Dtype));
+        await sink.WriteHeaderAsync(new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype }, cancellationToken);
+        byte[]? encoded = request.Dtype == DType.Float32 ? null : ArrayPool<byte>.Shared.Rent(job.PartitionElements * elementBytes);
+        try
+        {
+            for (int p = 0; p < job.PartitionCount; p++)
+            {
+                await job.WaitForPartitionAsync(p, request.MinVersion, cancellationToken);
+                var weights = job.Partition(p);
+                ReadOnlyMemory<byte> bytes = FloatMemory.AsBytes(weights);
+                if (encoded is not null)
+                {
+                    // The sink has written (or copied) each partition before it returns: the buffer is reused for the next.
+                    ElementCodec.Encode(weights.Span, encoded, request.Dtype);
+                    bytes = encoded.AsMemory(0, weights.Length * elementBytes);
+                }
+                await sink.WritePartitionAsync(job.PartitionStart(p), bytes, elementBytes, cancellationToken);
+            }
+        }
+        finally
+        {
+            if (encoded is not null) ArrayPool<byte>.Shared.Return(encoded);
+        }
+        if (request.MinVersion > 0) await sink.WriteAppliedAsync(AppliedSteps(job, request.MinVersion - 1), cancellationToken);
+    }
+
+    /// <summary>The ranks behind the steps up to <paramref name="throughStep"/> (parameter_server.proto, step 5).</summary>
+    private static AppliedSteps AppliedSteps(JobParameters job, long throughStep)
+    {
+        var applied = new AppliedSteps();
+        foreach (var (step, ranks) in job.AppliedSteps(throughStep))
+        {
+            var entry = new AppliedStep { Step = step };
+            entry.Ranks.AddRange(ranks);
+            applied.Steps.Add(entry);
+        }
+        return applied;
+    }
+
+    public JobParameters FindJob(string jobId) =>
+        store.Find(jobId) ?? throw new RpcException(new Status(StatusCode.NotFound, $"job_id: '{jobId}' is not initialised on this server"));
+}
+
+/// <summary>How the handlers' failures become gRPC statuses.</summary>
+public static class CallErrors
+{
+    /// <summary>A received chunk decoded into place (<see cref="ChunkReader"/>), malformed content → InvalidArgument.</summary>
+    public static long Decode(PushHeader header, TensorChunk chunk, Span<float> destination, long received)
+    {
+        try
+        {
+            return header.Sparse
+                ? ChunkReader.ReadSparse(chunk, header.Dtype, destination, received)
+                : ChunkReader.ReadDense(chunk, header.Dtype, destination, received);
+        }
+        catch (InvalidDataException e) { throw Invalid(e.Message); }
+    }
+
+    /// <summary>Malformed input → InvalidArgument naming the field.</summary>
+    public static T Guard<T>(Func<T> read)
+    {
+        try { return read(); }
+        catch (InvalidDataException e) { throw Invalid(e.Message); }
+    }
+
+    /// <summary>A push that does not fit the job's state → Aborted (another step) or FailedPrecondition.</summary>
+    public static T Rejected<T>(Func<T> action)
+    {
+        try { return action(); }
+        catch (StepMismatchException e) { throw new RpcException(new Status(StatusCode.Aborted, e.Message)); }
+        catch (PushRejectedException e) when (e is not NonFiniteGradientException) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
+    }
+
+    public static RpcException Invalid(string message) => new(new Status(StatusCode.InvalidArgument, message));
+
+    public static RpcException Exhausted(string message) => new(new Status(StatusCode.ResourceExhausted, message));
+}

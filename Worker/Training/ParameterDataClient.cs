@@ -1,0 +1,174 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using Cluster.Protos;
+using Cluster.Shared.Rpc;
+using Cluster.Shared.Security;
+using Cluster.Shared.Wire;
+using Grpc.Core;
+
+namespace Cluster.Worker.Training;
+
+/// <summary>
+/// Pushes and pulls over one parameter server's data port (parameter_server.proto, "The data
+/// port"): each exchange takes an idle authenticated connection (or opens one), and gives it
+/// back once the exchange completed; a connection that failed or was cancelled mid-exchange is
+/// closed. Errors the server answers become the <see cref="RpcException"/> the gRPC call would
+/// have thrown, so callers handle both transports alike; a server that cannot be reached is a
+/// <see cref="PeerUnreachableException"/>, a broken connection an <see cref="IOException"/>.
+/// </summary>
+public sealed class ParameterDataClient(string address, ClusterSecurity security, TimeSpan connectTimeout) : IDisposable
+{
+    private readonly ConcurrentBag<Connection> _idle = [];
+    private bool _disposed;
+
+    public string Address { get; } = address;
+
+    /// <summary>Sends a push: the header, the chunks (their data straight from the caller's buffers), the end; returns the server's reply.</summary>
+    public Task<PushReply> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, TimeSpan timeout, CancellationToken cancellationToken) =>
+        ExchangeAsync(timeout, async (connection, token) =>
+        {
+            var writer = connection.Writer;
+            await ParameterDataProtocol.WriteAsync(writer, new DataFrame { PushHeader = header }, token);
+            foreach (var chunk in chunks)
+            {
+                var frameChunk = new TensorChunk { OffsetElements = chunk.OffsetElements, LengthElements = chunk.LengthElements, Indices = chunk.Indices };
+                await ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token);
+            }
+            await ParameterDataProtocol.WriteAsync(writer, new DataFrame { End = new DataEnd() }, token);
+            await writer.FlushAsync(token);
+            var answer = await ParameterDataProtocol.ReadExpectedAsync(connection.Reader, connection.Buffers, "a push's answer", token,
+                DataFrame.BodyOneofCase.PushReply, DataFrame.BodyOneofCase.Error);
+            ThrowIfError(answer);
+            return answer.PushReply;
+        }, cancellationToken);
+
+    /// <summary>
+    /// Pulls into <paramref name="destination"/>; returns the pull's closing AppliedSteps (null
+    /// when it had none) and when the first chunk arrived (Stopwatch timestamp).
+    /// </summary>
+    public Task<(AppliedSteps? Applied, long FirstChunkTimestamp)> PullAsync(PullRequest request, Memory<float> destination, TimeSpan timeout,
+        CancellationToken cancellationToken) =>
+        ExchangeAsync(timeout, async (connection, token) =>
+        {
+            await ParameterDataProtocol.WriteAsync(connection.Writer, new DataFrame { PullRequest = request }, token);
+            await connection.Writer.FlushAsync(token);
+            var first = await ParameterDataProtocol.ReadExpectedAsync(connection.Reader, connection.Buffers, "a pull", token,
+                DataFrame.BodyOneofCase.PullHeader, DataFrame.BodyOneofCase.Error);
+            ThrowIfError(first);
+            var header = first.PullHeader;
+            if (header.ElementCount != destination.Length)
+                throw new InvalidDataException(
+                    $"parameter server {Address}: holds {header.ElementCount} elements for job {request.JobId}; this worker expects {destination.Length}");
+            long received = 0, firstChunk = 0;
+            AppliedSteps? applied = null;
+            while (true)
+            {
+                var (frame, dataBytes) = await ParameterDataProtocol.ReadExpectedHeaderAsync(connection.Reader, connection.Buffers, "a pull", token,
+                    DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.Applied, DataFrame.BodyOneofCase.End, DataFrame.BodyOneofCase.Error);
+                ThrowIfError(frame);
+                if (frame.BodyCase == DataFrame.BodyOneofCase.End) break;
+                if (frame.BodyCase == DataFrame.BodyOneofCase.Applied) { applied = frame.Applied; continue; }
+                if (received == 0) firstChunk = Stopwatch.GetTimestamp();
+                received = await ParameterDataProtocol.ReadDenseDataAsync(connection.Reader, connection.Buffers, frame.Chunk, dataBytes, header.Dtype,
+                    destination, received, token) ?? ChunkReader.ReadDense(frame.Chunk, header.Dtype, destination.Span, received);
+            }
+            if (received != header.ElementCount)
+                throw new InvalidDataException($"parameter server {Address}: sent {received} of {header.ElementCount} elements");
+            return (applied, firstChunk);
+        }, cancellationToken);
+
+    private async Task<T> ExchangeAsync<T>(TimeSpan timeout, Func<Connection, CancellationToken, Task<T>> exchange, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(timeout);
+        Connection? connection = null;
+        try
+        {
+            connection = _idle.TryTake(out var idle) ? idle : await ConnectAsync(deadline.Token);
+            var result = await exchange(connection, deadline.Token);
+            if (_disposed) connection.Dispose();
+            else _idle.Add(connection);
+            return result;
+        }
+        catch (Exception e)
+        {
+            connection?.Dispose();
+            // The idle connections share this one's fate when the server went away (a server restarted on the same port).
+            DropIdle();
+            if (e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
+                throw new PeerUnreachableException($"parameter server data port at {Address} did not answer within {timeout.TotalSeconds:0.#} s", e);
+            throw;
+        }
+    }
+
+    private static void ThrowIfError(DataFrame frame)
+    {
+        if (frame.BodyCase == DataFrame.BodyOneofCase.Error)
+            throw new RpcException(new Status((StatusCode)frame.Error.StatusCode, frame.Error.Detail));
+    }
+
+    private async Task<Connection> ConnectAsync(CancellationToken cancellationToken)
+    {
+        var uri = new Uri(Address);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(connectTimeout);
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await socket.ConnectAsync(uri.Host, uri.Port, timeout.Token);
+        }
+        catch (Exception e) when (e is SocketException || e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        {
+            socket.Dispose();
+            throw new PeerUnreachableException($"parameter server data port at {Address} did not accept a connection ({e.Message})", e);
+        }
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        try
+        {
+            if (uri.Scheme == Uri.UriSchemeHttps)
+            {
+                var tls = new SslStream(stream, leaveInnerStreamOpen: false);
+                stream = tls;
+                await tls.AuthenticateAsClientAsync(DataPortTls.ClientOptions(security, uri.Host), timeout.Token);
+            }
+            await ParameterDataProtocol.Handshake.ConnectAsync(stream, security.Secret, ReadOnlyMemory<byte>.Empty, timeout.Token);
+            return new Connection(stream);
+        }
+        catch (AuthenticationException e)
+        {
+            await stream.DisposeAsync();
+            throw new IOException($"parameter server data port at {Address}: TLS failed ({e.Message})", e);
+        }
+        catch
+        {
+            await stream.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>Closes the idle connections: the next exchange connects afresh.</summary>
+    public void DropIdle()
+    {
+        while (_idle.TryTake(out var connection)) connection.Dispose();
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        DropIdle();
+    }
+
+    /// <summary>An authenticated connection with its buffered views (one per direction) and receive buffers.</summary>
+    private sealed class Connection(Stream stream) : IDisposable
+    {
+        public BufferedStream Reader { get; } = new(stream, ParameterDataProtocol.StreamBufferBytes);
+        public BufferedStream Writer { get; } = new(stream, ParameterDataProtocol.StreamBufferBytes);
+        public FrameBuffers Buffers { get; } = new();
+
+        public void Dispose() => stream.Dispose();
+    }
+}

@@ -1,0 +1,10 @@
+namespace Cluster.Worker.Training;
+
+/// <summary>How a worker's pushes and pulls travel to the parameter servers (worker --ps-transport).</summary>
+public enum ParameterServerTransport
+{
+    /// <summary>The servers' data ports: frames over one TCP (or TLS) connection per exchange in flight; the fast path.</summary>
+    Tcp,
+    /// <summary>The PushGradients and PullParameters gRPC streams (HTTP/2).</summary>
+    Grpc,
+}

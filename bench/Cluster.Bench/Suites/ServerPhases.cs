@@ -1,0 +1,38 @@
+using System.Diagnostics;
+using Cluster.Protos;
+using Cluster.Shared.Optimizers;
+using Cluster.Shared.Wire;
+
+namespace Cluster.Bench.Suites;
+
+/// <summary>
+/// What one parameter-server sync step costs in CPU apart from the network, on one core: the
+/// optimizer over the whole vector, and the wire type's encode and decode. Explains where a
+/// sync step's time goes (bench --only ps-phases).
+/// </summary>
+public static class ServerPhases
+{
+    public static IEnumerable<(string Name, double Millis)> Measure(int elementCount, int repeats)
+    {
+        var weights = new float[elementCount];
+        var gradient = Enumerable.Repeat(1e-3f, elementCount).ToArray();
+        var wire = new byte[elementCount * 4];
+        var optimizer = OptimizerGroups.Create(new OptimizerSettings(), [], 0, elementCount);
+        yield return ("adam step over the whole vector", Best(repeats, () => optimizer.StepRange(0, weights, gradient, 1)));
+        yield return ("float32 copy", Best(repeats, () => ElementCodec.Encode(gradient, wire, DType.Float32)));
+        yield return ("bfloat16 encode", Best(repeats, () => ElementCodec.Encode(gradient, wire, DType.Bfloat16)));
+        yield return ("bfloat16 decode", Best(repeats, () => ElementCodec.Decode(wire.AsSpan(0, elementCount * 2), gradient, DType.Bfloat16)));
+    }
+
+    private static double Best(int repeats, Action action)
+    {
+        double best = double.MaxValue;
+        for (int i = 0; i < repeats; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            action();
+            best = Math.Min(best, Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+        }
+        return best;
+    }
+}

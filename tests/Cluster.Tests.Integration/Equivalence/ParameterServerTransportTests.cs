@@ -1,0 +1,37 @@
+using Cluster.Shared.Jobs;
+using Cluster.Tests.Integration.Support;
+
+namespace Cluster.Tests.Integration.Equivalence;
+
+/// <summary>
+/// The data port changes how pushes and pulls travel, never what they do: the same job over
+/// worker --ps-transport tcp and grpc ends with bit-identical parameters, and both with those
+/// of single-process training (DistributedEquivalenceTests' tolerance).
+/// </summary>
+[Trait("Tier", "integration")]
+public sealed class ParameterServerTransportTests
+{
+    private const int Steps = 50; // TrainOnClusterAsync waits for version 50
+
+    [Theory]
+    [InlineData("float32")]
+    [InlineData("bfloat16")]
+    public async Task A_job_over_the_data_port_ends_with_the_parameters_of_the_same_job_over_grpc(string wireDtype)
+    {
+        var spec = new JobSpecification
+        {
+            Model = "mlp", Epochs = 1, ParameterServers = 2, BatchSize = 64, Workers = 2, Seed = 5, Device = "cpu",
+            TrainLimit = Steps * 2 * 64, TestLimit = 500, WireDtype = wireDtype,
+        };
+        float[] overTcp = await DistributedEquivalenceTests.TrainOnClusterAsync(spec, "--ps-transport", "tcp");
+        float[] overGrpc = await DistributedEquivalenceTests.TrainOnClusterAsync(spec, "--ps-transport", "grpc");
+        Assert.Equal(overGrpc.Length, overTcp.Length);
+        int differing = Enumerable.Range(0, overTcp.Length).Count(i => BitConverter.SingleToInt32Bits(overTcp[i]) != BitConverter.SingleToInt32Bits(overGrpc[i]));
+        Assert.True(differing == 0, $"{differing} of {overTcp.Length} parameters differ between --ps-transport tcp and grpc; expected none");
+        if (wireDtype != "float32") return;
+
+        float[] reference = SingleProcessTraining.Train(spec, Steps);
+        double largest = reference.Zip(overTcp).Max(p => Math.Abs(p.First - p.Second));
+        Assert.True(largest <= 1e-4, $"largest parameter difference from single-process training after {Steps} steps is {largest:E3}; expected <= 1E-4");
+    }
+}
