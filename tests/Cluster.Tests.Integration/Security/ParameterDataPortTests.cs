@@ -32,7 +32,7 @@ public sealed class ParameterDataPortTests
         var error = await Assert.ThrowsAsync<HandshakeFailedException>(() =>
             ParameterDataProtocol.Handshake.ConnectAsync(stream, ClusterSecret.Generate(), ReadOnlyMemory<byte>.Empty, CancellationToken.None));
         Assert.Contains("refused this member: the cluster secret presented is wrong", error.Message, StringComparison.Ordinal);
-        Assert.Equal(0, await ReadAllAsync(stream));
+        Assert.Equal(0, await DataPortProbe.ReadUntilClosedAsync(stream, Timeout));
 
         // The worker's client with the wrong secret: no push reaches the server.
         using var client = new ParameterDataClient(server.DataUrl, new ClusterSecurity { Secret = ClusterSecret.Generate() }, Timeout);
@@ -47,14 +47,14 @@ public sealed class ParameterDataPortTests
         await using (var garbage = await ConnectAsync(server.DataUrl))
         {
             await garbage.WriteAsync(new byte[4096].Select((_, i) => (byte)(i * 31)).ToArray());
-            Assert.Equal(0, await ReadToEndAsync(garbage));
+            Assert.Equal(0, await DataPortProbe.BytesAfterGreetingAsync(garbage, Timeout));
         }
         await using (var huge = await ConnectAsync(server.DataUrl))
         {
-            await huge.ReadExactlyAsync(new byte[GreetingBytes]);
+            await huge.ReadExactlyAsync(new byte[DataPortProbe.GreetingBytes]);
             await huge.WriteAsync(new byte[64]);
             await huge.WriteAsync(BitConverter.GetBytes(int.MaxValue));
-            Assert.Equal(0, await ReadToEndAsync(huge));
+            Assert.Equal(0, await DataPortProbe.BytesAfterGreetingAsync(huge, Timeout));
         }
     }
 
@@ -82,7 +82,7 @@ public sealed class ParameterDataPortTests
         };
         await stream.WriteAsync(frame);
         await stream.FlushAsync();
-        Assert.Equal(0, await ReadAllAsync(stream));
+        Assert.Equal(0, await DataPortProbe.ReadUntilClosedAsync(stream, Timeout));
     }
 
     [Fact]
@@ -149,7 +149,6 @@ public sealed class ParameterDataPortTests
         Assert.Equal(1, server.Store.Find("job-nan")!.RejectedGradients);
     }
 
-    private const int GreetingBytes = 4 + 1 + 32;
 
     private static InitializeHeader InitializeHeader(string jobId)
     {
@@ -182,25 +181,5 @@ public sealed class ParameterDataPortTests
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(uri.Host, uri.Port);
         return new NetworkStream(socket, ownsSocket: true);
-    }
-
-    /// <summary>Reads until the server closes; returns the bytes after the greeting (a refusal has none: the reply only follows a proof).</summary>
-    private static async Task<int> ReadToEndAsync(Stream stream) => Math.Max(0, await ReadAllAsync(stream) - GreetingBytes);
-
-    /// <summary>Reads until the server closes (or resets); returns the bytes read.</summary>
-    private static async Task<int> ReadAllAsync(Stream stream)
-    {
-        using var cancel = new CancellationTokenSource(Timeout);
-        var buffer = new byte[8192];
-        int total = 0, read;
-        try
-        {
-            while ((read = await stream.ReadAsync(buffer, cancel.Token)) > 0) total += read;
-        }
-        catch (IOException)
-        {
-            // Reset by the server: closed as well.
-        }
-        return total;
     }
 }

@@ -37,15 +37,15 @@ public sealed class RingDataPortTests
         await using (var garbage = await ConnectAsync(peer.Data.Address))
         {
             await garbage.WriteAsync(new byte[4096].Select((_, i) => (byte)(i * 31)).ToArray());
-            Assert.Equal(0, await ReadToEndAsync(garbage));
+            Assert.Equal(0, await DataPortProbe.BytesAfterGreetingAsync(garbage, Timeout));
         }
         // A length prefix claiming more than any hello may hold is refused before anything is allocated.
         await using (var huge = await ConnectAsync(peer.Data.Address))
         {
-            await huge.ReadExactlyAsync(new byte[37]);
+            await huge.ReadExactlyAsync(new byte[DataPortProbe.GreetingBytes]);
             await huge.WriteAsync(new byte[64]);
             await huge.WriteAsync(BitConverter.GetBytes(int.MaxValue));
-            Assert.Equal(0, await ReadToEndAsync(huge));
+            Assert.Equal(0, await DataPortProbe.BytesAfterGreetingAsync(huge, Timeout));
         }
         Assert.Equal(0, peer.Data.Accepted);
     }
@@ -73,22 +73,5 @@ public sealed class RingDataPortTests
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
         await socket.ConnectAsync(uri.Host, uri.Port);
         return new NetworkStream(socket, ownsSocket: true);
-    }
-
-    /// <summary>Reads until the server closes; returns the bytes after the greeting (a refusal has none: the reply only follows a proof).</summary>
-    private static async Task<int> ReadToEndAsync(Stream stream)
-    {
-        using var cancel = new CancellationTokenSource(Timeout);
-        var buffer = new byte[8192];
-        int total = 0, read;
-        try
-        {
-            while ((read = await stream.ReadAsync(buffer, cancel.Token)) > 0) total += read;
-        }
-        catch (IOException)
-        {
-            // Reset by the server: closed as well.
-        }
-        return Math.Max(0, total - 37);
     }
 }
