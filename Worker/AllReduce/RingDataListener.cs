@@ -105,10 +105,14 @@ public sealed class RingDataListener : IAsyncDisposable
             lock (_gate)
             {
                 var slot = SlotFor(hello.JobId, hello.Generation);
+                // Counted before the hand-over: whoever awaits the connection sees it counted.
+                Interlocked.Increment(ref _accepted);
                 if (!slot.TrySetResult((hello, stream)))
+                {
+                    Interlocked.Decrement(ref _accepted);
                     throw new InvalidDataException($"job {hello.JobId} generation {hello.Generation} already has a successor connection");
+                }
             }
-            Interlocked.Increment(ref _accepted);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or AuthenticationException or OperationCanceledException or SocketException or ObjectDisposedException)
         {
