@@ -29,7 +29,8 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
 
     public async Task RunAsync(CancellationToken cancellationToken)
     {
-        if (options.Threads > 0) TorchSharp.torch.set_num_threads(options.Threads);
+        // Where jobs run: every tensor of the process is touched by this one thread (see ComputeThread).
+        using var compute = new ComputeThread(options.Threads);
         using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         _data = new DataService.DataServiceClient(channel);
@@ -48,7 +49,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
                     new GetAssignmentRequest { WorkerId = registration.WorkerId, WaitMillis = 5000 },
                     deadline: deadline, cancellationToken: stopping.Token), stopping.Token);
                 if (reply.Assignment is null) continue;
-                await RunJobAsync(coordinator, reply.Assignment, stopping.Token);
+                await RunJobAsync(coordinator, reply.Assignment, compute, stopping.Token);
             }
             while (!options.SingleJob);
         }
@@ -79,7 +80,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     /// <summary>The RingPeer service, started with the first allreduce job and kept for the process's life.</summary>
     private PeerHost? _peers;
 
-    private async Task RunJobAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment, CancellationToken cancellationToken)
+    private async Task RunJobAsync(Coordinator.CoordinatorClient coordinator, Assignment assignment, ComputeThread compute, CancellationToken cancellationToken)
     {
         using var job = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         lock (_gate) (_currentJobId, _currentJob) = (assignment.JobId, job);
@@ -94,11 +95,12 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
             if (assignment.Spec.Scheme == "allreduce")
             {
                 _peers ??= await PeerHost.StartAsync(options.PeerBindAddress, options.PeerPort, options.PeerAdvertiseHost, options.Security!, cancellationToken);
-                await new AllReduceTrainer(assignment, coordinator, _peers, options, _logger).RunAsync(job.Token);
+                var peers = _peers;
+                await compute.RunAsync(() => new AllReduceTrainer(assignment, coordinator, peers, options, _logger).RunAsync(job.Token));
             }
             else
             {
-                await new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token);
+                await compute.RunAsync(() => new ParameterServerTrainer(assignment, coordinator, options, _logger, Telemetry).RunAsync(job.Token));
             }
             WorkerLog.JobFinished(_logger, assignment.JobId, assignment.Rank);
             outcome = "succeeded";

@@ -115,7 +115,8 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
             _replica.Vector.ReadGradients(gradient.Span);
             try
             {
-                if (_ring.Size > 1) await _ring.Reducer.ReduceAsync(_ring.Link, step, gradient, sampleCount, cancellationToken);
+                // On the thread pool: the reduction touches no tensors and overlaps its sends, receives and additions.
+                if (_ring.Size > 1) await Task.Run(() => _ring.Reducer.ReduceAsync(_ring.Link, step, gradient, sampleCount, cancellationToken), cancellationToken);
                 _replica.Apply(step);
                 return;
             }

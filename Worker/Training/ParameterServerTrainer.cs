@@ -102,7 +102,8 @@ public sealed partial class ParameterServerTrainer(
     {
         try
         {
-            if (await servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken))
+            // On the thread pool: the exchange touches no tensors, and its socket work and codecs may use another core.
+            if (await Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken), cancellationToken))
             {
                 _rejectedSinceReport++;
                 WorkerLog.GradientRejected(logger, assignment.JobId, assignment.Rank, step);

@@ -6,6 +6,11 @@ using Cluster.Protos;
 
 // bench/run [--quick] [--json PATH]: every figure measured in this one run, side by side
 // with the baseline it is judged against (local training, raw loopback sockets).
+if (args.Length == 4 && args[0] == Training.LocalBaselineArgument)
+{
+    Training.RunLocalBaseline(args[1], int.Parse(args[2]), int.Parse(args[3]));
+    return;
+}
 bool quick = args.Contains("--quick");
 int onlyAt = Array.IndexOf(args, "--only");
 string? only = onlyAt >= 0 && onlyAt + 1 < args.Length ? args[onlyAt + 1] : null;
@@ -63,7 +68,7 @@ if (Run("flatten"))
 // 4. Local single-process training vs a 1-worker cluster on the same batches.
 foreach (var (model, samples) in !Run("local-vs-cluster") ? [] : new[] { ("cnn", quick ? 3200 : 12800), ("mlp", quick ? 6400 : 32000) })
 {
-    double local = Training.LocalSamplesPerSecond(model, samples, 64);
+    double local = await Training.LocalSamplesPerSecondAsync(model, samples, 64);
     double cluster = await Training.ClusterSamplesPerSecondAsync(model, 1, samples, 64);
     Report(new("local-vs-cluster", $"{model}: local single process", local, "samples/s"));
     Report(new("local-vs-cluster", $"{model}: 1-worker cluster", cluster, "samples/s", cluster / local, "local single process"));
