@@ -102,8 +102,12 @@ public sealed partial class ParameterServerTrainer(
     {
         try
         {
-            // On the thread pool: the exchange touches no tensors, and its socket work and codecs may use another core.
-            if (await Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken), cancellationToken))
+            // A dense exchange touches no tensors: it runs on the thread pool, where its sockets and codecs can use
+            // another core. Top-k selection runs libtorch, so a sparse exchange stays on the compute thread.
+            var exchange = servers.Sparse
+                ? servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken)
+                : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken), cancellationToken);
+            if (await exchange)
             {
                 _rejectedSinceReport++;
                 WorkerLog.GradientRejected(logger, assignment.JobId, assignment.Rank, step);

@@ -34,6 +34,9 @@ public sealed class ShardedParameterClient : IDisposable
     public int PartitionElements { get; }
     public DType Dtype { get; }
 
+    /// <summary>Whether pushes are top-k sparse (their selection runs libtorch on the calling thread).</summary>
+    public bool Sparse => _encoder.Sparse;
+
     /// <summary>
     /// The ranks behind the steps the last pull reported, as every server saw them: a rank counts
     /// in a step only when each server applied its push (parameter_server.proto, step 5).
