@@ -10,7 +10,10 @@ namespace Cluster.ParameterServer.Services;
 public interface IPullSink
 {
     ValueTask WriteHeaderAsync(PullHeader header, CancellationToken cancellationToken);
-    /// <summary>One partition's elements (<paramref name="elementBytes"/> each), the first at <paramref name="firstElement"/>; the sink cuts them into chunks.</summary>
+    /// <summary>
+    /// One partition's elements (<paramref name="elementBytes"/> each), the first at <paramref name="firstElement"/>; the sink
+    /// cuts them into chunks. The caller keeps <paramref name="elements"/> unchanged until the returned task completes.
+    /// </summary>
     ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken);
     ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken);
 }
@@ -73,7 +76,9 @@ public sealed class ParameterTraffic(ParameterStore store)
         var job = FindJob(request.JobId);
         int elementBytes = CallErrors.Guard(() => ElementCodec.ElementBytes(request.Dtype));
         await sink.WriteHeaderAsync(new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype }, cancellationToken);
-        byte[]? encoded = request.Dtype == DType.Float32 ? null : ArrayPool<byte>.Shared.Rent(job.PartitionElements * elementBytes);
+        // bf16/fp16: two buffers, so that a partition is encoded while the one before it is still being written.
+        byte[][] encoded = request.Dtype == DType.Float32 ? [] : [Rent(job, elementBytes), Rent(job, elementBytes)];
+        ValueTask writing = ValueTask.CompletedTask;
         try
         {
             for (int p = 0; p < job.PartitionCount; p++)
@@ -81,21 +86,37 @@ public sealed class ParameterTraffic(ParameterStore store)
                 await job.WaitForPartitionAsync(p, request.MinVersion, cancellationToken);
                 var weights = job.Partition(p);
                 ReadOnlyMemory<byte> bytes = FloatMemory.AsBytes(weights);
-                if (encoded is not null)
+                if (encoded.Length > 0)
                 {
-                    // The sink has written (or copied) each partition before it returns: the buffer is reused for the next.
-                    ElementCodec.Encode(weights.Span, encoded, request.Dtype);
-                    bytes = encoded.AsMemory(0, weights.Length * elementBytes);
+                    // This buffer's last partition (p - 2) was written before partition p - 1's write began.
+                    var buffer = encoded[p % 2];
+                    ElementCodec.Encode(weights.Span, buffer, request.Dtype);
+                    bytes = buffer.AsMemory(0, weights.Length * elementBytes);
                 }
-                await sink.WritePartitionAsync(job.PartitionStart(p), bytes, elementBytes, cancellationToken);
+                await Finish(ref writing);
+                writing = sink.WritePartitionAsync(job.PartitionStart(p), bytes, elementBytes, cancellationToken);
             }
+            await Finish(ref writing);
         }
         finally
         {
-            if (encoded is not null) ArrayPool<byte>.Shared.Return(encoded);
+            // Only a failed pull leaves a write in flight; it reads its buffer until it ends, and the pull's own failure is what counts.
+            try { await writing; }
+            catch (Exception) { }
+            foreach (var buffer in encoded) ArrayPool<byte>.Shared.Return(buffer);
         }
         if (request.MinVersion > 0) await sink.WriteAppliedAsync(AppliedSteps(job, request.MinVersion - 1), cancellationToken);
     }
+
+    /// <summary>The write to wait for, leaving a completed one in its place (a ValueTask is awaited once).</summary>
+    private static ValueTask Finish(ref ValueTask writing)
+    {
+        var pending = writing;
+        writing = ValueTask.CompletedTask;
+        return pending;
+    }
+
+    private static byte[] Rent(JobParameters job, int elementBytes) => ArrayPool<byte>.Shared.Rent(job.PartitionElements * elementBytes);
 
     /// <summary>The ranks behind the steps up to <paramref name="throughStep"/> (parameter_server.proto, step 5).</summary>
     private static AppliedSteps AppliedSteps(JobParameters job, long throughStep)

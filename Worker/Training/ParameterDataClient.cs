@@ -32,10 +32,21 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         {
             var writer = connection.Writer;
             await ParameterDataProtocol.WriteAsync(writer, new DataFrame { PushHeader = header }, token);
-            foreach (var chunk in chunks)
+            // One chunk's write stays in flight while the next is taken (bf16/fp16 chunks are encoded as they are taken).
+            var writing = Task.CompletedTask;
+            try
             {
-                var frameChunk = new TensorChunk { OffsetElements = chunk.OffsetElements, LengthElements = chunk.LengthElements, Indices = chunk.Indices };
-                await ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token);
+                foreach (var chunk in chunks)
+                {
+                    var frameChunk = new TensorChunk { OffsetElements = chunk.OffsetElements, LengthElements = chunk.LengthElements, Indices = chunk.Indices };
+                    await writing;
+                    writing = ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token).AsTask();
+                }
+            }
+            finally
+            {
+                // A failed encoding leaves a write in flight: the connection is dropped after it, never mid-frame.
+                await writing;
             }
             await ParameterDataProtocol.WriteAsync(writer, new DataFrame { End = new DataEnd() }, token);
             await writer.FlushAsync(token);
