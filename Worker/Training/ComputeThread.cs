@@ -92,7 +92,7 @@ public sealed class ComputeThread : IDisposable
                 finally { done.Set(); }
             }, null);
             done.Wait();
-            if (failure is not null) throw failure;
+            if (failure is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
 
         public override SynchronizationContext CreateCopy() => this;

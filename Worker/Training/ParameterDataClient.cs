@@ -43,11 +43,14 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
                     writing = ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token).AsTask();
                 }
             }
-            finally
+            catch
             {
-                // A failed encoding leaves a write in flight: the connection is dropped after it, never mid-frame.
-                await writing;
+                // A failed chunk leaves a write in flight: the connection is dropped after it, never mid-frame, and the first failure is what counts.
+                try { await writing; }
+                catch (Exception) { }
+                throw;
             }
+            await writing;
             await ParameterDataProtocol.WriteAsync(writer, new DataFrame { End = new DataEnd() }, token);
             await writer.FlushAsync(token);
             var answer = await ParameterDataProtocol.ReadExpectedAsync(connection.Reader, connection.Buffers, "a push's answer", token,
