@@ -134,6 +134,8 @@ public static class RoleCommands
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
+            // Before anything loads libtorch (and with it libgomp, which reads this once).
+            Cluster.Worker.Training.OpenMpSpin.ApplyToProcess();
             var options = new WorkerOptions
             {
                 CoordinatorUrl = parse.GetValue(CoordinatorUrl)!, Device = parse.GetValue(device), Threads = parse.GetValue(threads), SingleJob = parse.GetValue(once),
