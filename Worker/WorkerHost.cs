@@ -30,7 +30,8 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
     public async Task RunAsync(CancellationToken cancellationToken)
     {
         // Where jobs run: every tensor of the process is touched by this one thread (see ComputeThread).
-        using var compute = new ComputeThread(options.Threads);
+        using var compute = new ComputeThread(options.Threads, pinToCores: true);
+        if (await compute.Pinned is { } pinned) WorkerLog.ComputePinned(_logger, pinned);
         using var channel = ClusterTransport.Channel(options.CoordinatorUrl, options.Security!, "coordinator");
         var coordinator = new Coordinator.CoordinatorClient(channel);
         _data = new DataService.DataServiceClient(channel);

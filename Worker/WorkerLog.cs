@@ -8,6 +8,9 @@ internal static partial class WorkerLog
     [LoggerMessage(Level = LogLevel.Information, Message = "Registered with coordinator {Coordinator} as {WorkerId} (device {Device})")]
     public static partial void Registered(ILogger logger, string coordinator, string workerId, string device);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Compute threads pinned: {Pinned}")]
+    public static partial void ComputePinned(ILogger logger, string pinned);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank} of {WorldSize} on {Device}, {ElementCount} parameters")]
     public static partial void JobStarted(ILogger logger, string jobId, int rank, int worldSize, string device, int elementCount);
 

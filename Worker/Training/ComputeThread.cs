@@ -19,12 +19,20 @@ public sealed class ComputeThread : IDisposable
     private readonly BlockingCollection<(SendOrPostCallback Callback, object? State)> _queue = [];
     private readonly Thread _thread;
 
+    private static int s_created;
+
     /// <param name="threads">libtorch's intra-op threads (torch.set_num_threads), set on this thread; 0 leaves libtorch's default.</param>
-    public ComputeThread(int threads)
+    /// <param name="pinToCores">Pin this thread and its OpenMP helpers one to a core when they cover every core (<see cref="OpenMpTeam"/>).</param>
+    public ComputeThread(int threads, bool pinToCores = false)
     {
-        _thread = new Thread(() => Pump(threads)) { IsBackground = true, Name = "Compute" };
+        // A name of its own: libgomp's helper threads inherit it, which is how OpenMpTeam finds them.
+        _thread = new Thread(() => Pump(threads, pinToCores)) { IsBackground = true, Name = $"Compute {Interlocked.Increment(ref s_created)}" };
         _thread.Start();
     }
+
+    /// <summary>What <see cref="OpenMpTeam.PinToCores"/> pinned (null: nothing), once the thread has started.</summary>
+    public Task<string?> Pinned => _pinned.Task;
+    private readonly TaskCompletionSource<string?> _pinned = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Whether the caller is this thread.</summary>
     public bool IsCurrent => Thread.CurrentThread == _thread;
@@ -59,10 +67,15 @@ public sealed class ComputeThread : IDisposable
         catch (InvalidOperationException) { }
     }
 
-    private void Pump(int threads)
+    private void Pump(int threads, bool pinToCores)
     {
         SynchronizationContext.SetSynchronizationContext(new Context(this));
         if (threads > 0) TorchSharp.torch.set_num_threads(threads);
+        string? pinned = null;
+        // Pinning only speeds the job up: whatever stops it must not stop the thread.
+        try { if (pinToCores) pinned = OpenMpTeam.PinToCores(); }
+        catch (Exception e) { pinned = $"none ({e.GetType().Name}: {e.Message})"; }
+        _pinned.SetResult(pinned);
         foreach (var (callback, state) in _queue.GetConsumingEnumerable()) callback(state);
     }
 
