@@ -21,7 +21,7 @@ public static partial class OpenMpTeam
     /// Called on the compute thread after torch.set_num_threads: starts the team (one parallel
     /// kernel), then pins the caller to the first allowed CPU and each helper (threads that carry
     /// the caller's name, which they inherit when libgomp creates them) to the next ones.
-    /// Returns what was pinned, e.g. "compute thread on CPU 0, 1 helper on CPUs 1", or null.
+    /// Returns what was pinned, e.g. "compute thread on CPU 0, 1 helper(s) on CPUs 1", or null.
     /// </summary>
     public static string? PinToCores()
     {

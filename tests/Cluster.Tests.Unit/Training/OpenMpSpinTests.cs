@@ -1,4 +1,5 @@
 using Cluster.Worker.Training;
+
 namespace Cluster.Tests.Unit.Training;
 
 /// <summary><see cref="OpenMpSpin"/>: the C environment libgomp reads gets the worker's spin count, a user's choice wins.</summary>
