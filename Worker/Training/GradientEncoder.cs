@@ -10,7 +10,8 @@ namespace Cluster.Worker.Training;
 
 /// <summary>
 /// Turns a step's float32 gradient into the chunks each parameter server receives: float32
-/// wraps the gradient buffer (no copy); bfloat16 / float16 encode into a buffer kept per job;
+/// wraps the gradient buffer (no copy); bfloat16 / float16 encode each chunk as it is taken into
+/// one of two chunk buffers kept per server, which stay in cache while the socket copies them;
 /// top-k sends, per partition, only the largest-magnitude fraction of (gradient + residual) as
 /// indices and values, and keeps what it did not send as the residual for the next step
 /// (error feedback), so no part of the gradient is lost for good.
@@ -21,14 +22,15 @@ public sealed class GradientEncoder
     private readonly int _partitionElements;
     private readonly DType _dtype;
     private readonly double _topKRatio;
-    private readonly byte[]? _encoded;
+    private readonly byte[][][]? _chunkBuffers;  // [server][0 or 1]: dense bfloat16 / float16 chunks, used in turn
     private readonly float[]? _residual;
 
     public GradientEncoder(IReadOnlyList<KeyRange> ranges, int elementCount, int partitionElements, DType dtype, double topKRatio)
     {
         (_ranges, _partitionElements, _dtype, _topKRatio) = (ranges, partitionElements, dtype, topKRatio);
         if (topKRatio > 0) _residual = new float[elementCount];
-        else if (dtype != DType.Float32) _encoded = new byte[checked(elementCount * ElementCodec.ElementBytes(dtype))];
+        else if (dtype != DType.Float32)
+            _chunkBuffers = ranges.Select(_ => new[] { new byte[TensorWire.ChunkBytesMax], new byte[TensorWire.ChunkBytesMax] }).ToArray();
     }
 
     public bool Sparse => _residual is not null;
@@ -36,26 +38,28 @@ public sealed class GradientEncoder
     /// <summary>
     /// The chunks for server <paramref name="server"/>, offsets relative to its key range, of at
     /// most <paramref name="chunkBytes"/> each (dense). Dense chunks are encoded as they are
-    /// enumerated, so that encoding overlaps sending.
+    /// enumerated, so that encoding overlaps sending; an encoded chunk's data stays valid until
+    /// the chunk after the next one is taken (a sender may keep one write in flight).
     /// </summary>
     public IEnumerable<TensorChunk> Encode(float[] gradient, int server, int chunkBytes = TensorWire.ChunkBytesSent) =>
-        Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, _ranges[server], chunkBytes);
+        Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, server, Math.Min(chunkBytes, TensorWire.ChunkBytesMax));
 
-    private IEnumerable<TensorChunk> Dense(float[] gradient, KeyRange range, int chunkBytes)
+    private IEnumerable<TensorChunk> Dense(float[] gradient, int server, int chunkBytes)
     {
+        var range = _ranges[server];
         var elements = gradient.AsMemory((int)range.Start, range.Length);
-        if (_encoded is null)
+        if (_chunkBuffers is null)
         {
             foreach (var chunk in TensorWire.Chunks(FloatMemory.AsBytes(elements), chunkBytes: chunkBytes)) yield return chunk;
             yield break;
         }
-        int elementBytes = ElementCodec.ElementBytes(_dtype);
-        var bytes = _encoded.AsMemory((int)range.Start * elementBytes, range.Length * elementBytes);
-        foreach (var chunk in TensorWire.Chunks(bytes, 0, elementBytes, chunkBytes))
+        int elementBytes = ElementCodec.ElementBytes(_dtype), step = chunkBytes / elementBytes, turn = 0;
+        for (int start = 0; start < range.Length; start += step, turn ^= 1)
         {
-            int start = (int)chunk.OffsetElements, length = chunk.Data.Length / elementBytes;
-            ElementCodec.Encode(elements.Span.Slice(start, length), bytes.Span.Slice(start * elementBytes, length * elementBytes), _dtype);
-            yield return chunk;
+            int length = Math.Min(step, range.Length - start);
+            var data = _chunkBuffers[server][turn].AsMemory(0, length * elementBytes);
+            ElementCodec.Encode(elements.Span.Slice(start, length), data.Span, _dtype);
+            yield return new TensorChunk { OffsetElements = start, Data = UnsafeByteOperations.UnsafeWrap(data) };
         }
     }
 
