@@ -13,12 +13,13 @@ namespace Cluster.Bench.Suites;
 /// One BSP step's synchronisation as workers see it: push the gradient and pull the next
 /// version from K parameter servers (the worker's own client over real loopback sockets: the
 /// servers' data ports, or gRPC streams with --ps-transport grpc; servers applying Adam), for a model
-/// of <c>elementCount</c> float32 parameters. Reported per worker: seconds per step, and the
-/// bytes it moved (pushed + pulled) per second.
+/// of <c>elementCount</c> float32 parameters. Reported per worker: the median seconds per step, the
+/// bytes it moved (pushed + pulled) per second, and the CPU time of the whole process (worker and
+/// servers) per step.
 /// </summary>
 public static class ParameterServerSync
 {
-    public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps);
+    public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps, double CpuSecondsPerStep);
 
     public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps,
         ParameterServerTransport transport = ParameterServerTransport.Tcp)
@@ -44,17 +45,25 @@ public static class ParameterServerSync
             header.Layout.Tensors.Add(new TensorSpec { Name = "weights", Shape = { elementCount }, Dtype = DType.Float32 });
             await Task.WhenAll(clients.Select((c, r) => c.InitializeAsync(header, parameters[r], CancellationToken.None)));
 
-            const int warmup = 2;
-            var watch = new Stopwatch();
+            // Warm up until the JIT has tiered up the hot loops (the first dozen 100 MB steps run
+            // partly in unoptimised code), then report the median step: one step in ten is slowed by
+            // a scheduling hiccup on 2 cores, and the median keeps those out of the comparison.
+            const int warmup = 20;
+            var stepSeconds = new List<double>();
+            TimeSpan cpuStart = TimeSpan.Zero;
             for (int step = 0; step < warmup + steps; step++)
             {
-                if (step == warmup) watch.Start();
+                if (step == warmup) cpuStart = Process.GetCurrentProcess().TotalProcessorTime;
+                long started = Stopwatch.GetTimestamp();
                 await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, gradients[r], parameters[r], CancellationToken.None)));
+                if (step >= warmup) stepSeconds.Add(Stopwatch.GetElapsedTime(started).TotalSeconds);
             }
-            double seconds = watch.Elapsed.TotalSeconds / steps;
+            double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpuStart).TotalSeconds / steps;
+            stepSeconds.Sort();
+            double seconds = stepSeconds[steps / 2];
             double bytes = 2.0 * elementCount * ElementCodec.ElementBytes(dtype);
             foreach (var client in clients) client.Dispose();
-            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9);
+            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9, cpuSeconds);
         }
         finally
         {
