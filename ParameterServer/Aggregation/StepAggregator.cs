@@ -76,6 +76,31 @@ public sealed class StepAggregator
         }
     }
 
+    /// <summary>
+    /// The combined gradient of elements [start, start + scratch.Length): when one rank alone
+    /// takes part (every other one excluded or without samples), that rank's own buffer, not a
+    /// copy: its weight is 1, so these are the floats <see cref="Combine"/> would write. Otherwise
+    /// <paramref name="scratch"/>, combined. An optimizer may overwrite what it is given: a
+    /// rank's buffer is written afresh by its next push.
+    /// </summary>
+    public Span<float> Combined(int start, Span<float> scratch, ReadOnlySpan<bool> excluded = default)
+    {
+        int sole = -1;
+        for (int r = 0; r < WorldSize; r++)
+        {
+            if (_sampleCounts[r] == 0 || IsExcluded(excluded, r)) continue;
+            if (sole >= 0)
+            {
+                Combine(start, scratch, excluded);
+                return scratch;
+            }
+            sole = r;
+        }
+        if (sole >= 0) return _rankGradients[sole].AsSpan(start, scratch.Length);
+        scratch.Clear();
+        return scratch;
+    }
+
     /// <summary>True when no rank takes part in the partition (every one excluded).</summary>
     public bool AllExcluded(ReadOnlySpan<bool> excluded)
     {

@@ -211,12 +211,11 @@ public sealed partial class JobParameters
         {
             int start = PartitionStart(partition), length = PartitionLength(partition);
             long reached = 0;
-            var combined = _combinedGradient.AsSpan(start, length);
             // A partition that every rank sent with NaN or Inf is not applied at all: not even
             // weight decay or momentum moves it.
             if (!_aggregator.AllExcluded(_excluded[partition]))
             {
-                _aggregator.Combine(start, combined, _excluded[partition]);
+                var combined = _aggregator.Combined(start, _combinedGradient.AsSpan(start, length), _excluded[partition]);
                 _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
             }
             lock (_gate)

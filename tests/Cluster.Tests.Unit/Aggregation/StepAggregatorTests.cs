@@ -143,6 +143,37 @@ public sealed class StepAggregatorTests
     }
 
     [Fact]
+    public void A_single_rank_taking_part_lends_its_own_buffer_and_several_ranks_are_combined_into_the_scratch()
+    {
+        var aggregator = new StepAggregator(3, 4);
+        Write(aggregator, 0, [1f, 2f, 3f, 4f]);
+        Write(aggregator, 1, [float.NaN, 0f, 0f, 0f]);
+        Write(aggregator, 2, [5f, 6f, 7f, 8f]);
+        aggregator.SetSampleCount(0, 0);
+        aggregator.SetSampleCount(1, 9);
+        aggregator.SetSampleCount(2, 3);
+        var scratch = new float[2];
+
+        // Rank 0 has no samples and rank 1 is excluded: rank 2's elements [1, 3), as they are.
+        var sole = aggregator.Combined(1, scratch, [false, true, false]);
+        Assert.Equal([6f, 7f], sole.ToArray());
+        sole[0] = -6f; // the rank's buffer itself, not a copy
+        Assert.Equal(-6f, aggregator.BufferFor(2).Span[1]);
+        Assert.Equal([0f, 0f], scratch);
+
+        // Ranks 1 and 2 both take part: combined into the scratch, as Combine writes them.
+        Write(aggregator, 1, [0f, 2f, 3f, 0f]);
+        var both = aggregator.Combined(1, scratch);
+        var expected = new float[2];
+        aggregator.Combine(1, expected);
+        Assert.True(both.Overlaps(scratch));
+        Assert.Equal(expected, both.ToArray());
+
+        // Nobody takes part: zeros.
+        Assert.Equal([0f, 0f], aggregator.Combined(1, scratch, [true, true, true]).ToArray());
+    }
+
+    [Fact]
     public void All_zero_sample_counts_give_a_zero_gradient()
     {
         var aggregator = new StepAggregator(2, 3);
