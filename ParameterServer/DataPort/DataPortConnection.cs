@@ -1,3 +1,4 @@
+using Cluster.ParameterServer.Aggregation;
 using Cluster.ParameterServer.Services;
 using Cluster.Protos;
 using Cluster.Shared.Wire;
@@ -134,7 +135,7 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
             }
             Bytes += dataBytes + frame.Chunk.Indices.Length;
             if (!header.Sparse && await ParameterDataProtocol.ReadDenseDataAsync(reader, buffers, frame.Chunk, dataBytes, header.Dtype,
-                destination, received, cancellationToken) is { } total)
+                destination, received, cancellationToken, keepEncoded: StepAggregator.StoredAs(header.Dtype, header.Sparse) != DType.Float32) is { } total)
                 return total;
             if (header.Sparse) await ParameterDataProtocol.ReadDataAsync(reader, buffers, frame.Chunk, dataBytes, cancellationToken);
             return CallErrors.Decode(header, frame.Chunk, destination.Span, received);

@@ -1,4 +1,6 @@
 using System.Buffers;
+using System.Runtime.InteropServices;
+using Cluster.ParameterServer.Aggregation;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Wire;
@@ -22,9 +24,11 @@ public interface IPullSink
 public interface IPushSource
 {
     /// <summary>
-    /// Decodes the next chunk into <paramref name="destination"/> (checked as ChunkReader
-    /// checks; malformed content is an InvalidArgument <see cref="RpcException"/>); returns the
-    /// elements received so far, or null at the end of the push.
+    /// Reads the next chunk into <paramref name="destination"/> in the form
+    /// <see cref="StepAggregator.StoredAs"/> gives for the header (float32 values, or a dense 2-byte
+    /// wire type's elements as they came, packed from the start of the buffer's bytes), checked as
+    /// ChunkReader checks (malformed content is an InvalidArgument <see cref="RpcException"/>);
+    /// returns the elements received so far, or null at the end of the push.
     /// </summary>
     ValueTask<long?> ReadNextAsync(PushHeader header, Memory<float> destination, long received, CancellationToken cancellationToken);
 }
@@ -45,7 +49,7 @@ public sealed class ParameterTraffic(ParameterStore store)
         if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
             throw CallErrors.Invalid($"sample_count: {header.SampleCount}; expected 0 to {Shared.Jobs.JobSpecification.BatchSizeMax}");
         CallErrors.Guard(() => ElementCodec.ElementBytes(header.Dtype));
-        var buffer = CallErrors.Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount));
+        var buffer = CallErrors.Rejected(() => job.BeginPush(header.Rank, header.Step, header.SampleCount, StepAggregator.StoredAs(header.Dtype, header.Sparse)));
         try
         {
             long received = 0;
@@ -138,14 +142,19 @@ public sealed class ParameterTraffic(ParameterStore store)
 /// <summary>How the handlers' failures become gRPC statuses.</summary>
 public static class CallErrors
 {
-    /// <summary>A received chunk decoded into place (<see cref="ChunkReader"/>), malformed content → InvalidArgument.</summary>
+    /// <summary>
+    /// A received chunk read into place (<see cref="ChunkReader"/>) in the form the push is stored
+    /// in (<see cref="IPushSource"/>), malformed content → InvalidArgument.
+    /// </summary>
     public static long Decode(PushHeader header, TensorChunk chunk, Span<float> destination, long received)
     {
         try
         {
-            return header.Sparse
-                ? ChunkReader.ReadSparse(chunk, header.Dtype, destination, received)
-                : ChunkReader.ReadDense(chunk, header.Dtype, destination, received);
+            if (header.Sparse) return ChunkReader.ReadSparse(chunk, header.Dtype, destination, received);
+            var stored = StepAggregator.StoredAs(header.Dtype, header.Sparse);
+            return stored == DType.Float32
+                ? ChunkReader.ReadDense(chunk, header.Dtype, destination, received)
+                : ChunkReader.ReadDenseEncoded(chunk, stored, MemoryMarshal.AsBytes(destination)[..(destination.Length * ElementCodec.ElementBytes(stored))], received);
         }
         catch (InvalidDataException e) { throw Invalid(e.Message); }
     }

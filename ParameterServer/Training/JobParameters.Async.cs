@@ -59,7 +59,6 @@ public sealed partial class JobParameters
     /// </summary>
     private void ApplyOnArrival(int rank)
     {
-        var gradient = _aggregator.BufferFor(rank).Span;
         long update = Version + 1;
         for (int p = 0; p < PartitionCount; p++)
         {
@@ -69,9 +68,12 @@ public sealed partial class JobParameters
                 continue;
             }
             int start = PartitionStart(p), length = PartitionLength(p);
-            var combined = _combinedGradient.AsSpan(start, length);
-            gradient.Slice(start, length).CopyTo(combined);
-            _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, update);
+            for (int offset = start; offset < start + length; offset += _block.Length)
+            {
+                var gradient = _block.AsSpan(0, Math.Min(_block.Length, start + length - offset));
+                _aggregator.CopyGradient(rank, offset, gradient);
+                _optimizer.StepRange(offset, _weights.AsSpan(offset, gradient.Length), gradient, update);
+            }
         }
         Version = update;
         Array.Fill(_partitionVersions, update);

@@ -1,3 +1,6 @@
+using System.Runtime.InteropServices;
+using Cluster.Shared.Wire;
+
 namespace Cluster.ParameterServer.Training;
 
 /// <summary>
@@ -43,8 +46,10 @@ public sealed partial class JobParameters
     private void CopyRetriedPartition(int rank, int partition)
     {
         if (_retrying is null || !_retrying[rank]) return;
-        int start = PartitionStart(partition), length = PartitionLength(partition);
-        _scratch![rank].AsSpan(start, length).CopyTo(_aggregator.BufferFor(rank).Span.Slice(start, length));
+        // Byte for byte, in whatever form the rank's buffer holds (a retry keeps the push's wire type: BeginPush).
+        int elementBytes = ElementCodec.ElementBytes(_aggregator.Encoding(rank));
+        int start = PartitionStart(partition) * elementBytes, length = PartitionLength(partition) * elementBytes;
+        MemoryMarshal.AsBytes(_scratch![rank].AsSpan()).Slice(start, length).CopyTo(MemoryMarshal.AsBytes(_aggregator.BufferFor(rank).Span).Slice(start, length));
     }
 
     /// <summary>Under the lock: closes a duplicate push; returns the version the server holds.</summary>

@@ -1,5 +1,3 @@
-using System.Numerics.Tensors;
-using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.Protos;
@@ -20,7 +18,7 @@ public sealed partial class JobParameters
 {
     private readonly object _gate = new();
     private readonly float[] _weights;
-    private readonly float[] _combinedGradient;
+    private readonly float[] _block = new float[StepAggregator.BlockElements]; // the applier's combined gradient, a block at a time
     private readonly StepAggregator _aggregator;
     private readonly IOptimizer _optimizer;
     private readonly long[] _partitionVersions;
@@ -41,7 +39,6 @@ public sealed partial class JobParameters
         _weights = initialWeights;
         ElementCount = initialWeights.Length;
         PartitionCount = (ElementCount + partitionElements - 1) / partitionElements;
-        _combinedGradient = new float[ElementCount];
         _aggregator = new StepAggregator(worldSize, ElementCount);
         _optimizer = OptimizerGroups.Create(optimizer, groups ?? [], rangeStart, ElementCount);
         OptimizerSettings = optimizer;
@@ -75,12 +72,13 @@ public sealed partial class JobParameters
     public int PartitionLength(int partition) => Math.Min(PartitionElements, ElementCount - PartitionStart(partition));
 
     /// <summary>
-    /// Opens rank's push of <paramref name="step"/>; returns the buffer to receive it into. A push
+    /// Opens rank's push of <paramref name="step"/>; returns the buffer to receive it into, as
+    /// <paramref name="stored"/> (see <see cref="StepAggregator.StoredAs"/>). A push
     /// of a step this rank has already delivered (a retry after a lost reply) is accepted as a
     /// duplicate: it is read into a scratch buffer and nothing of it is applied again (see
     /// JobParameters.Duplicates.cs).
     /// </summary>
-    public Memory<float> BeginPush(int rank, long step, int sampleCount)
+    public Memory<float> BeginPush(int rank, long step, int sampleCount, DType stored = DType.Float32)
     {
         lock (_gate)
         {
@@ -93,9 +91,13 @@ public sealed partial class JobParameters
             if (!IsAsync) CheckMember(rank, step);
             RecordLead(step);
             if (push.Step != step) (push.Step, push.Delivered, push.Rejected) = (step, 0, false);
+            if (push.Delivered > 0 && _aggregator.Encoding(rank) != stored)
+                throw new PushRejectedException(
+                    $"dtype: rank {rank} resends step {step} as {stored}; the partitions it already delivered are {_aggregator.Encoding(rank)}, expected the same wire type");
             push.Open = true;
             push.Duplicate = false;
             _aggregator.SetSampleCount(rank, sampleCount);
+            _aggregator.SetEncoding(rank, stored);
             return push.Delivered == 0 ? _aggregator.BufferFor(rank) : RetryBuffer(rank);
         }
     }
@@ -113,11 +115,10 @@ public sealed partial class JobParameters
             if (push.Duplicate) return;
             if (!IsAsync && !IsMember(rank, Version)) return; // removed mid-push: what it still sends is discarded
             int delivered = receivedElements >= ElementCount ? PartitionCount : receivedElements / PartitionElements;
-            var gradient = _aggregator.BufferFor(rank).Span;
             for (int p = push.Delivered; p < delivered; p++)
             {
                 CopyRetriedPartition(rank, p);
-                if (!float.IsFinite(TensorPrimitives.MaxMagnitude(gradient.Slice(PartitionStart(p), PartitionLength(p)))))
+                if (!_aggregator.IsFinite(rank, PartitionStart(p), PartitionLength(p)))
                 {
                     _excluded[p][rank] = true;
                     push.Rejected = true;
@@ -215,8 +216,13 @@ public sealed partial class JobParameters
             // weight decay or momentum moves it.
             if (!_aggregator.AllExcluded(_excluded[partition]))
             {
-                var combined = _aggregator.Combined(start, _combinedGradient.AsSpan(start, length), _excluded[partition]);
-                _optimizer.StepRange(start, _weights.AsSpan(start, length), combined, _partitionVersions[partition] + 1);
+                // A block at a time: a combined or decoded block is consumed while it is in cache.
+                for (int offset = start; offset < start + length; offset += _block.Length)
+                {
+                    int block = Math.Min(_block.Length, start + length - offset);
+                    var combined = _aggregator.Combined(offset, _block.AsSpan(0, block), _excluded[partition]);
+                    _optimizer.StepRange(offset, _weights.AsSpan(offset, block), combined, _partitionVersions[partition] + 1);
+                }
             }
             lock (_gate)
             {

@@ -25,6 +25,22 @@ public static class ChunkReader
     }
 
     /// <summary>
+    /// A dense chunk kept as it came: its <paramref name="dtype"/> elements are copied, not decoded,
+    /// into <paramref name="elements"/>, the packed elements of the whole vector (element i at byte
+    /// i * element size); returns the elements received so far. The same checks as <see cref="ReadDense"/>.
+    /// </summary>
+    public static long ReadDenseEncoded(TensorChunk chunk, DType dtype, Span<byte> elements, long receivedElements)
+    {
+        if (chunk.Indices.Length != 0)
+            throw new InvalidDataException("chunk.indices: present in a dense stream; expected none");
+        int elementBytes = ElementCodec.ElementBytes(dtype);
+        var data = chunk.Data.Span;
+        CheckRun(chunk, data.Length, elementBytes, elements.Length / elementBytes, receivedElements, out int count);
+        data.CopyTo(elements.Slice((int)chunk.OffsetElements * elementBytes, count * elementBytes));
+        return receivedElements + count;
+    }
+
+    /// <summary>
     /// A sparse chunk: the run [offset, offset + length_elements) becomes zero but for the
     /// elements named by <c>indices</c>, which take the values in <c>data</c>.
     /// </summary>

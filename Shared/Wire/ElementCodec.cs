@@ -68,6 +68,32 @@ public static class ElementCodec
         }
     }
 
+    /// <summary>
+    /// Whether every element of <paramref name="elements"/> (of <paramref name="dtype"/>) is finite:
+    /// no NaN or infinity, told apart by an exponent of all ones, without decoding.
+    /// </summary>
+    public static bool AllFinite(ReadOnlySpan<byte> elements, DType dtype)
+    {
+        if (dtype == DType.Float32) return float.IsFinite(TensorPrimitives.MaxMagnitude(MemoryMarshal.Cast<byte, float>(elements)));
+        ushort exponent = dtype switch
+        {
+            DType.Bfloat16 => 0x7F80,
+            DType.Float16 => 0x7C00,
+            _ => throw new InvalidDataException($"dtype: {dtype} is not a known element type"),
+        };
+        var bits = MemoryMarshal.Cast<byte, ushort>(elements);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var mask = Vector256.Create(exponent);
+            for (; i <= bits.Length - Vector256<ushort>.Count; i += Vector256<ushort>.Count)
+                if (Vector256.EqualsAny(Vector256.Create(bits.Slice(i, Vector256<ushort>.Count)) & mask, mask)) return false;
+        }
+        for (; i < bits.Length; i++)
+            if ((bits[i] & exponent) == exponent) return false;
+        return true;
+    }
+
     private static void EncodeBFloat16(ReadOnlySpan<float> source, Span<ushort> destination)
     {
         var bits = MemoryMarshal.Cast<float, uint>(source);

@@ -70,17 +70,20 @@ public static class ParameterDataProtocol
     /// <summary>
     /// A dense chunk's data: float32 that continues the stream and fits <paramref name="destination"/>
     /// is read straight into place (the same checks as <see cref="ChunkReader.ReadDense"/>), and the
-    /// new count of elements received is returned. Anything else is read into the data buffer as the
-    /// chunk's data and null is returned: the caller decodes (and checks) it with ChunkReader.
+    /// new count of elements received is returned; with <paramref name="keepEncoded"/>, so are the
+    /// elements of a 2-byte type, as they are, packed from the start of destination's bytes (as
+    /// <see cref="ChunkReader.ReadDenseEncoded"/> places them). Anything else is read into the data
+    /// buffer as the chunk's data and null is returned: the caller reads (and checks) it with ChunkReader.
     /// </summary>
     public static async ValueTask<long?> ReadDenseDataAsync(Stream stream, FrameBuffers buffers, TensorChunk chunk, int dataBytes, DType dtype,
-        Memory<float> destination, long received, CancellationToken cancellationToken)
+        Memory<float> destination, long received, CancellationToken cancellationToken, bool keepEncoded = false)
     {
-        int elements = dataBytes / sizeof(float);
-        if (dtype == DType.Float32 && chunk.Indices.IsEmpty && chunk.OffsetElements == received && dataBytes % sizeof(float) == 0
-            && elements <= destination.Length - received && FloatMemory.TryAsWritableBytes(destination.Slice((int)received, elements), out var place))
+        int elementBytes = ElementCodec.ElementBytes(dtype);
+        int elements = dataBytes / elementBytes;
+        if ((dtype == DType.Float32 || keepEncoded) && chunk.Indices.IsEmpty && chunk.OffsetElements == received && dataBytes % elementBytes == 0
+            && elements <= destination.Length - received && FloatMemory.TryAsWritableBytes(destination, out var whole))
         {
-            await stream.ReadExactlyAsync(place, cancellationToken);
+            await stream.ReadExactlyAsync(whole.Slice((int)received * elementBytes, dataBytes), cancellationToken);
             return received + elements;
         }
         await ReadDataAsync(stream, buffers, chunk, dataBytes, cancellationToken);

@@ -279,4 +279,24 @@ public sealed class ChunkReaderTests
         Assert.StartsWith("chunk.indices: index 1 at position 1", error.Message, StringComparison.Ordinal);
         Assert.Equal([7f, 7f, 7f, 7f], destination);
     }
+
+    [Fact]
+    public void Dense_chunks_kept_encoded_land_as_their_bytes_at_their_offsets_and_are_checked_as_dense_ones()
+    {
+        float[] values = RandomFloats(10, 8);
+        byte[] bf16 = Encode(values, DType.Bfloat16);
+        var elements = new byte[bf16.Length];
+        TensorChunk Part(long offset, int count) =>
+            new() { OffsetElements = offset, Data = ByteString.CopyFrom(bf16.AsSpan((int)offset * 2, count * 2)) };
+
+        long received = ChunkReader.ReadDenseEncoded(Part(0, 4), DType.Bfloat16, elements, 0);
+        received = ChunkReader.ReadDenseEncoded(Part(4, 6), DType.Bfloat16, elements, received);
+
+        Assert.Equal(10, received);
+        Assert.Equal(bf16, elements);
+        var repeat = Assert.Throws<InvalidDataException>(() => ChunkReader.ReadDenseEncoded(Part(4, 2), DType.Bfloat16, elements, 6));
+        Assert.StartsWith("chunk.offset_elements: 4; expected 6", repeat.Message, StringComparison.Ordinal);
+        var past = Assert.Throws<InvalidDataException>(() => ChunkReader.ReadDenseEncoded(Part(4, 6), DType.Bfloat16, elements.AsSpan(0, 18), 4));
+        Assert.StartsWith("chunk.offset_elements: 4 with 6 elements runs outside the vector of 9 elements", past.Message, StringComparison.Ordinal);
+    }
 }

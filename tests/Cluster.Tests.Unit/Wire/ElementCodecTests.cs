@@ -209,6 +209,28 @@ public sealed class ElementCodecTests
     /// Round to nearest, ties to even, on the dropped lower 16 bits (written as a comparison,
     /// not with the encoder's bias trick); NaN becomes the quiet NaN 0x7FC0.
     /// </summary>
+    [Theory]
+    [InlineData(DType.Float32)]
+    [InlineData(DType.Bfloat16)]
+    [InlineData(DType.Float16)]
+    public void AllFinite_finds_a_nan_or_an_infinity_at_any_position_without_decoding(DType dtype)
+    {
+        // Every position of a 33-element vector: on the SIMD blocks and on the scalar tail.
+        foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+            for (int position = 0; position < 33; position++)
+            {
+                var random = new Random(position); // within float16's range
+                float[] source = [.. Enumerable.Range(0, 33).Select(_ => (float)(random.NextDouble() * 2000 - 1000))];
+                byte[] clean = new byte[33 * ElementCodec.ElementBytes(dtype)];
+                ElementCodec.Encode(source, clean, dtype);
+                Assert.True(ElementCodec.AllFinite(clean, dtype), $"{dtype}: finite values reported as not finite");
+                source[position] = bad;
+                byte[] encoded = new byte[clean.Length];
+                ElementCodec.Encode(source, encoded, dtype);
+                Assert.False(ElementCodec.AllFinite(encoded, dtype), $"{dtype}: {bad} at {position} not found");
+            }
+    }
+
     private static ushort ReferenceBFloat16(float value)
     {
         if (float.IsNaN(value)) return 0x7FC0;
