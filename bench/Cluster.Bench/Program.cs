@@ -90,7 +90,12 @@ void ReportSync(ParameterServerSync.Result r, string spread, double? baselineSec
     Report(new("ps-sync", name + ": effective bandwidth per worker", r.EffectiveGBps, "GB/s", r.EffectiveGBps / loopback, "raw loopback"));
     Report(new("ps-sync", name + ": time per step" + spread, r.SecondsPerStep * 1000, "ms",
         r.SecondsPerStep / baselineSeconds, baselineSeconds is null ? null : "fp32, 1 worker, K=1"));
-    if (pair) Report(new("ps-sync", name + ": CPU time per step (worker and server together)", r.CpuSecondsPerStep * 1000, "ms"));
+    if (pair)
+    {
+        Report(new("ps-sync", name + ": CPU time per step (worker and server together)", r.CpuSecondsPerStep * 1000, "ms"));
+        // The data plane's own garbage: pooled buffers, no per-step large-object-heap churn.
+        Report(new("ps-sync", name + $": managed allocation per step (gen2 collections while timed: {r.Gen2Collections})", r.AllocatedBytesPerStep / 1024, "KiB"));
+    }
 }
 
 // 4a. The same sync over gRPC streams (worker --ps-transport grpc), for comparison in the same run.

@@ -14,12 +14,13 @@ namespace Cluster.Bench.Suites;
 /// version from K parameter servers (the worker's own client over real loopback sockets: the
 /// servers' data ports, or gRPC streams with --ps-transport grpc; servers applying Adam), for a model
 /// of <c>elementCount</c> float32 parameters. Reported per worker: the median seconds per step, the
-/// bytes it moved (pushed + pulled) per second, and the CPU time of the whole process (worker and
-/// servers) per step.
+/// bytes it moved (pushed + pulled) per second, the CPU time of the whole process (worker and
+/// servers) per step, and the managed bytes it allocated per timed step (with the gen2 collections).
 /// </summary>
 public static class ParameterServerSync
 {
-    public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps, double CpuSecondsPerStep);
+    public sealed record Result(int Workers, int Servers, string Dtype, double SecondsPerStep, double WireBytesPerWorker, double EffectiveGBps, double CpuSecondsPerStep,
+        double AllocatedBytesPerStep, int Gen2Collections);
 
     public static async Task<Result> MeasureAsync(int elementCount, int workers, int servers, DType dtype, int steps,
         ParameterServerTransport transport = ParameterServerTransport.Tcp)
@@ -51,19 +52,27 @@ public static class ParameterServerSync
             const int warmup = 20;
             var stepSeconds = new List<double>();
             TimeSpan cpuStart = TimeSpan.Zero;
+            long allocatedStart = 0;
+            int gen2Start = 0;
             for (int step = 0; step < warmup + steps; step++)
             {
-                if (step == warmup) cpuStart = Process.GetCurrentProcess().TotalProcessorTime;
+                if (step == warmup)
+                {
+                    cpuStart = Process.GetCurrentProcess().TotalProcessorTime;
+                    (allocatedStart, gen2Start) = (GC.GetTotalAllocatedBytes(precise: true), GC.CollectionCount(2));
+                }
                 long started = Stopwatch.GetTimestamp();
                 await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, gradients[r], parameters[r], CancellationToken.None)));
                 if (step >= warmup) stepSeconds.Add(Stopwatch.GetElapsedTime(started).TotalSeconds);
             }
             double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpuStart).TotalSeconds / steps;
+            double allocated = (double)(GC.GetTotalAllocatedBytes(precise: true) - allocatedStart) / steps;
+            int gen2 = GC.CollectionCount(2) - gen2Start;
             stepSeconds.Sort();
             double seconds = stepSeconds[steps / 2];
             double bytes = 2.0 * elementCount * ElementCodec.ElementBytes(dtype);
             foreach (var client in clients) client.Dispose();
-            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9, cpuSeconds);
+            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9, cpuSeconds, allocated, gen2);
         }
         finally
         {
