@@ -35,6 +35,9 @@ public static class Training
         var thread = new Thread(() =>
         {
             torch.set_num_threads(Environment.ProcessorCount);
+            // Unless CLUSTER_BASELINE_UNPINNED=1: one OpenMP thread per core, as a worker pins its team, so
+            // that the baseline is the fastest this loop runs here and not whichever placement the scheduler picks.
+            if (Environment.GetEnvironmentVariable("CLUSTER_BASELINE_UNPINNED") != "1") OpenMpTeam.PinToCores();
             var train = DatasetCatalog.Load("fashion-mnist", null).Train.Take(sampleCount);
             using var loader = new BatchLoader(train, torch.CPU);
             using var network = ModelZoo.Create(model, seed: 1);
