@@ -14,6 +14,10 @@ internal static class CoordinatorRetry
 {
     /// <summary>Makes <paramref name="call"/> (given its deadline) until it answers or the coordinator counts as lost.</summary>
     public static Task<T> CallAsync<T>(WorkerOptions options, Func<DateTime, AsyncUnaryCall<T>> call, CancellationToken cancellationToken) =>
+        CallAsync(options, deadline => call(deadline).ResponseAsync, cancellationToken);
+
+    /// <summary>The same for any request that takes a deadline (a message on a stream: <see cref="Training.LeaseStream"/>).</summary>
+    public static Task<T> CallAsync<T>(WorkerOptions options, Func<DateTime, Task<T>> call, CancellationToken cancellationToken) =>
         Reconnect.UntilAsync("coordinator", options.CoordinatorUrl, options.CoordinatorLostTimeout, async giveUpAt =>
         {
             var deadline = DateTime.UtcNow + options.CallTimeout;

@@ -1,11 +1,13 @@
 using Cluster.Coordinator.Jobs;
 using Cluster.Protos;
 using Grpc.Core;
+using Microsoft.Extensions.Hosting;
 
 namespace Cluster.Coordinator.Services;
 
 /// <summary>gRPC adapter over <see cref="JobBoard"/> (see coordinator.proto for the sequence).</summary>
-public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options) : Protos.Coordinator.CoordinatorBase
+public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options, IHostApplicationLifetime? lifetime = null)
+    : Protos.Coordinator.CoordinatorBase
 {
     private static readonly TimeSpan AssignmentWaitMax = TimeSpan.FromSeconds(30);
     private const int NameLengthMax = 256;
@@ -90,11 +92,30 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         catch (InvalidOperationException e) { throw new RpcException(new Status(StatusCode.FailedPrecondition, e.Message)); }
     }
 
-    public override Task<LeaseShardReply> LeaseShard(LeaseShardRequest request, ServerCallContext context)
+    public override Task<LeaseShardReply> LeaseShard(LeaseShardRequest request, ServerCallContext context) => Task.FromResult(Lease(request));
+
+    /// <summary>
+    /// LeaseShard's answers on one stream, until the worker closes it or this coordinator stops
+    /// (then the stream ends at once instead of holding the shutdown up; the worker asks again,
+    /// on a new stream, of the coordinator that comes back).
+    /// </summary>
+    public override async Task LeaseShards(IAsyncStreamReader<LeaseShardRequest> requestStream, IServerStreamWriter<LeaseShardReply> responseStream,
+        ServerCallContext context)
+    {
+        using var open = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime?.ApplicationStopping ?? CancellationToken.None);
+        try
+        {
+            await foreach (var request in requestStream.ReadAllAsync(open.Token))
+                await responseStream.WriteAsync(Lease(request), CancellationToken.None); // the call's own cancellation applies
+        }
+        catch (OperationCanceledException) when (open.IsCancellationRequested) { }
+    }
+
+    private LeaseShardReply Lease(LeaseShardRequest request)
     {
         if (request.Applied is { } applied && applied.Steps.Count > Leases.ShardLeaseTable.AppliedStepsKept)
             throw Invalid($"applied: {applied.Steps.Count} steps; expected at most {Leases.ShardLeaseTable.AppliedStepsKept}");
-        return Task.FromResult(Guard(() => board.Lease(request)));
+        return Guard(() => board.Lease(request));
     }
 
     public override Task<LeaveJobReply> LeaveJob(LeaveJobRequest request, ServerCallContext context) =>

@@ -4,7 +4,7 @@ using Cluster.Protos;
 namespace Cluster.Worker.Training;
 
 /// <summary>
-/// Shard leases (coordinator.proto, LeaseShard). Per global step t: lease a shard for step t
+/// Shard leases (coordinator.proto, LeaseShard, asked on one LeaseShards stream: <see cref="LeaseStream"/>). Per global step t: lease a shard for step t
 /// from the coordinator (handing in which ranks' pushes made up the steps its last pull
 /// reported), forward/backward on it, push the gradient as step t and pull version t + 1. When
 /// the coordinator says the epoch is trained: evaluate the part of the test set it names,
@@ -25,6 +25,7 @@ public sealed partial class ParameterServerTrainer
         training.Vector.WriteParameters(AsBytes(training.Parameters));
 
         var state = new EpochState(assignment.Join ? -1 : 0);
+        using var leases = new LeaseStream(coordinator);
         bool rewound = false;
         long generation = 0;
         while (true)
@@ -34,7 +35,7 @@ public sealed partial class ParameterServerTrainer
                 JobId = assignment.JobId, Rank = assignment.Rank, Epoch = rewound ? -1 : state.Epoch, Step = step,
                 TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound, LeaseGeneration = generation,
             };
-            var lease = await CoordinatorRetry.CallAsync(options, deadline => coordinator.LeaseShardAsync(request, deadline: deadline, cancellationToken: cancellationToken), cancellationToken);
+            var lease = await CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
             (rewound, generation) = (false, lease.LeaseGeneration);
             switch (lease.Kind)
             {
