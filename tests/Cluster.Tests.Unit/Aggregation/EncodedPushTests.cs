@@ -7,6 +7,7 @@ using Cluster.Protos;
 using Cluster.Shared.Optimizers;
 using Cluster.Shared.Wire;
 using Cluster.Tests.Unit.Security;
+using Cluster.Tests.Unit.Wire;
 
 namespace Cluster.Tests.Unit.Aggregation;
 
@@ -29,16 +30,6 @@ public sealed class EncodedPushTests
     {
         var random = new Random(seed);
         return [.. Enumerable.Range(0, length).Select(_ => (float)(random.NextDouble() * 2 - 1) * 1e-2f)];
-    }
-
-    /// <summary>The floats a wire type carries: <paramref name="values"/> encoded and decoded again.</summary>
-    private static float[] AsCarried(float[] values, DType dtype)
-    {
-        var bytes = new byte[values.Length * ElementCodec.ElementBytes(dtype)];
-        ElementCodec.Encode(values, bytes, dtype);
-        var decoded = new float[values.Length];
-        ElementCodec.Decode(bytes, decoded, dtype);
-        return decoded;
     }
 
     /// <summary>Writes <paramref name="values"/> into rank's buffer as the server stores a dense push of <paramref name="dtype"/>.</summary>
@@ -71,7 +62,7 @@ public sealed class EncodedPushTests
         var decoded = new StepAggregator(3, Elements);
         for (int rank = 0; rank < 3; rank++)
         {
-            float[] carried = AsCarried(RandomGradient(rank), dtypes[rank]);
+            float[] carried = WireValues.Carried(RandomGradient(rank), dtypes[rank]);
             Store(encoded.BufferFor(rank).Span, carried, dtypes[rank]);
             encoded.SetEncoding(rank, dtypes[rank]);
             carried.CopyTo(decoded.BufferFor(rank).Span);
@@ -106,7 +97,7 @@ public sealed class EncodedPushTests
     public void A_sole_rank_kept_encoded_is_decoded_into_the_scratch_and_its_buffer_is_left_as_it_is(DType dtype)
     {
         var aggregator = new StepAggregator(2, 40);
-        float[] carried = AsCarried(RandomGradient(7, 40), dtype);
+        float[] carried = WireValues.Carried(RandomGradient(7, 40), dtype);
         Store(aggregator.BufferFor(1).Span, carried, dtype);
         aggregator.SetEncoding(1, dtype);
         aggregator.SetSampleCount(0, 0);
@@ -157,7 +148,7 @@ public sealed class EncodedPushTests
         {
             for (int rank = 0; rank < 2; rank++)
             {
-                float[] carried = AsCarried(RandomGradient((int)step * 10 + rank), wire[rank]);
+                float[] carried = WireValues.Carried(RandomGradient((int)step * 10 + rank), wire[rank]);
                 Store(encoded.BeginPush(rank, step, 32 + rank, wire[rank]).Span, carried, wire[rank]);
                 encoded.Received(rank, Elements);
                 encoded.CompletePush(rank);
@@ -180,7 +171,7 @@ public sealed class EncodedPushTests
         const int partition = 1000;
         var job = new JobParameters("job-r", 1, new TensorLayout(), new OptimizerSettings { Kind = "sgd", LearningRate = 1 }, new float[3000],
             partitionElements: partition);
-        float[] gradient = AsCarried(RandomGradient(5, 3000), DType.Bfloat16);
+        float[] gradient = WireValues.Carried(RandomGradient(5, 3000), DType.Bfloat16);
 
         // The first part of the push gets through: partitions 0 and 1, kept as bfloat16.
         Store(job.BeginPush(0, 0, 8, DType.Bfloat16).Span, gradient, DType.Bfloat16);
@@ -223,7 +214,7 @@ public sealed class EncodedPushTests
         var reply = await Push(service, 0, gradient);
         await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);
         Assert.False(reply.Rejected);
-        Assert.Equal(Bits(AsCarried(gradient, DType.Bfloat16).Select(g => -g).ToArray()), Bits(job.WeightsAsFloats));
+        Assert.Equal(Bits(WireValues.Carried(gradient, DType.Bfloat16).Select(g => -g).ToArray()), Bits(job.WeightsAsFloats));
 
         gradient[Elements - 3] = float.NaN;
         reply = await Push(service, 1, gradient);
