@@ -102,13 +102,17 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
     public override async Task LeaseShards(IAsyncStreamReader<LeaseShardRequest> requestStream, IServerStreamWriter<LeaseShardReply> responseStream,
         ServerCallContext context)
     {
-        using var open = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, lifetime?.ApplicationStopping ?? CancellationToken.None);
+        // A graceful stop waits for open requests: this one would be waited for until the shutdown timeout.
+        using var stopping = (lifetime?.ApplicationStopping ?? CancellationToken.None).Register(() => context.GetHttpContext().Abort());
         try
         {
-            await foreach (var request in requestStream.ReadAllAsync(open.Token))
+            await foreach (var request in requestStream.ReadAllAsync(context.CancellationToken))
                 await responseStream.WriteAsync(Lease(request), CancellationToken.None); // the call's own cancellation applies
         }
-        catch (OperationCanceledException) when (open.IsCancellationRequested) { }
+        catch (Exception e) when (e is OperationCanceledException or IOException or InvalidOperationException && context.CancellationToken.IsCancellationRequested)
+        {
+            // The worker closed the stream, or this coordinator is stopping: nothing to answer.
+        }
     }
 
     private LeaseShardReply Lease(LeaseShardRequest request)
