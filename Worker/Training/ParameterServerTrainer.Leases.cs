@@ -4,10 +4,11 @@ using Cluster.Protos;
 namespace Cluster.Worker.Training;
 
 /// <summary>
-/// Shard leases (coordinator.proto, LeaseShard, asked on one LeaseShards stream: <see cref="LeaseStream"/>). Per global step t: lease a shard for step t
-/// from the coordinator (handing in which ranks' pushes made up the steps its last pull
-/// reported), forward/backward on it, push the gradient as step t and pull version t + 1. When
-/// the coordinator says the epoch is trained: evaluate the part of the test set it names,
+/// Shard leases (coordinator.proto, LeaseShard, asked on one LeaseShards stream:
+/// <see cref="LeaseStream"/>). Per global step t: lease a shard for step t from the coordinator
+/// (handing in which ranks' pushes made up the steps its last pull reported), forward/backward
+/// on it, push the gradient as step t and pull version t + 1. When the coordinator says the
+/// epoch is trained: evaluate the part of the test set it names,
 /// report, and go on with the next epoch at the same step. A worker that joins a running job
 /// first becomes a member of the servers' barrier at a step boundary and pulls that version.
 /// A parameter server that comes back from a checkpoint at version v (steps from v on lost)
