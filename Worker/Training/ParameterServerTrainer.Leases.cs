@@ -27,7 +27,7 @@ public sealed partial class ParameterServerTrainer
 
         var state = new EpochState(assignment.Join ? -1 : 0);
         using var leases = new LeaseStream(coordinator);
-        bool rewound = false;
+        bool rewound = false, parametersPulled = false;
         long generation = 0;
         while (true)
         {
@@ -36,14 +36,18 @@ public sealed partial class ParameterServerTrainer
                 JobId = assignment.JobId, Rank = assignment.Rank, Epoch = rewound ? -1 : state.Epoch, Step = step,
                 TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound, LeaseGeneration = generation,
             };
-            var lease = await CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
+            var leasing = CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
+            // The step's pulled parameters go into the model while the lease is on its way (nothing below reads the model before).
+            if (parametersPulled) training.Vector.WriteParameters(AsBytes(training.Parameters));
+            var lease = await leasing;
+            parametersPulled = false;
             (rewound, generation) = (false, lease.LeaseGeneration);
             switch (lease.Kind)
             {
                 case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:
                     if (state.Epoch != lease.Epoch) state = new EpochState(lease.Epoch);
                     if (await TrainStepAsync(training, state, step, lease, cancellationToken) is { } version) (step, rewound) = (version, true);
-                    else step++;
+                    else (step, parametersPulled) = (step + 1, true);
                     break;
                 case LeaseShardReply.Types.Kind.EpochDone:
                     await ReportProgressAsync(state, lease.PlannedSteps, step, force: true, cancellationToken);
@@ -80,7 +84,8 @@ public sealed partial class ParameterServerTrainer
 
     /// <summary>
     /// One global step on the leased shard (none when idle): compute, push as <paramref name="step"/>,
-    /// pull step + 1. Returns null, or the older version the servers came back at (the step to train next).
+    /// pull step + 1. Returns null, with version step + 1 in training.Parameters for the caller to write into the model
+    /// (it does so while its next lease is on the way), or the older version the servers came back at (the step to train next).
     /// </summary>
     private async Task<long?> TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, CancellationToken cancellationToken)
     {
@@ -104,7 +109,6 @@ public sealed partial class ParameterServerTrainer
             }
         }
         _timer.Exchanged(training.Servers.PushesDoneTimestamp, training.Servers.PullsStartedTimestamp, wireBytes, wireBytes, batch.Length);
-        training.Vector.WriteParameters(AsBytes(training.Parameters));
         state.Steps++;
         await ReportProgressAsync(state, lease.PlannedSteps, step, force: false, cancellationToken);
         return null;

@@ -32,15 +32,25 @@ void Report(Measurement m)
 // three times and compares medians (the spread is in the row's name).
 foreach (var (model, samples) in !Run("local-vs-cluster") ? [] : new[] { ("cnn", quick ? 3200 : 12800), ("mlp", quick ? 6400 : 32000) })
 {
-    var (locals, clusters) = (new List<double>(), new List<double>());
+    var (locals, clusters, phases) = (new List<double>(), new List<double>(), new List<StepPhases>());
+    string timeline = Path.Combine(Path.GetTempPath(), $"cluster-bench-{Environment.ProcessId}-{model}.json");
     for (int run = 0; run < (quick ? 1 : 3); run++)
     {
         locals.Add(await Training.LocalSamplesPerSecondAsync(model, samples, 64));
-        clusters.Add(await Training.ClusterSamplesPerSecondAsync(model, 1, samples, 64));
+        clusters.Add(await Training.ClusterSamplesPerSecondAsync(model, 1, samples, 64, "--timeline", timeline));
+        phases.Add(StepPhases.FromTimeline(timeline, firstStep: samples / 64));
     }
+    File.Delete(timeline);
     double local = Median(locals), cluster = Median(clusters);
     Report(new("local-vs-cluster", $"{model}: local single process{Spread(locals)}", local, "samples/s"));
     Report(new("local-vs-cluster", $"{model}: 1-worker cluster{Spread(clusters)}", cluster, "samples/s", cluster / local, "local single process"));
+    // Where the cluster's step goes against the local loop's (forward, backward and Adam), from the median run's timeline.
+    double localStep = 64 / local * 1000;
+    var step = phases[Math.Max(0, clusters.IndexOf(cluster))];
+    Report(new("local-vs-cluster", $"{model}: local step (batch 64)", localStep, "ms"));
+    foreach (var (phase, millis) in new[] { ("period", step.PeriodMs), ("compute (forward, backward)", step.ComputeMs), ("push", step.PushMs),
+                 ("wait for the update", step.WaitMs), ("pull", step.PullMs), ("between steps (lease, parameters into the model)", step.BetweenMs) })
+        Report(new("local-vs-cluster", $"{model}: 1-worker cluster step, median: {phase}", millis, "ms", millis / localStep, "local step"));
 }
 
 // 2. Scaling with workers: the cnn is compute-bound, the mlp communication-bound.

@@ -28,6 +28,51 @@ public sealed class BenchmarkHarnessTests
         var suites = results.Select(r => r.GetProperty("suite").GetString()).ToHashSet();
         Assert.Equal(new HashSet<string?> { "loopback", "ps-sync", "flatten", "local-vs-cluster", "scaling" }, suites);
         Assert.All(results, r => Assert.True(r.GetProperty("value").GetDouble() > 0, r.ToString()));
+        var names = results.Select(r => r.GetProperty("name").GetString()!).ToList();
+        foreach (string model in new[] { "cnn", "mlp" })
+            foreach (string phase in new[] { "local step (batch 64)", "1-worker cluster step, median: compute", "1-worker cluster step, median: push" })
+                Assert.Contains(names, name => name.StartsWith($"{model}: {phase}", StringComparison.Ordinal));
         File.Delete(json);
+    }
+
+    [Fact]
+    public void Step_phases_are_rank_0s_medians_from_the_first_step_on_and_ignore_the_servers_spans()
+    {
+        // Rank 0's worker (pid 1) and a parameter server (pid 2, whose push spans carry rank 0 too).
+        var events = new List<object>
+        {
+            new { name = "process_name", ph = "M", pid = 1, tid = 0, args = new { name = "worker-1 (rank 0)" } },
+            new { name = "process_name", ph = "M", pid = 2, tid = 0, args = new { name = "parameter server http://127.0.0.1:1" } },
+        };
+        void Span(int pid, string name, long step, long start, long duration) =>
+            events.Add(new { name, cat = "step", ph = "X", ts = start, dur = duration, pid, tid = 0, args = new { job = "job-1", rank = 0, step } });
+        // Steps 0-1 are slow (a first epoch); steps 2-5 take 10 ms each: compute 6, push 1, wait 0.5, pull 0.5, 2 between.
+        for (long step = 0; step < 6; step++)
+        {
+            long start = step * 10_000 + (step < 2 ? 0 : 50_000);
+            long slow = step < 2 ? 5 : 1;
+            Span(1, "compute", step, start, 6_000 * slow);
+            if (step == 5) break; // the last step has no next one: not counted
+            Span(1, "push", step, start + 6_000, 1_000);
+            Span(1, "wait", step, start + 7_000, 500);
+            Span(1, "pull", step, start + 7_500, 500);
+            Span(2, "push", step, start + 6_100, 9_000);
+        }
+        string path = Path.Combine(Path.GetTempPath(), $"timeline-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, JsonSerializer.Serialize(new { traceEvents = events }));
+        try
+        {
+            var phases = Bench.Suites.StepPhases.FromTimeline(path, firstStep: 2);
+            Assert.Equal(6.0, phases.ComputeMs, 6);
+            Assert.Equal(1.0, phases.PushMs, 6);
+            Assert.Equal(0.5, phases.WaitMs, 6);
+            Assert.Equal(0.5, phases.PullMs, 6);
+            Assert.Equal(2.0, phases.BetweenMs, 6);
+            Assert.Equal(10.0, phases.PeriodMs, 6);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 }
