@@ -66,9 +66,11 @@ foreach (string model in !Run("scaling") ? [] : new[] { "cnn", "mlp" })
     }
 }
 
-// 3. The physical limit.
+// 3. The physical limits: throughput, and the round trip any request and its answer cost at least.
 double loopback = await LoopbackSocket.MeasureGigabytesPerSecondAsync(quick ? 256L << 20 : 2L << 30);
 Report(new("loopback", "raw TCP socket, one direction", loopback, "GB/s"));
+double roundTrip = await LoopbackSocket.MeasureRoundTripMicrosecondsAsync(quick ? 1_000 : 20_000);
+Report(new("loopback", "round trip of an 8-byte message between two tasks (.NET sockets), median", roundTrip, "µs"));
 
 // 4. Parameter-server sync of a 25M-parameter (100 MB) model: push + pull per step. Each
 // configuration reports its median step after a warm-up. The pair that acceptance 3 compares
@@ -108,7 +110,19 @@ void ReportSync(ParameterServerSync.Result r, string spread, double? baselineSec
     }
 }
 
-// 4a. The same sync over gRPC streams (worker --ps-transport grpc), for comparison in the same run.
+// 4a. The sync of a model the mlp's size (535,818 parameters, 2.1 MB): the exchange a latency-bound
+// 1-worker step waits for, against its floor here (both transfers at the loopback rate, and one round trip).
+if (Run("ps-sync"))
+{
+    const int mlpElements = 535_818;
+    var r = await ParameterServerSync.MeasureAsync(mlpElements, 1, 1, DType.Float32, quick ? 30 : 300);
+    double floor = 2.0 * mlpElements * sizeof(float) / (loopback * 1e9) * 1000 + roundTrip / 1000;
+    string name = "2.1 MB model (the mlp's size), 1 worker(s), K=1, float32";
+    Report(new("ps-sync", name + ": floor (both transfers at the loopback rate, one round trip)", floor, "ms"));
+    Report(new("ps-sync", name + ": time per step", r.SecondsPerStep * 1000, "ms", floor / (r.SecondsPerStep * 1000), "its floor"));
+}
+
+// 4b. The same sync over gRPC streams (worker --ps-transport grpc), for comparison in the same run.
 if (Run("ps-sync"))
 {
     var r = await ParameterServerSync.MeasureAsync(syncElements, 1, 1, DType.Float32, syncSteps, Cluster.Worker.Training.ParameterServerTransport.Grpc);
@@ -117,7 +131,7 @@ if (Run("ps-sync"))
     Report(new("ps-sync", name + ": time per step", r.SecondsPerStep * 1000, "ms", r.SecondsPerStep / fp32SyncSeconds, "fp32, 1 worker, K=1"));
 }
 
-// 4b. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
+// 4c. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
 if (only == "ps-phases")
     foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
         Report(new("ps-phases", $"{syncModel}: {name}", millis, "ms"));
