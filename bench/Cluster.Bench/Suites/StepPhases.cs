@@ -15,9 +15,12 @@ public sealed record StepPhases(double ComputeMs, double PushMs, double WaitMs, 
         using var trace = JsonDocument.Parse(File.ReadAllText(path));
         var events = trace.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
         // The worker's process (the parameter server's spans carry the rank too).
-        int worker = events.First(e => e.GetProperty("name").GetString() == "process_name"
-            && e.GetProperty("args").GetProperty("name").GetString()!.StartsWith("worker", StringComparison.Ordinal)
-            && e.GetProperty("args").GetProperty("name").GetString()!.EndsWith("(rank 0)", StringComparison.Ordinal)).GetProperty("pid").GetInt32();
+        var workers = events.Where(e => e.GetProperty("name").GetString() == "process_name"
+            && e.GetProperty("args").GetProperty("name").GetString() is { } name
+            && name.StartsWith("worker", StringComparison.Ordinal) && name.EndsWith("(rank 0)", StringComparison.Ordinal)).ToList();
+        if (workers.Count != 1)
+            throw new InvalidDataException($"{path}: {workers.Count} processes named \"worker… (rank 0)\"; expected one, the 1-worker job's");
+        int worker = workers[0].GetProperty("pid").GetInt32();
         var spans = new Dictionary<long, Dictionary<string, (long Start, long Duration)>>();
         foreach (var e in events)
         {

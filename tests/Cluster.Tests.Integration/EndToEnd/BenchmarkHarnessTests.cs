@@ -75,4 +75,24 @@ public sealed class BenchmarkHarnessTests
             File.Delete(path);
         }
     }
+
+    [Fact]
+    public void A_timeline_without_rank_0s_worker_is_refused_naming_the_file()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"timeline-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, JsonSerializer.Serialize(new
+        {
+            traceEvents = new object[] { new { name = "process_name", ph = "M", pid = 2, tid = 0, args = new { name = "parameter server http://127.0.0.1:1" } } },
+        }));
+        try
+        {
+            var error = Assert.Throws<InvalidDataException>(() => Bench.Suites.StepPhases.FromTimeline(path, firstStep: 0));
+            Assert.Contains(path, error.Message, StringComparison.Ordinal);
+            Assert.Contains("0 processes", error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
 }
