@@ -42,6 +42,8 @@ public sealed record ParameterServerOptions
     public long JobMemoryBytesMax { get; init; } = 32L << 30;
     /// <summary>Jobs whose parameters this server holds at once.</summary>
     public int JobsMax { get; init; } = 64;
+    /// <summary>Where shared regions are made for workers on this host that ask for one (worker --ps-transport shm); null: none.</summary>
+    public string? SharedRegionDirectory { get; init; } = Shared.Wire.SharedRegion.DirectoryOnThisHost;
 
     /// <summary>HTTP/1.1 port of /metrics, /timeline, /stats and the health probes; 0 picks a free one.</summary>
     public int HttpPort { get; init; }
@@ -127,7 +129,8 @@ public sealed class ParameterServerHost : IAsyncDisposable
         builder.Services.AddSingleton(services => DataPort.ParameterDataPort.Start(options.BindAddress, options.DataPort,
             options.AdvertiseUrl is { } advertise ? new Uri(advertise).Host : options.BindAddress, security,
             new ParameterTraffic(services.GetRequiredService<ParameterStore>()),
-            new TrafficObserver(services.GetRequiredService<ParameterServerTelemetry>(), services.GetRequiredService<ParameterStore>())));
+            new TrafficObserver(services.GetRequiredService<ParameterServerTelemetry>(), services.GetRequiredService<ParameterStore>()),
+            options.SharedRegionDirectory, options.ModelBytesMax));
         var app = builder.Build();
         app.RequireClusterSecret(security.Secret);
         app.MapGrpcService<ParameterServerService>();

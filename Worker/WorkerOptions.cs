@@ -57,7 +57,7 @@ public sealed record WorkerOptions
     public AllReduce.RingTransport RingTransport { get; init; } = AllReduce.RingTransport.Tcp;
 
     /// <summary>Scheme "ps": how pushes and pulls travel to the parameter servers.</summary>
-    public Training.ParameterServerTransport ParameterServerTransport { get; init; } = Training.ParameterServerTransport.Tcp;
+    public Training.ParameterServerTransport ParameterServerTransport { get; init; } = Training.ParameterServerTransport.Shm;
 
     public IEnumerable<string> Validate()
     {

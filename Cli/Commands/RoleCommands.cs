@@ -102,8 +102,9 @@ public static class RoleCommands
     /// <summary>--ps-transport for workers (and `cluster local`).</summary>
     public static Option<Cluster.Worker.Training.ParameterServerTransport> PsTransportOption() => new("--ps-transport")
     {
-        Description = "Scheme ps: how pushes and pulls travel to the parameter servers: tcp (their data ports, TLS when certificates are given) or grpc",
-        DefaultValueFactory = _ => Cluster.Worker.Training.ParameterServerTransport.Tcp,
+        Description = "Scheme ps: how pushes and pulls travel to the parameter servers: tcp (their data ports, TLS when certificates are given), "
+            + "shm (the data ports, with the chunks' data through shared memory for a server on the same host; tcp for the others) or grpc",
+        DefaultValueFactory = _ => Cluster.Worker.Training.ParameterServerTransport.Shm,
     };
 
     public static Command Worker()

@@ -11,10 +11,13 @@ namespace Cluster.ParameterServer.DataPort;
 /// (parameter_server.proto, "The data port", step 2) through <see cref="ParameterTraffic"/>,
 /// the same code the gRPC service runs. A failed call is answered with an error frame carrying
 /// the gRPC status; a frame against the rules ends the connection (InvalidDataException).
+/// A worker on the same host may first ask for a shared region (<see cref="SharedRegion"/>),
+/// made in <paramref name="regionDirectory"/> (null: none offered) and at most <paramref name="regionBytesMax"/>.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
     Justification = "The buffered views own nothing but their buffers: the data port disposes the stream; disposing them would flush into a broken one")]
-internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic, Telemetry.TrafficObserver observer)
+internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic, Telemetry.TrafficObserver observer, string? regionDirectory,
+    int regionBytesMax)
 {
     private readonly FrameBuffers _buffers = new();
     // Separate buffered views for the two directions: a pull reads (the probe) while it writes.
@@ -23,7 +26,21 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
 
     public async Task ServeAsync(CancellationToken stopping)
     {
+        try
+        {
+            await ServeExchangesAsync(stopping);
+        }
+        finally
+        {
+            // Every exchange has ended (each is awaited in turn): nothing reads or writes the region any more.
+            _buffers.Region?.Release();
+        }
+    }
+
+    private async Task ServeExchangesAsync(CancellationToken stopping)
+    {
         Task<bool>? nextLengths = null;
+        bool first = true;
         while (true)
         {
             bool more = nextLengths is null
@@ -32,8 +49,14 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
             nextLengths = null;
             if (!more) return;
             var (frame, _) = await ParameterDataProtocol.ReadHeaderAsync(_reader, _buffers, stopping);
+            if (frame.BodyCase == DataFrame.BodyOneofCase.RegionRequest && !first)
+                throw new InvalidDataException("data port frame: RegionRequest after the first exchange; expected it first or not at all");
+            first = false;
             switch (frame.BodyCase)
             {
+                case DataFrame.BodyOneofCase.RegionRequest:
+                    await ServeRegionRequestAsync(frame.RegionRequest, stopping);
+                    break;
                 case DataFrame.BodyOneofCase.PushHeader:
                     await ServePushAsync(frame.PushHeader, stopping);
                     break;
@@ -41,8 +64,39 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
                     nextLengths = await ServePullAsync(frame.PullRequest, stopping);
                     break;
                 default:
-                    throw new InvalidDataException($"data port frame: {frame.BodyCase} to start an exchange; expected PushHeader or PullRequest");
+                    throw new InvalidDataException($"data port frame: {frame.BodyCase} to start an exchange; expected PushHeader, PullRequest or RegionRequest");
             }
+        }
+    }
+
+    /// <summary>
+    /// Creates and offers a shared region (or says why not), waits for the worker's answer, and
+    /// removes the region's name whatever it was: a mapped region stays for the connection's life.
+    /// </summary>
+    private async Task ServeRegionRequestAsync(SharedRegionRequest request, CancellationToken stopping)
+    {
+        SharedRegion? region = null;
+        string name = "", detail = "";
+        if (regionDirectory is null) detail = "this server makes no shared regions (no /dev/shm here)";
+        else if (OperatingSystem.IsWindows()) detail = "this server makes no shared regions on Windows";
+        else if (request.Bytes <= 0 || request.Bytes > regionBytesMax) detail = $"region_request.bytes {request.Bytes}; expected 1 to {regionBytesMax}";
+        else
+        {
+            try { (region, name) = SharedRegion.Create(regionDirectory, request.Bytes); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { detail = $"could not make a {request.Bytes}-byte region: {e.Message}"; }
+        }
+        try
+        {
+            await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { RegionOffer = new SharedRegionOffer { Name = name, Bytes = request.Bytes, Detail = detail } }, stopping);
+            await _writer.FlushAsync(stopping);
+            if (region is null) return;
+            var answer = await ParameterDataProtocol.ReadExpectedAsync(_reader, _buffers, "a region offer's answer", stopping, DataFrame.BodyOneofCase.RegionAnswer);
+            if (answer.RegionAnswer.Mapped) (_buffers.Region, region) = (region, null);
+        }
+        finally
+        {
+            if (name.Length > 0) SharedRegion.Unlink(regionDirectory!, name);
+            region?.Release();
         }
     }
 
@@ -80,7 +134,7 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
-            var sink = new FrameSink(_writer);
+            var sink = new FrameSink(_writer, _buffers.Region?.StartExchange());
             await traffic.PullAsync(request, sink, pull.Token);
             await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { End = new DataEnd() }, pull.Token);
             observer.Pulled(request, start, sink.FirstChunkTimestamp, sink.Bytes);
@@ -154,8 +208,11 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
         }
     }
 
-    /// <summary>A pull over the data port: chunks of up to one MiB written straight from the partition's memory.</summary>
-    private sealed class FrameSink(Stream writer) : IPullSink
+    /// <summary>
+    /// A pull over the data port: chunks of up to one MiB written straight from the partition's
+    /// memory, or copied into the connection's shared region when it has one.
+    /// </summary>
+    private sealed class FrameSink(Stream writer, SharedRegion.Writer? region) : IPullSink
     {
         public long FirstChunkTimestamp { get; private set; }
         public long Bytes { get; private set; }
@@ -167,7 +224,7 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
         {
             if (FirstChunkTimestamp == 0) FirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
             Bytes += elements.Length;
-            return ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken);
+            return ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken, region);
         }
 
         public ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>

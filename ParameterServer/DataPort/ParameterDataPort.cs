@@ -27,11 +27,15 @@ public sealed class ParameterDataPort : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly ConcurrentDictionary<Stream, Task> _connections = new();
     private readonly Task _acceptLoop;
+    private readonly string? _regionDirectory;
+    private readonly int _regionBytesMax;
     private int _authenticated;
 
-    private ParameterDataPort(TcpListener listener, ClusterSecurity security, ParameterTraffic traffic, Telemetry.TrafficObserver observer, string address)
+    private ParameterDataPort(TcpListener listener, ClusterSecurity security, ParameterTraffic traffic, Telemetry.TrafficObserver observer, string address,
+        string? regionDirectory, int regionBytesMax)
     {
         (_listener, _security, _traffic, _observer, Address) = (listener, security, traffic, observer, address);
+        (_regionDirectory, _regionBytesMax) = (regionDirectory, regionBytesMax);
         _acceptLoop = AcceptLoopAsync();
     }
 
@@ -41,14 +45,17 @@ public sealed class ParameterDataPort : IAsyncDisposable
     /// <summary>Connections that proved the secret; for tests.</summary>
     public int Authenticated => _authenticated;
 
+    /// <param name="regionDirectory">Where shared regions for workers on this host are made (null: none are offered).</param>
+    /// <param name="regionBytesMax">Largest shared region one connection may ask for.</param>
     public static ParameterDataPort Start(string bindAddress, int port, string advertiseHost, ClusterSecurity security, ParameterTraffic traffic,
-        Telemetry.TrafficObserver observer)
+        Telemetry.TrafficObserver observer, string? regionDirectory = null, long regionBytesMax = SharedRegion.BytesMax)
     {
         var listener = new TcpListener(IPAddress.Parse(bindAddress), port);
         listener.Start();
         int boundPort = ((IPEndPoint)listener.LocalEndpoint).Port;
         string host = advertiseHost.Contains(':') && !advertiseHost.StartsWith('[') ? $"[{advertiseHost}]" : advertiseHost;
-        return new ParameterDataPort(listener, security, traffic, observer, $"{ClusterEndpoints.Scheme(security)}://{host}:{boundPort}");
+        return new ParameterDataPort(listener, security, traffic, observer, $"{ClusterEndpoints.Scheme(security)}://{host}:{boundPort}",
+            regionDirectory, (int)Math.Clamp(regionBytesMax, 0, SharedRegion.BytesMax));
     }
 
     private async Task AcceptLoopAsync()
@@ -88,7 +95,7 @@ public sealed class ParameterDataPort : IAsyncDisposable
                 await ParameterDataProtocol.Handshake.AcceptAsync(stream, _security.Secret, timeout.Token);
             }
             Interlocked.Increment(ref _authenticated);
-            await new DataPortConnection(stream, _traffic, _observer).ServeAsync(_stopping.Token);
+            await new DataPortConnection(stream, _traffic, _observer, _regionDirectory, _regionBytesMax).ServeAsync(_stopping.Token);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or AuthenticationException or OperationCanceledException
             or SocketException or ObjectDisposedException)

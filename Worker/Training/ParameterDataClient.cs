@@ -18,19 +18,31 @@ namespace Cluster.Worker.Training;
 /// closed. Errors the server answers become the <see cref="RpcException"/> the gRPC call would
 /// have thrown, so callers handle both transports alike; a server that cannot be reached is a
 /// <see cref="PeerUnreachableException"/>, a broken connection an <see cref="IOException"/>.
+/// With <paramref name="regionBytes"/> above 0 and a server on this host, each connection asks
+/// for a shared region of that size (the largest exchange) and chunk data goes through it
+/// (<see cref="SharedRegion"/>); a server that offers none, or that cannot be mapped, is served
+/// through the socket as before.
 /// </summary>
-public sealed class ParameterDataClient(string address, ClusterSecurity security, TimeSpan connectTimeout) : IDisposable
+public sealed class ParameterDataClient(string address, ClusterSecurity security, TimeSpan connectTimeout, int regionBytes = 0,
+    string? regionDirectory = null) : IDisposable
 {
     private readonly ConcurrentBag<Connection> _idle = [];
     private bool _disposed;
 
     public string Address { get; } = address;
 
+    /// <summary>Whether the last connection opened maps a shared region with the server.</summary>
+    public bool LastConnectionShared { get; private set; }
+
+    /// <summary>Why the last connection opened has no shared region although one was asked for; null when it has one or none was asked for.</summary>
+    public string? LastRegionRefusal { get; private set; }
+
     /// <summary>Sends a push: the header, the chunks (their data straight from the caller's buffers), the end; returns the server's reply.</summary>
     public Task<PushReply> PushAsync(PushHeader header, IEnumerable<TensorChunk> chunks, TimeSpan timeout, CancellationToken cancellationToken) =>
         ExchangeAsync(timeout, async (connection, token) =>
         {
             var writer = connection.Writer;
+            var region = connection.Buffers.Region?.StartExchange();
             await ParameterDataProtocol.WriteAsync(writer, new DataFrame { PushHeader = header }, token);
             // One chunk's write stays in flight while the next is taken (bf16/fp16 chunks are encoded as they are taken).
             var writing = Task.CompletedTask;
@@ -40,7 +52,7 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
                 {
                     var frameChunk = new TensorChunk { OffsetElements = chunk.OffsetElements, LengthElements = chunk.LengthElements, Indices = chunk.Indices };
                     await writing;
-                    writing = ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token).AsTask();
+                    writing = ParameterDataProtocol.WriteChunkAsync(writer, frameChunk, chunk.Data.Memory, token, region).AsTask();
                 }
             }
             catch
@@ -150,7 +162,15 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
                 await tls.AuthenticateAsClientAsync(DataPortTls.ClientOptions(security, uri.Host), timeout.Token);
             }
             await ParameterDataProtocol.Handshake.ConnectAsync(stream, security.Secret, ReadOnlyMemory<byte>.Empty, timeout.Token);
-            return new Connection(stream);
+            var connection = new Connection(stream);
+            (LastConnectionShared, LastRegionRefusal) = (false, null);
+            if (regionBytes > 0 && regionDirectory is not null && await SharedRegion.IsThisHostAsync(uri.Host, timeout.Token))
+            {
+                var (region, detail) = await ParameterDataProtocol.RequestRegionAsync(connection.Reader, connection.Writer, connection.Buffers,
+                    regionBytes, regionDirectory, timeout.Token);
+                (connection.Buffers.Region, LastConnectionShared, LastRegionRefusal) = (region, region is not null, region is null ? detail : null);
+            }
+            return connection;
         }
         catch (AuthenticationException e)
         {
@@ -183,6 +203,11 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         public BufferedStream Writer { get; } = new(stream, ParameterDataProtocol.StreamBufferBytes);
         public FrameBuffers Buffers { get; } = new();
 
-        public void Dispose() => stream.Dispose();
+        public void Dispose()
+        {
+            stream.Dispose();
+            // The connection is disposed only once its exchange has ended (or it was idle): nothing uses the region.
+            Buffers.Region?.Release();
+        }
     }
 }

@@ -21,6 +21,7 @@ public sealed class ParameterServerClient : IDisposable
     private readonly ClusterSecurity _security;
     private readonly ParameterServerTransport _transport;
     private ParameterDataClient? _data;
+    private int _regionBytes;
 
     public ParameterServerClient(string address, ClusterSecurity security, TimeSpan connectTimeout, TimeSpan callTimeout, TimeSpan barrierTimeout,
         ParameterServerTransport transport = ParameterServerTransport.Tcp)
@@ -49,6 +50,12 @@ public sealed class ParameterServerClient : IDisposable
     /// <summary>The data port pushes and pulls go to; null: gRPC streams.</summary>
     public string? DataAddress => _data?.Address;
 
+    /// <summary>Whether the last data-port connection opened shares a region with the server (--ps-transport shm, same host).</summary>
+    public bool SharesRegion => _data?.LastConnectionShared ?? false;
+
+    /// <summary>Why the last data-port connection opened shares no region although --ps-transport shm asked for one; null otherwise.</summary>
+    public string? RegionRefusal => _data?.LastRegionRefusal;
+
     /// <summary>
     /// The first call to the server: retried until the connect timeout while the server is not up
     /// yet. Its reply names the server's data port (a restarted server may have a new one).
@@ -63,7 +70,9 @@ public sealed class ParameterServerClient : IDisposable
                 TensorWire.Chunks(FloatMemory.AsBytes(parameters)), cancellationToken);
             return await call.ResponseAsync;
         }, cancellationToken);
-        UseDataPort(_transport == ParameterServerTransport.Tcp && reply.DataAddress.Length > 0 ? reply.DataAddress : null);
+        // A shared region holds the largest exchange: this range in float32.
+        _regionBytes = _transport == ParameterServerTransport.Shm ? (int)Math.Min((long)parameters.Length * sizeof(float), SharedRegion.BytesMax) : 0;
+        UseDataPort(_transport != ParameterServerTransport.Grpc && reply.DataAddress.Length > 0 ? reply.DataAddress : null);
         return reply;
     }
 
@@ -74,7 +83,7 @@ public sealed class ParameterServerClient : IDisposable
         if (address == _data?.Address) return;
         if (address is not null) _security.CheckCanConnect(address, "parameter server data port");
         var previous = _data;
-        _data = address is null ? null : new ParameterDataClient(address, _security, _connectTimeout);
+        _data = address is null ? null : new ParameterDataClient(address, _security, _connectTimeout, _regionBytes, SharedRegion.DirectoryOnThisHost);
         previous?.Dispose();
     }
 

@@ -7,4 +7,9 @@ public enum ParameterServerTransport
     Tcp,
     /// <summary>The PushGradients and PullParameters gRPC streams (HTTP/2).</summary>
     Grpc,
+    /// <summary>
+    /// The data ports, and for a server on this host the chunks' data through shared memory
+    /// (Shared/Wire/SharedRegion), only the frames going through the socket; tcp for a server elsewhere.
+    /// </summary>
+    Shm,
 }

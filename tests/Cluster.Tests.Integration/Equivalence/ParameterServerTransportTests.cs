@@ -5,8 +5,9 @@ namespace Cluster.Tests.Integration.Equivalence;
 
 /// <summary>
 /// The data port changes how pushes and pulls travel, never what they do: the same job over
-/// worker --ps-transport tcp and grpc ends with bit-identical parameters, and both with those
-/// of single-process training (DistributedEquivalenceTests' tolerance).
+/// worker --ps-transport tcp, shm (the chunks' data through shared memory) and grpc ends with
+/// bit-identical parameters, and all with those of single-process training
+/// (DistributedEquivalenceTests' tolerance).
 /// </summary>
 [Trait("Tier", "integration")]
 public sealed class ParameterServerTransportTests
@@ -16,7 +17,7 @@ public sealed class ParameterServerTransportTests
     [Theory]
     [InlineData("float32")]
     [InlineData("bfloat16")]
-    public async Task A_job_over_the_data_port_ends_with_the_parameters_of_the_same_job_over_grpc(string wireDtype)
+    public async Task A_job_over_the_data_port_or_shared_memory_ends_with_the_parameters_of_the_same_job_over_grpc(string wireDtype)
     {
         var spec = new JobSpecification
         {
@@ -24,10 +25,13 @@ public sealed class ParameterServerTransportTests
             TrainLimit = Steps * 2 * 64, TestLimit = 500, WireDtype = wireDtype,
         };
         float[] overTcp = await DistributedEquivalenceTests.TrainOnClusterAsync(spec, "--ps-transport", "tcp");
-        float[] overGrpc = await DistributedEquivalenceTests.TrainOnClusterAsync(spec, "--ps-transport", "grpc");
-        Assert.Equal(overGrpc.Length, overTcp.Length);
-        int differing = Enumerable.Range(0, overTcp.Length).Count(i => BitConverter.SingleToInt32Bits(overTcp[i]) != BitConverter.SingleToInt32Bits(overGrpc[i]));
-        Assert.True(differing == 0, $"{differing} of {overTcp.Length} parameters differ between --ps-transport tcp and grpc; expected none");
+        foreach (string other in new[] { "grpc", "shm" })
+        {
+            float[] overOther = await DistributedEquivalenceTests.TrainOnClusterAsync(spec, "--ps-transport", other);
+            Assert.Equal(overOther.Length, overTcp.Length);
+            int differing = Enumerable.Range(0, overTcp.Length).Count(i => BitConverter.SingleToInt32Bits(overTcp[i]) != BitConverter.SingleToInt32Bits(overOther[i]));
+            Assert.True(differing == 0, $"{differing} of {overTcp.Length} parameters differ between --ps-transport tcp and {other}; expected none");
+        }
         if (wireDtype != "float32") return;
 
         float[] reference = SingleProcessTraining.Train(spec, Steps);
