@@ -25,14 +25,22 @@ public static class ParameterDataProtocol
 
     /// <summary>
     /// A chunk frame: offsets and indices in the header, the data bytes from <paramref name="data"/>
-    /// (not copied), or, with a <paramref name="region"/> they fit in, copied there and only their place sent.
+    /// (not copied), or, with a <paramref name="region"/> they fit in, copied there and only their
+    /// place sent, at once (a small frame would otherwise wait in the stream's buffer while the
+    /// peer could already read the chunk).
     /// </summary>
-    public static ValueTask WriteChunkAsync(Stream stream, TensorChunk chunk, ReadOnlyMemory<byte> data, CancellationToken cancellationToken,
+    public static async ValueTask WriteChunkAsync(Stream stream, TensorChunk chunk, ReadOnlyMemory<byte> data, CancellationToken cancellationToken,
         SharedRegion.Writer? region = null)
     {
         var frame = new DataFrame { Chunk = chunk };
-        if (region?.TryPlace(data.Span) is { } slice) (frame.Region, data) = (slice, ReadOnlyMemory<byte>.Empty);
-        return DataFrames.WriteAsync(stream, frame, data, HeaderBytesMax, DataBytesMax, cancellationToken);
+        if (region?.TryPlace(data.Span) is not { } slice)
+        {
+            await DataFrames.WriteAsync(stream, frame, data, HeaderBytesMax, DataBytesMax, cancellationToken);
+            return;
+        }
+        frame.Region = slice;
+        await DataFrames.WriteAsync(stream, frame, ReadOnlyMemory<byte>.Empty, HeaderBytesMax, DataBytesMax, cancellationToken);
+        await stream.FlushAsync(cancellationToken);
     }
 
     /// <summary>

@@ -44,6 +44,8 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
             var writer = connection.Writer;
             var region = connection.Buffers.Region?.StartExchange();
             await ParameterDataProtocol.WriteAsync(writer, new DataFrame { PushHeader = header }, token);
+            // Through a region, the header goes at once: the server wakes while the first chunk is copied.
+            if (region is not null) await writer.FlushAsync(token);
             // One chunk's write stays in flight while the next is taken (bf16/fp16 chunks are encoded as they are taken).
             var writing = Task.CompletedTask;
             try
