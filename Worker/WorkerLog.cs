@@ -36,6 +36,9 @@ internal static partial class WorkerLog
     public static IDisposable? JobScope(ILogger logger, string jobId, int rank) =>
         logger.BeginScope("job {JobId} rank {Rank}", jobId, rank);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank}: pushes and pulls to parameter server {Server} go through {Transport}")]
+    public static partial void ServerTransport(ILogger logger, string jobId, int rank, string server, string transport);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}: aborted by the coordinator")]
     public static partial void JobAborted(ILogger logger, string jobId);
 }

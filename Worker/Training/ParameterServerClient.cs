@@ -56,6 +56,15 @@ public sealed class ParameterServerClient : IDisposable
     /// <summary>Why the last data-port connection opened shares no region although --ps-transport shm asked for one; null otherwise.</summary>
     public string? RegionRefusal => _data?.LastRegionRefusal;
 
+    /// <summary>How pushes and pulls travel to this server now, in words (for the worker's log).</summary>
+    public string DescribeTransport() => _data switch
+    {
+        null => "gRPC streams",
+        _ when SharesRegion => $"shared memory (frames on the data port {_data.Address})",
+        _ when RegionRefusal is { } refusal => $"the data port {_data.Address} (no shared region: {refusal})",
+        _ => $"the data port {_data.Address}",
+    };
+
     /// <summary>
     /// The first call to the server: retried until the connect timeout while the server is not up
     /// yet. Its reply names the server's data port (a restarted server may have a new one).

@@ -38,6 +38,7 @@ public sealed partial class ParameterServerTrainer(
     private float[] _initialParameters = [];
     private int _recoveries;
     private long _rejectedSinceReport;
+    private bool _transportsLogged;
 
     /// <summary>Whether this job's batches come from shard leases (else from the static plan).</summary>
     public static bool UsesLeases(JobSpec spec) => !spec.StaticPlan && spec.Sync is "" or JobSpecification.SyncBsp;
@@ -111,6 +112,11 @@ public sealed partial class ParameterServerTrainer(
             {
                 _rejectedSinceReport++;
                 WorkerLog.GradientRejected(logger, assignment.JobId, assignment.Rank, step);
+            }
+            if (!_transportsLogged)
+            {
+                _transportsLogged = true;
+                foreach (var (server, transport) in servers.DescribeTransports()) WorkerLog.ServerTransport(logger, assignment.JobId, assignment.Rank, server, transport);
             }
             return null;
         }

@@ -148,6 +148,9 @@ public sealed class ShardedParameterClient : IDisposable
         _ => false,
     };
 
+    /// <summary>Each server's address and how pushes and pulls travel to it now, in words.</summary>
+    public IEnumerable<(string Server, string Transport)> DescribeTransports() => _servers.Select(server => (server.Address, server.DescribeTransport()));
+
     /// <summary>When the last server acknowledged this rank's push (Stopwatch timestamp).</summary>
     public long PushesDoneTimestamp
     {
