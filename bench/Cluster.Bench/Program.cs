@@ -112,10 +112,12 @@ void ReportSync(ParameterServerSync.Result r, string spread, double? baselineSec
 
 // 4a. The sync of a model the mlp's size (535,818 parameters, 2.1 MB): the exchange a latency-bound
 // 1-worker step waits for, against its floor here (both transfers at the loopback rate, and one round trip).
+const int mlpElements = 535_818;
+double? mlpSyncSeconds = null;
 if (Run("ps-sync"))
 {
-    const int mlpElements = 535_818;
     var r = await ParameterServerSync.MeasureAsync(mlpElements, 1, 1, DType.Float32, quick ? 30 : 300);
+    mlpSyncSeconds = r.SecondsPerStep;
     double floor = 2.0 * mlpElements * sizeof(float) / (loopback * 1e9) * 1000 + roundTrip / 1000;
     string name = "2.1 MB model (the mlp's size), 1 worker(s), K=1, float32";
     Report(new("ps-sync", name + ": floor (both transfers at the loopback rate, one round trip)", floor, "ms"));
@@ -131,7 +133,20 @@ if (Run("ps-sync"))
     Report(new("ps-sync", name + ": time per step", r.SecondsPerStep * 1000, "ms", r.SecondsPerStep / fp32SyncSeconds, "fp32, 1 worker, K=1"));
 }
 
-// 4c. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
+// 4c. Both syncs through shared memory (worker --ps-transport shm, the default for a server on the worker's host):
+// the data copied through a region both map, only the frames on the socket. Compared with the same syncs over it.
+if (Run("ps-sync"))
+{
+    var big = await ParameterServerSync.MeasureAsync(syncElements, 1, 1, DType.Float32, syncSteps, Cluster.Worker.Training.ParameterServerTransport.Shm);
+    string name = $"{syncModel}, 1 worker(s), K=1, float32 through shared memory";
+    Report(new("ps-sync", name + ": effective bandwidth per worker", big.EffectiveGBps, "GB/s", big.EffectiveGBps / loopback, "raw loopback"));
+    Report(new("ps-sync", name + ": time per step", big.SecondsPerStep * 1000, "ms", big.SecondsPerStep / fp32SyncSeconds, "fp32, 1 worker, K=1"));
+    var small = await ParameterServerSync.MeasureAsync(mlpElements, 1, 1, DType.Float32, quick ? 30 : 300, Cluster.Worker.Training.ParameterServerTransport.Shm);
+    Report(new("ps-sync", "2.1 MB model (the mlp's size), 1 worker(s), K=1, float32 through shared memory: time per step", small.SecondsPerStep * 1000, "ms",
+        small.SecondsPerStep / mlpSyncSeconds, "the same over the data port's socket"));
+}
+
+// 4d. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
 if (only == "ps-phases")
     foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
         Report(new("ps-phases", $"{syncModel}: {name}", millis, "ms"));
