@@ -85,7 +85,10 @@ public sealed class ParameterVector : IDisposable
         {
             var (_, parameter, offset, bytes) = _entries[i];
             var slice = destination.Slice((int)offset, (int)bytes);
-            var source = gradients ? parameter.grad : parameter;
+            // .grad hands out a new handle each time: disposed here, not left to the finalizer thread, which would
+            // otherwise run beside the next step's compute.
+            using var gradient = gradients ? parameter.grad : null;
+            var source = gradients ? gradient : parameter;
             if (source is null)
             {
                 slice.Clear();
