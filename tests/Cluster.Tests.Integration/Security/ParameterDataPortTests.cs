@@ -150,13 +150,14 @@ public sealed class ParameterDataPortTests
     }
 
 
-    private static InitializeHeader InitializeHeader(string jobId)
+    /// <summary>A job of one tensor of <paramref name="elements"/> trained with SGD at learning rate 0.1.</summary>
+    internal static InitializeHeader InitializeHeader(string jobId, int elements = Elements, int worldSize = 2)
     {
         var layout = new TensorLayout();
-        layout.Tensors.Add(new TensorSpec { Name = "w", Shape = { Elements }, Dtype = DType.Float32 });
+        layout.Tensors.Add(new TensorSpec { Name = "w", Shape = { elements }, Dtype = DType.Float32 });
         return new InitializeHeader
         {
-            JobId = jobId, WorldSize = 2, Layout = layout, Dtype = DType.Float32, RangeStart = 0, RangeElements = Elements,
+            JobId = jobId, WorldSize = worldSize, Layout = layout, Dtype = DType.Float32, RangeStart = 0, RangeElements = elements,
             Optimizer = new OptimizerSettings { Kind = "sgd", LearningRate = 0.1 }.ToProto(),
         };
     }

@@ -1,7 +1,6 @@
 using System.Net.Sockets;
 using Cluster.ParameterServer;
 using Cluster.Protos;
-using Cluster.Shared.Optimizers;
 using Cluster.Shared.Wire;
 using Cluster.Tests.Integration.Support;
 using Cluster.Worker.Training;
@@ -147,16 +146,7 @@ public sealed class SharedRegionDataPortTests
         return client.RegionRefusal!;
     }
 
-    private static InitializeHeader InitializeHeader(string jobId)
-    {
-        var layout = new TensorLayout();
-        layout.Tensors.Add(new TensorSpec { Name = "w", Shape = { Elements }, Dtype = DType.Float32 });
-        return new InitializeHeader
-        {
-            JobId = jobId, WorldSize = 1, Layout = layout, Dtype = DType.Float32, RangeStart = 0, RangeElements = Elements,
-            Optimizer = new OptimizerSettings { Kind = "sgd", LearningRate = 0.1 }.ToProto(),
-        };
-    }
+    private static InitializeHeader InitializeHeader(string jobId) => ParameterDataPortTests.InitializeHeader(jobId, Elements, worldSize: 1);
 
     private static IEnumerable<TensorChunk> Chunks(float[] values, DType dtype)
     {
