@@ -50,6 +50,8 @@ public sealed class ParameterDataPort : IAsyncDisposable
     public static ParameterDataPort Start(string bindAddress, int port, string advertiseHost, ClusterSecurity security, ParameterTraffic traffic,
         Telemetry.TrafficObserver observer, string? regionDirectory = null, long regionBytesMax = SharedRegion.BytesMax)
     {
+        // Regions a killed server left behind would hold their memory until the next reboot.
+        if (regionDirectory is not null) SharedRegion.RemoveStale(regionDirectory);
         var listener = new TcpListener(IPAddress.Parse(bindAddress), port);
         listener.Start();
         int boundPort = ((IPEndPoint)listener.LocalEndpoint).Port;

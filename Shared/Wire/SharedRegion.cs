@@ -140,6 +140,41 @@ public sealed partial class SharedRegion : MemoryManager<byte>
         catch (IOException) { }
     }
 
+    /// <summary>
+    /// Removes the regions in <paramref name="directory"/> left by parameter servers that are no
+    /// longer running (one killed between making a region and the worker's answer); returns how
+    /// many. A region whose process id is in use is kept, and so is one this user may not remove.
+    /// </summary>
+    public static int RemoveStale(string directory)
+    {
+        int removed = 0;
+        foreach (string path in Directory.EnumerateFiles(directory, "cluster-ps-*"))
+        {
+            string name = Path.GetFileName(path);
+            if (!NamePattern().IsMatch(name) || !int.TryParse(name.Split('-')[2], out int pid) || IsRunning(pid)) continue;
+            try
+            {
+                File.Delete(path);
+                removed++;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+        return removed;
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
     [GeneratedRegex("^cluster-ps-[0-9]+-[0-9a-f]{32}$")]
     private static partial Regex NamePattern();
 

@@ -11,7 +11,8 @@ namespace Cluster.Tests.Integration.Security;
 /// The data port's shared region (worker --ps-transport shm): a worker on the server's host
 /// pushes and pulls through it with exactly the results of the socket, leaves no file behind,
 /// falls back to the socket when the server offers no region or one it cannot map, and a
-/// chunk whose slice lies outside the region closes the connection without an answer.
+/// chunk whose slice lies outside the region closes the connection without an answer. A server
+/// starting removes the regions of servers that are gone.
 /// </summary>
 [Trait("Tier", "integration")]
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
@@ -70,6 +71,12 @@ public sealed class SharedRegionDataPortTests
                 Assert.Contains("the server offers none: this server makes no shared regions", refusal, StringComparison.Ordinal);
             }
             // A region the worker cannot open where it looks (as for a server in another container): mapped by the server only, its name removed.
+            // The server also removes, as it starts, a region left by a server that was killed (a process that has exited).
+            using (var exited = System.Diagnostics.Process.Start("true")!)
+            {
+                await exited.WaitForExitAsync();
+                await File.WriteAllBytesAsync(Path.Combine(elsewhere, $"cluster-ps-{exited.Id}-{new string('c', 32)}"), new byte[64]);
+            }
             await using (var server = await ParameterServerHost.StartAsync(
                 new ParameterServerOptions { Security = TestSecurity.Loopback, SharedRegionDirectory = elsewhere }, CancellationToken.None))
             {

@@ -65,6 +65,21 @@ public sealed class SharedRegionTests : IDisposable
     }
 
     [Fact]
+    public void Regions_left_by_processes_that_are_gone_are_removed_and_the_others_kept()
+    {
+        string hex = new('b', 32);
+        string gone = Path.Combine(_directory, $"cluster-ps-{int.MaxValue}-{hex}");
+        string running = Path.Combine(_directory, $"cluster-ps-{Environment.ProcessId}-{hex}");
+        string other = Path.Combine(_directory, "cluster-ps-notes.txt");
+        foreach (string path in new[] { gone, running, other }) File.WriteAllBytes(path, [1, 2, 3]);
+
+        Assert.Equal(1, SharedRegion.RemoveStale(_directory));
+        Assert.False(File.Exists(gone));
+        Assert.True(File.Exists(running));
+        Assert.True(File.Exists(other));
+    }
+
+    [Fact]
     public async Task A_chunk_is_read_from_the_region_into_place_and_a_slice_outside_it_is_refused_naming_it()
     {
         var (region, _) = SharedRegion.Create(_directory, 64);
