@@ -27,12 +27,15 @@ public sealed class CoordinatorHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly CoordinatorStateFile? _state;
+    private readonly LeasePort? _leasePort;
 
-    private CoordinatorHost(WebApplication app, CoordinatorStateFile? state, string grpcUrl, string httpUrl) =>
-        (_app, _state, GrpcUrl, HttpUrl) = (app, state, grpcUrl, httpUrl);
+    private CoordinatorHost(WebApplication app, CoordinatorStateFile? state, LeasePort? leasePort, string grpcUrl, string httpUrl) =>
+        (_app, _state, _leasePort, GrpcUrl, HttpUrl) = (app, state, leasePort, grpcUrl, httpUrl);
 
     public string GrpcUrl { get; }
     public string HttpUrl { get; }
+    /// <summary>The lease port's number (told to workers with their assignments), or null when it serves none.</summary>
+    public int? LeasePortNumber => _leasePort?.Port;
     public JobBoard Board => _app.Services.GetRequiredService<JobBoard>();
     /// <summary>Every endpoint the coordinator serves (gRPC methods and HTTP routes), for tests that must cover them all.</summary>
     public IReadOnlyList<Endpoint> Endpoints => _app.Services.GetRequiredService<EndpointDataSource>().Endpoints;
@@ -57,6 +60,21 @@ public sealed class CoordinatorHost : IAsyncDisposable
     {
         var board = new JobBoard(TimeProvider.System) { RingJoinWindow = options.RingJoinWindow, Journal = state };
         int replayed = state is null ? 0 : board.Restore(state.ReadEvents());
+        var leasePort = options.LeasePort < 0 ? null : LeasePort.Start(options.BindAddress, options.LeasePort, options.Security!, board);
+        try
+        {
+            return await StartAsync(options, state, board, replayed, leasePort, cancellationToken);
+        }
+        catch
+        {
+            if (leasePort is not null) await leasePort.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static async Task<CoordinatorHost> StartAsync(CoordinatorOptions options, CoordinatorStateFile? state, JobBoard board, int replayed,
+        LeasePort? leasePort, CancellationToken cancellationToken)
+    {
         var builder = WebApplication.CreateSlimBuilder();
         Shared.Health.EmbeddedHostLifetime.Use(builder.Services);
         builder.Logging.SetMinimumLevel(LogLevel.Warning).AddFilter("Cluster", LogLevel.Information);
@@ -84,6 +102,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(board);
+        if (leasePort is not null) builder.Services.AddSingleton(leasePort);
         builder.Services.AddHostedService<MaintenanceService>();
         builder.Services.AddObservability();
         var app = builder.Build();
@@ -105,7 +124,7 @@ public sealed class CoordinatorHost : IAsyncDisposable
         string scheme = ClusterEndpoints.Scheme(security);
         var info = app.Services.GetRequiredService<CoordinatorInfo>();
         (info.GrpcUrl, info.HttpUrl, info.StartedAt) = (Url(scheme, grpcListen!), Url(scheme, httpListen!), DateTimeOffset.UtcNow);
-        return new CoordinatorHost(app, state, info.GrpcUrl, info.HttpUrl);
+        return new CoordinatorHost(app, state, leasePort, info.GrpcUrl, info.HttpUrl);
     }
 
     private static string Url(string scheme, ListenOptions listen) => $"{scheme}://{listen.IPEndPoint!.Address}:{listen.IPEndPoint.Port}";
@@ -114,6 +133,8 @@ public sealed class CoordinatorHost : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        // Open lease connections end at once: their workers ask again, of the coordinator that comes back.
+        if (_leasePort is not null) await _leasePort.DisposeAsync();
         await _app.StopAsync();
         await _app.DisposeAsync();
         _state?.Dispose();

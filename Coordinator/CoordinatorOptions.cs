@@ -11,6 +11,8 @@ public sealed record CoordinatorOptions
     public int GrpcPort { get; init; }
     /// <summary>HTTP/1.1 port of the JSON API; 0 picks a free one.</summary>
     public int HttpPort { get; init; }
+    /// <summary>The lease port (raw TCP; workers lease their shards on it); 0 picks a free one, -1 serves none (workers lease over gRPC).</summary>
+    public int LeasePort { get; init; }
     /// <summary>How often workers send heartbeats.</summary>
     public TimeSpan HeartbeatInterval { get; init; } = TimeSpan.FromSeconds(1);
     /// <summary>Silence after which a worker is declared dead.</summary>
@@ -36,6 +38,7 @@ public sealed record CoordinatorOptions
             yield return $"bind: '{BindAddress}' is not an IP address";
         if (GrpcPort is < 0 or > 65535) yield return $"port: {GrpcPort} is out of range; expected 0 to 65535";
         if (HttpPort is < 0 or > 65535) yield return $"http-port: {HttpPort} is out of range; expected 0 to 65535";
+        if (LeasePort is < -1 or > 65535) yield return $"lease-port: {LeasePort} is out of range; expected -1 (none) or 0 to 65535";
         if (HeartbeatTimeout <= HeartbeatInterval * 2)
             yield return $"heartbeat-timeout: {HeartbeatTimeout.TotalSeconds} s; expected more than twice the heartbeat interval ({HeartbeatInterval.TotalSeconds} s)";
         if (Security is null) yield return "secret: none given; expected --secret, --secret-file or CLUSTER_SECRET";

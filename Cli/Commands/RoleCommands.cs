@@ -20,6 +20,11 @@ public static class RoleCommands
     public static Command Coordinator()
     {
         var httpPort = new Option<int>("--http-port") { Description = "JSON API port (0: any free port)", DefaultValueFactory = _ => 0 };
+        var leasePort = new Option<int>("--lease-port")
+        {
+            Description = "Lease port: raw TCP on which workers lease their shards, on the gRPC port's host (0: any free port; -1: none, workers lease over gRPC)",
+            DefaultValueFactory = _ => 0,
+        };
         var heartbeatTimeout = new Option<double>("--heartbeat-timeout") { Description = "Seconds of silence after which a worker is dead", DefaultValueFactory = _ => 15.0 };
         var queuedMax = new Option<int>("--queued-jobs-max") { Description = "Jobs that may wait in the queue", DefaultValueFactory = _ => new CoordinatorOptions().QueuedJobsMax };
         var ringJoinWindow = new Option<double>("--ring-join-window") { Description = "Scheme allreduce: seconds a ring re-formation waits for the previous members", DefaultValueFactory = _ => 10.0 };
@@ -27,20 +32,20 @@ public static class RoleCommands
         {
             Description = "SQLite file for the coordinator's state (jobs, members, leases, progress; created when missing); a coordinator restarted on the same file resumes its jobs. Default: in memory only",
         };
-        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, heartbeatTimeout, queuedMax, ringJoinWindow, state, ParentPid };
+        var command = new Command("coordinator", "Run the coordinator: membership, job queue, shards and the JSON API") { Bind, Port, httpPort, leasePort, heartbeatTimeout, queuedMax, ringJoinWindow, state, ParentPid };
         Security.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
         {
             WatchParent(parse);
             var options = new CoordinatorOptions
             {
-                BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort),
+                BindAddress = parse.GetValue(Bind)!, GrpcPort = parse.GetValue(Port), HttpPort = parse.GetValue(httpPort), LeasePort = parse.GetValue(leasePort),
                 HeartbeatTimeout = TimeSpan.FromSeconds(parse.GetValue(heartbeatTimeout)),
                 QueuedJobsMax = parse.GetValue(queuedMax), Security = Security.Read(parse),
                 RingJoinWindow = TimeSpan.FromSeconds(parse.GetValue(ringJoinWindow)), StatePath = parse.GetValue(state),
             };
             await using var host = await CoordinatorHost.StartAsync(options, cancellationToken);
-            await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}");
+            await Ready($"grpc={host.GrpcUrl} http={host.HttpUrl}{(host.LeasePortNumber is { } lease ? $" lease={lease}" : "")}");
             await host.WaitForShutdownAsync(cancellationToken);
             return 0;
         });

@@ -6,7 +6,7 @@ using Microsoft.Extensions.Hosting;
 namespace Cluster.Coordinator.Services;
 
 /// <summary>gRPC adapter over <see cref="JobBoard"/> (see coordinator.proto for the sequence).</summary>
-public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options, IHostApplicationLifetime? lifetime = null)
+public sealed class CoordinatorService(JobBoard board, CoordinatorOptions options, IHostApplicationLifetime? lifetime = null, LeasePort? leasePort = null)
     : Protos.Coordinator.CoordinatorBase
 {
     private static readonly TimeSpan AssignmentWaitMax = TimeSpan.FromSeconds(30);
@@ -51,6 +51,7 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         Assignment? assignment;
         try { assignment = await board.WaitForAssignmentAsync(request.WorkerId, wait, context.CancellationToken); }
         catch (ArgumentException e) { throw Invalid(e.Message); }
+        if (assignment is not null && leasePort is not null) assignment = new Assignment(assignment) { LeasePort = leasePort.Port };
         return new GetAssignmentReply { Assignment = assignment };
     }
 
@@ -115,7 +116,10 @@ public sealed class CoordinatorService(JobBoard board, CoordinatorOptions option
         }
     }
 
-    private LeaseShardReply Lease(LeaseShardRequest request)
+    private LeaseShardReply Lease(LeaseShardRequest request) => Lease(board, request);
+
+    /// <summary>LeaseShard's answer, on every path a worker leases by (the unary call, the stream, the lease port); refusals are RpcExceptions.</summary>
+    public static LeaseShardReply Lease(JobBoard board, LeaseShardRequest request)
     {
         if (request.Applied is { } applied && applied.Steps.Count > Leases.ShardLeaseTable.AppliedStepsKept)
             throw Invalid($"applied: {applied.Steps.Count} steps; expected at most {Leases.ShardLeaseTable.AppliedStepsKept}");

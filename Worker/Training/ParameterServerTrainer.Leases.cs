@@ -26,7 +26,9 @@ public sealed partial class ParameterServerTrainer
         training.Vector.WriteParameters(AsBytes(training.Parameters));
 
         var state = new EpochState(assignment.Join ? -1 : 0);
-        using var leases = new LeaseStream(coordinator);
+        using var leases = new LeaseStream(coordinator,
+            assignment.LeasePort > 0 ? LeasePortClient.For(options.CoordinatorUrl, assignment.LeasePort, options.Security!) : null,
+            reason => WorkerLog.LeasePortFallback(logger, assignment.JobId, assignment.Rank, reason, LeaseStream.PortRetryInterval.TotalSeconds));
         bool rewound = false, parametersPulled = false;
         long generation = 0;
         while (true)
