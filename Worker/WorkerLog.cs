@@ -39,6 +39,9 @@ internal static partial class WorkerLog
     [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}: rank {Rank}: pushes and pulls to parameter server {Server} go through {Transport}")]
     public static partial void ServerTransport(ILogger logger, string jobId, int rank, string server, string transport);
 
+    [LoggerMessage(Level = LogLevel.Information, Message = "Job {JobId}, rank {Rank}: leases go on {Transport}")]
+    public static partial void LeaseTransport(ILogger logger, string jobId, int rank, string transport);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Job {JobId}, rank {Rank}: leases go on the coordinator's gRPC stream for {Seconds} s: {Reason}")]
     public static partial void LeasePortFallback(ILogger logger, string jobId, int rank, string reason, double seconds);
 

@@ -29,7 +29,7 @@ public sealed partial class ParameterServerTrainer
         using var leases = new LeaseStream(coordinator,
             assignment.LeasePort > 0 ? LeasePortClient.For(options.CoordinatorUrl, assignment.LeasePort, options.Security!) : null,
             reason => WorkerLog.LeasePortFallback(logger, assignment.JobId, assignment.Rank, reason, LeaseStream.PortRetryInterval.TotalSeconds));
-        bool rewound = false, parametersPulled = false;
+        bool rewound = false, parametersPulled = false, leaseTransportLogged = false;
         long generation = 0;
         while (true)
         {
@@ -42,6 +42,8 @@ public sealed partial class ParameterServerTrainer
             // The step's pulled parameters go into the model while the lease is on its way (nothing below reads the model before).
             if (parametersPulled) training.Vector.WriteParameters(AsBytes(training.Parameters));
             var lease = await leasing;
+            if (!leaseTransportLogged && (leaseTransportLogged = true))
+                WorkerLog.LeaseTransport(logger, assignment.JobId, assignment.Rank, leases.LastOnPort ? $"the coordinator's lease port ({assignment.LeasePort})" : "a gRPC stream");
             parametersPulled = false;
             (rewound, generation) = (false, lease.LeaseGeneration);
             switch (lease.Kind)

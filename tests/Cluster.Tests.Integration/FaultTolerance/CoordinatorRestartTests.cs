@@ -29,7 +29,8 @@ public sealed partial class CoordinatorRestartTests(ITestOutputHelper output) : 
     public async Task A_coordinator_killed_mid_epoch_and_restarted_on_its_state_file_finishes_the_job(string scheme)
     {
         string state = Path.Combine(_directory, "coordinator.db");
-        string[] coordinatorArguments = ["coordinator", "--port", JobProgress.FreePort().ToString(), "--http-port", JobProgress.FreePort().ToString(), "--state", state];
+        string[] coordinatorArguments = ["coordinator", "--port", JobProgress.FreePort().ToString(), "--http-port", JobProgress.FreePort().ToString(),
+            "--lease-port", JobProgress.FreePort().ToString(), "--state", state];
         var coordinator = ClusterCommand.Start(coordinatorArguments);
         ClusterCommand? restarted = null;
         try

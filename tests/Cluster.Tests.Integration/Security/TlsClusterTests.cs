@@ -63,6 +63,8 @@ public sealed class TlsClusterTests : IDisposable
         var refused = await Assert.ThrowsAsync<HttpRequestException>(() => untrusting.GetAsync(urls["http"] + "/api/cluster"));
         Assert.IsType<System.Security.Authentication.AuthenticationException>(refused.InnerException);
         Assert.Equal(0, await worker.WaitAsync(TimeSpan.FromSeconds(60)));
+        // Its leases went on the coordinator's lease port, over TLS too (a port it could not use would have left them to gRPC, saying why).
+        Assert.Contains("leases go on the coordinator's lease port", worker.Stdout + worker.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]
