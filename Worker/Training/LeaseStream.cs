@@ -14,16 +14,21 @@ namespace Cluster.Worker.Training;
 /// <see cref="CoordinatorRetry"/> asks again exactly as it would with LeaseShard (a lease asked
 /// again gets the same answer). A lease port that cannot be reached or does not authenticate
 /// (filtered, or the coordinator restarted on another port) is left for the stream during
-/// <see cref="PortRetryInterval"/>, and the reason is reported.
+/// <see cref="PortRetryInterval"/>, twice as long after each further failure in a row (at most
+/// <see cref="PortRetryIntervalMax"/>: a filtered port costs a connect timeout each time), and
+/// the reason is reported.
 /// </summary>
-public sealed class LeaseStream(Coordinator.CoordinatorClient coordinator, LeasePortClient? port = null, Action<string>? portFallback = null) : IDisposable
+public sealed class LeaseStream(Coordinator.CoordinatorClient coordinator, LeasePortClient? port = null,
+    Action<string, TimeSpan>? portFallback = null) : IDisposable
 {
     /// <summary>How long leases go on the stream after the lease port could not be reached, before it is tried again.</summary>
     public static readonly TimeSpan PortRetryInterval = TimeSpan.FromSeconds(30);
+    public static readonly TimeSpan PortRetryIntervalMax = TimeSpan.FromMinutes(8);
 
     private AsyncDuplexStreamingCall<LeaseShardRequest, LeaseShardReply>? _call;
     private bool _answered; // the open stream has answered before: a failure now is the stream's, not the call's
     private DateTime _portRetryAt = DateTime.MinValue;
+    private TimeSpan _portRetryInterval = PortRetryInterval;
 
     /// <summary>Whether the last lease was answered on the lease port.</summary>
     public bool LastOnPort { get; private set; }
@@ -38,13 +43,16 @@ public sealed class LeaseStream(Coordinator.CoordinatorClient coordinator, Lease
         {
             try
             {
-                return await port!.LeaseAsync(request, timeout.Token);
+                var reply = await port!.LeaseAsync(request, timeout.Token);
+                _portRetryInterval = PortRetryInterval;
+                return reply;
             }
             catch (PeerUnreachableException e) when (!cancellationToken.IsCancellationRequested)
             {
                 // Not reachable as a lease port: this request and the next ones go on the stream for a while.
-                (_portRetryAt, LastOnPort) = (DateTime.UtcNow + PortRetryInterval, false);
-                portFallback?.Invoke(e.Message);
+                (_portRetryAt, LastOnPort) = (DateTime.UtcNow + _portRetryInterval, false);
+                portFallback?.Invoke(e.Message, _portRetryInterval);
+                _portRetryInterval = _portRetryInterval * 2 < PortRetryIntervalMax ? _portRetryInterval * 2 : PortRetryIntervalMax;
             }
             catch (Exception e) when (e is not RpcException && !cancellationToken.IsCancellationRequested)
             {

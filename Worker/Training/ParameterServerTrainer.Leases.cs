@@ -28,7 +28,7 @@ public sealed partial class ParameterServerTrainer
         var state = new EpochState(assignment.Join ? -1 : 0);
         using var leases = new LeaseStream(coordinator,
             assignment.LeasePort > 0 ? LeasePortClient.For(options.CoordinatorUrl, assignment.LeasePort, options.Security!) : null,
-            reason => WorkerLog.LeasePortFallback(logger, assignment.JobId, assignment.Rank, reason, LeaseStream.PortRetryInterval.TotalSeconds));
+            (reason, retryIn) => WorkerLog.LeasePortFallback(logger, assignment.JobId, assignment.Rank, reason, retryIn.TotalSeconds));
         bool rewound = false, parametersPulled = false, leaseTransportLogged = false;
         long generation = 0;
         while (true)

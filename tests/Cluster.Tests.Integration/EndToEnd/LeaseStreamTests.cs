@@ -115,7 +115,8 @@ public sealed class LeaseStreamTests
         using var __ = channel;
         Assert.Equal(coordinator.LeasePortNumber, assignment.LeasePort);
         var reasons = new List<string>();
-        using var leases = new LeaseStream(client, PortClient(assignment), reasons.Add);
+        void Report(string reason, TimeSpan retryIn) => reasons.Add($"{reason} (again in {retryIn.TotalSeconds:0} s)");
+        using var leases = new LeaseStream(client, PortClient(assignment), Report);
         string jobId = assignment.JobId;
 
         var first = await leases.LeaseAsync(Request(jobId, 0), Deadline(), CancellationToken.None);
@@ -157,11 +158,13 @@ public sealed class LeaseStreamTests
         int closedPort = ((System.Net.IPEndPoint)closed.LocalEndpoint).Port;
         closed.Stop();
         var reasons = new List<string>();
-        using (var leases = new LeaseStream(client, new LeasePortClient("127.0.0.1", closedPort, tls: false, TestSecurity.Loopback), reasons.Add))
+        void Report(string reason, TimeSpan retryIn) => reasons.Add($"{reason} (again in {retryIn.TotalSeconds:0} s)");
+        using (var leases = new LeaseStream(client, new LeasePortClient("127.0.0.1", closedPort, tls: false, TestSecurity.Loopback), Report))
         {
             Assert.Equal(expected, await leases.LeaseAsync(Request(assignment.JobId, 0), Deadline(), CancellationToken.None));
             Assert.False(leases.LastOnPort);
             Assert.Contains($"lease port at http://127.0.0.1:{closedPort}", Assert.Single(reasons), StringComparison.Ordinal);
+            Assert.EndsWith("(again in 30 s)", reasons[0], StringComparison.Ordinal);
             // The next lease does not try the port again yet.
             Assert.Equal(expected, await leases.LeaseAsync(Request(assignment.JobId, 0), Deadline(), CancellationToken.None));
             Assert.Single(reasons);
@@ -170,7 +173,7 @@ public sealed class LeaseStreamTests
         // The real port, with another secret: the coordinator refuses the handshake.
         reasons.Clear();
         var wrong = new ClusterSecurity { Secret = ClusterSecret.Generate() };
-        using (var leases = new LeaseStream(client, PortClient(assignment, wrong), reasons.Add))
+        using (var leases = new LeaseStream(client, PortClient(assignment, wrong), Report))
         {
             Assert.Equal(expected, await leases.LeaseAsync(Request(assignment.JobId, 0), Deadline(), CancellationToken.None));
             Assert.False(leases.LastOnPort);
