@@ -36,7 +36,16 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         var coordinator = new Coordinator.CoordinatorClient(channel);
         _data = new DataService.DataServiceClient(channel);
         await using var listener = await WorkerHttpListener.StartAsync(options.HttpBindAddress, options.HttpPort, options.Security!, Telemetry, Readiness, cancellationToken);
-        var registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
+        RegisterWorkerReply registration;
+        try
+        {
+            registration = await RegisterAsync(coordinator, listener.Url, cancellationToken);
+        }
+        catch (Exception e) when (IsStopRequest(e, cancellationToken))
+        {
+            // Asked to stop while registering (the coordinator may have registered us already; it will expire us).
+            return;
+        }
         WorkerLog.Registered(_logger, options.CoordinatorUrl, registration.WorkerId, options.Device ?? "job's choice");
         Readiness.MarkReady();
 
@@ -58,7 +67,7 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         {
             // The heartbeat loop lost the coordinator; it recorded why.
         }
-        catch (Exception e) when (cancellationToken.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled })
+        catch (Exception e) when (IsStopRequest(e, cancellationToken))
         {
             // Asked to stop (SIGTERM, Ctrl-C): a clean exit; a job in progress was abandoned at its current step.
         }
@@ -75,6 +84,10 @@ public sealed class WorkerHost(WorkerOptions options, ILoggerFactory loggerFacto
         }
         if (_coordinatorLost is not null) throw _coordinatorLost;
     }
+
+    /// <summary>Whether <paramref name="e"/> is how a call ends when the worker is asked to stop (SIGTERM, Ctrl-C).</summary>
+    private static bool IsStopRequest(Exception e, CancellationToken cancellationToken) =>
+        cancellationToken.IsCancellationRequested && e is OperationCanceledException or RpcException { StatusCode: StatusCode.Cancelled };
 
     private PeerUnreachableException? _coordinatorLost;
     private DataService.DataServiceClient? _data;
