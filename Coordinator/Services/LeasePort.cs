@@ -27,7 +27,7 @@ public sealed class LeasePort : IAsyncDisposable
 
     public static LeasePort Start(string bindAddress, int port, ClusterSecurity security, JobBoard board) =>
         new(new AuthenticatedListener(bindAddress, port, security, LeasePortProtocol.Handshake, ConnectionsMax,
-            (stream, stopping) => ServeAsync(stream, board, stopping)));
+            (stream, stopping) => ServeAsync(stream, board, stopping), threadPerConnection: true));
 
     private static async Task ServeAsync(Stream stream, JobBoard board, CancellationToken stopping)
     {

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 
 namespace Cluster.Shared.Optimizers;
@@ -47,9 +48,7 @@ public sealed class AdamOptimizer : FlatOptimizer
         var v = _secondMoment.AsSpan(offset, parameters.Length);
 
         int i = 0;
-        if (Vector256.IsHardwareAccelerated)
-            for (; i <= parameters.Length - Vector256<float>.Count; i += Vector256<float>.Count)
-                UpdateVector(parameters[i..], gradient[i..], m[i..], v[i..], c);
+        if (Vector256.IsHardwareAccelerated) i = UpdateVectors(parameters, gradient, m, v, c);
         for (; i < parameters.Length; i++)
             (parameters[i], m[i], v[i]) = UpdateScalar(parameters[i], gradient[i], m[i], v[i], c);
     }
@@ -58,19 +57,35 @@ public sealed class AdamOptimizer : FlatOptimizer
         float L2, float Decay, float Beta1, float OneMinusBeta1, float Beta2, float OneMinusBeta2,
         float BiasCorrection2Sqrt, float Epsilon, float StepSize);
 
-    private static void UpdateVector(Span<float> p, Span<float> g, Span<float> m, Span<float> v, in Coefficients c)
+    /// <summary>
+    /// The update of every whole vector of 8 elements in one loop (the four spans are as long as
+    /// <paramref name="p"/>, which StepRange checked); returns how many elements it did.
+    /// </summary>
+    private static int UpdateVectors(Span<float> p, Span<float> g, Span<float> m, Span<float> v, in Coefficients c)
     {
-        var parameter = Vector256.Create((ReadOnlySpan<float>)p);
-        var gradient = Vector256.Create((ReadOnlySpan<float>)g);
-        if (c.L2 != 0) gradient = Vector256.FusedMultiplyAdd(parameter, Vector256.Create(c.L2), gradient);
-        if (c.Decay != 1f) parameter *= Vector256.Create(c.Decay);
-        var first = Vector256.FusedMultiplyAdd(gradient, Vector256.Create(c.OneMinusBeta1), Vector256.Create((ReadOnlySpan<float>)m) * c.Beta1);
-        var second = Vector256.FusedMultiplyAdd(gradient * c.OneMinusBeta2, gradient, Vector256.Create((ReadOnlySpan<float>)v) * c.Beta2);
-        var denominator = Vector256.Sqrt(second) / Vector256.Create(c.BiasCorrection2Sqrt) + Vector256.Create(c.Epsilon);
-        parameter += first * c.StepSize / denominator;
-        parameter.CopyTo(p);
-        first.CopyTo(m);
-        second.CopyTo(v);
+        ref float p0 = ref MemoryMarshal.GetReference(p);
+        ref float g0 = ref MemoryMarshal.GetReference(g);
+        ref float m0 = ref MemoryMarshal.GetReference(m);
+        ref float v0 = ref MemoryMarshal.GetReference(v);
+        var (l2, decay) = (Vector256.Create(c.L2), Vector256.Create(c.Decay));
+        var (beta1, oneMinusBeta1, beta2, oneMinusBeta2) = (Vector256.Create(c.Beta1), Vector256.Create(c.OneMinusBeta1), Vector256.Create(c.Beta2), Vector256.Create(c.OneMinusBeta2));
+        var (biasCorrection2Sqrt, epsilon, stepSize) = (Vector256.Create(c.BiasCorrection2Sqrt), Vector256.Create(c.Epsilon), Vector256.Create(c.StepSize));
+        nuint i = 0, end = (nuint)(p.Length - p.Length % Vector256<float>.Count);
+        for (; i < end; i += (nuint)Vector256<float>.Count)
+        {
+            var parameter = Vector256.LoadUnsafe(ref p0, i);
+            var gradient = Vector256.LoadUnsafe(ref g0, i);
+            if (c.L2 != 0) gradient = Vector256.FusedMultiplyAdd(parameter, l2, gradient);
+            if (c.Decay != 1f) parameter *= decay;
+            var first = Vector256.FusedMultiplyAdd(gradient, oneMinusBeta1, Vector256.LoadUnsafe(ref m0, i) * beta1);
+            var second = Vector256.FusedMultiplyAdd(gradient * oneMinusBeta2, gradient, Vector256.LoadUnsafe(ref v0, i) * beta2);
+            var denominator = Vector256.Sqrt(second) / biasCorrection2Sqrt + epsilon;
+            parameter += first * stepSize / denominator;
+            parameter.StoreUnsafe(ref p0, i);
+            first.StoreUnsafe(ref m0, i);
+            second.StoreUnsafe(ref v0, i);
+        }
+        return (int)end;
     }
 
     private static (float P, float M, float V) UpdateScalar(float p, float g, float m, float v, in Coefficients c)

@@ -21,6 +21,7 @@ public sealed class AuthenticatedListener : IAsyncDisposable
     private readonly ClusterSecurity _security;
     private readonly SecretHandshake _handshake;
     private readonly int _connectionsMax;
+    private readonly bool _threadPerConnection;
     private readonly Func<Stream, CancellationToken, Task> _serve;
     private readonly CancellationTokenSource _stopping = new();
     private readonly ConcurrentDictionary<Stream, Task> _connections = new();
@@ -28,10 +29,16 @@ public sealed class AuthenticatedListener : IAsyncDisposable
     private int _authenticated;
 
     /// <param name="serve">Serves one authenticated connection until it ends; the listener closes it afterwards.</param>
+    /// <param name="threadPerConnection">
+    /// Serve each connection on a thread of its own with blocking socket calls
+    /// (<see cref="BlockingSocketStream"/>): for request-and-answer traffic whose latency is a
+    /// step's, where a frame should wake its server directly, not through the socket engine and
+    /// the thread pool. <c>serve</c> then runs on that thread and must not wait on other work.
+    /// </param>
     public AuthenticatedListener(string bindAddress, int port, ClusterSecurity security, SecretHandshake handshake, int connectionsMax,
-        Func<Stream, CancellationToken, Task> serve)
+        Func<Stream, CancellationToken, Task> serve, bool threadPerConnection = false)
     {
-        (_security, _handshake, _connectionsMax, _serve) = (security, handshake, connectionsMax, serve);
+        (_security, _handshake, _connectionsMax, _serve, _threadPerConnection) = (security, handshake, connectionsMax, serve, threadPerConnection);
         _listener = new TcpListener(IPAddress.Parse(bindAddress), port);
         _listener.Start();
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
@@ -57,16 +64,33 @@ public sealed class AuthenticatedListener : IAsyncDisposable
                 continue;
             }
             socket.NoDelay = true;
-            var stream = new NetworkStream(socket, ownsSocket: true);
+            Stream stream = _threadPerConnection ? new BlockingSocketStream(socket) : new NetworkStream(socket, ownsSocket: true);
             var served = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             _connections[stream] = served.Task;
-            _ = ServeAsync(stream).ContinueWith(_ => { _connections.TryRemove(stream, out var _); served.SetResult(); }, TaskScheduler.Default);
+            void Served() { _connections.TryRemove(stream, out var _); served.SetResult(); }
+            if (_threadPerConnection)
+                new Thread(() => ServeOnThisThread(stream, socket, Served)) { IsBackground = true, Name = "blocking connection" }.Start();
+            else
+                _ = ServeAsync(stream, socket).ContinueWith(_ => Served(), TaskScheduler.Default);
         }
     }
 
-    private async Task ServeAsync(NetworkStream network)
+    /// <summary>A connection's own thread: every call below completes on it (blocking), as a task that has already ended.</summary>
+    private void ServeOnThisThread(Stream stream, Socket socket, Action served)
+    {
+        try { ServeAsync(stream, socket).GetAwaiter().GetResult(); }
+        catch (Exception)
+        {
+            // As on the thread pool, where a connection's unexpected failure ends only that connection.
+        }
+        finally { served(); }
+    }
+
+    private async Task ServeAsync(Stream network, Socket socket)
     {
         Stream stream = network;
+        // Blocking calls do not see the handshake's token: the socket's own timeouts bound them.
+        if (_threadPerConnection) socket.ReceiveTimeout = socket.SendTimeout = (int)SecretHandshake.Timeout.TotalMilliseconds;
         try
         {
             using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token))
@@ -81,6 +105,7 @@ public sealed class AuthenticatedListener : IAsyncDisposable
                 await _handshake.AcceptAsync(stream, _security.Secret, timeout.Token);
             }
             Interlocked.Increment(ref _authenticated);
+            if (_threadPerConnection) socket.ReceiveTimeout = socket.SendTimeout = 0;
             await _serve(stream, _stopping.Token);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or AuthenticationException or OperationCanceledException

@@ -238,4 +238,30 @@ public sealed class LeaseStreamTests
             Assert.Null(await new LeasePortProtocol.Reader(stream).ReadAsync(CancellationToken.None));
         }
     }
+
+    [Fact]
+    public async Task A_lease_connection_that_never_proves_the_secret_is_closed_after_the_handshake_timeout_and_does_not_hold_up_the_stop()
+    {
+        // Lease connections are served by blocking calls on threads of their own, which no token interrupts.
+        var (coordinator, _, assignment, channel) = await StartAsync(new CoordinatorOptions { Security = TestSecurity.Loopback });
+        using var __ = channel;
+        using var silent = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        await silent.ConnectAsync("127.0.0.1", assignment.LeasePort);
+        var waited = Stopwatch.StartNew();
+        // The coordinator speaks first (its challenge), then waits for an answer that never comes.
+        async Task ReadToEndAsync()
+        {
+            var buffer = new byte[4096];
+            while (await silent.ReceiveAsync(buffer, System.Net.Sockets.SocketFlags.None) > 0) { }
+        }
+        await ReadToEndAsync().WaitAsync(SecretHandshake.Timeout + TimeSpan.FromSeconds(10));
+        Assert.True(waited.Elapsed >= SecretHandshake.Timeout - TimeSpan.FromSeconds(1), $"closed after {waited.Elapsed.TotalSeconds:0.0} s, before the handshake's timeout");
+
+        using var stillSilent = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        await stillSilent.ConnectAsync("127.0.0.1", assignment.LeasePort);
+        await Task.Delay(200);
+        var stopping = Stopwatch.StartNew();
+        await coordinator.DisposeAsync();
+        Assert.True(stopping.Elapsed < TimeSpan.FromSeconds(5), $"the coordinator took {stopping.Elapsed.TotalSeconds:0.0} s to stop with a silent lease connection open");
+    }
 }
