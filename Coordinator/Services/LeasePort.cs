@@ -10,11 +10,16 @@ namespace Cluster.Coordinator.Services;
 /// The coordinator's lease port (coordinator.proto, LeasePortFrame): LeaseShards' exchange on a
 /// raw TCP connection. Each request is answered where it is read, with the answer LeaseShard
 /// gives (<see cref="CoordinatorService.Lease"/>): the reply, or its refusal's status and detail.
+/// Every connection is served by blocking calls on a thread of its own: a request wakes that
+/// thread directly, and no thread-pool worker spins after each of a step's leases.
 /// </summary>
 public sealed class LeasePort : IAsyncDisposable
 {
-    /// <summary>Connections served at once: one per worker of the cluster (each holds a few KiB).</summary>
-    public const int ConnectionsMax = 8192;
+    /// <summary>
+    /// Connections served at once: one per worker of the cluster, each a thread of its own blocked
+    /// in a read. A worker refused beyond that leases on its gRPC stream.
+    /// </summary>
+    public const int ConnectionsMax = 2048;
     private readonly AuthenticatedListener _listener;
 
     private LeasePort(AuthenticatedListener listener) => _listener = listener;
