@@ -18,6 +18,10 @@ namespace Cluster.Coordinator.State;
 /// Write-ahead log, synchronous=NORMAL: an input is durable when the board replies, through a
 /// coordinator killed at any point (the operating system keeps the log); a power cut may lose
 /// the last moments. Not thread-safe: the board calls it under its lock.
+/// Every lease is an input, so an append is on each step's path: <c>seq</c> is the table's rowid
+/// (rows are never deleted, so it only grows) rather than an AUTOINCREMENT column, whose counter
+/// page would be a second 4 KiB page written to the log per event (18–21 → 12.5–14 µs an
+/// append; files made with the counter keep it and read the same).
 /// </summary>
 public sealed class CoordinatorStateFile : IBoardJournal, IDisposable
 {
@@ -62,7 +66,7 @@ public sealed class CoordinatorStateFile : IBoardJournal, IDisposable
             Execute(connection,
                 """
                 CREATE TABLE IF NOT EXISTS board_events (
-                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    seq INTEGER PRIMARY KEY,
                     at TEXT NOT NULL,
                     kind TEXT NOT NULL,
                     job_id TEXT,

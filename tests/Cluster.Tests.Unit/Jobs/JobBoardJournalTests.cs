@@ -101,6 +101,30 @@ public sealed class JobBoardJournalTests : IDisposable
     }
 
     [Fact]
+    public void A_state_file_whose_events_table_has_an_autoincrement_counter_appends_and_replays_in_order()
+    {
+        // Files made before seq became the plain rowid keep their AUTOINCREMENT column.
+        string path = Path.Combine(_folder, "counter.db");
+        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False"))
+        {
+            connection.Open();
+            using var command = connection.CreateCommand();
+            command.CommandText = "CREATE TABLE board_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, job_id TEXT, body BLOB NOT NULL)";
+            command.ExecuteNonQuery();
+        }
+        using (var file = CoordinatorStateFile.Open(path))
+        {
+            var board = new JobBoard(new ManualClock()) { Journal = file };
+            board.RegisterServer("http://127.0.0.1:5001");
+            board.RegisterServer("http://127.0.0.1:5002");
+        }
+        using var reopened = CoordinatorStateFile.Open(path);
+        var events = reopened.ReadEvents().ToList();
+        Assert.Equal([1L, 2L], events.Select(e => e.Sequence));
+        Assert.Equal(["http://127.0.0.1:5001", "http://127.0.0.1:5002"], events.Select(e => e.Event.ServerRegistered));
+    }
+
+    [Fact]
     public void An_event_body_that_does_not_parse_stops_the_restore_naming_it()
     {
         string path = Path.Combine(_folder, "corrupt.db");
