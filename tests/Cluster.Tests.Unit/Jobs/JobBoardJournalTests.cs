@@ -89,13 +89,7 @@ public sealed class JobBoardJournalTests : IDisposable
     public void A_state_file_of_a_newer_layout_is_refused()
     {
         string path = Path.Combine(_folder, "newer.db");
-        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False"))
-        {
-            connection.Open();
-            using var command = connection.CreateCommand();
-            command.CommandText = $"PRAGMA user_version = {CoordinatorStateFile.LayoutVersion + 1}";
-            command.ExecuteNonQuery();
-        }
+        ExecuteOutsideTheCoordinator(path, $"PRAGMA user_version = {CoordinatorStateFile.LayoutVersion + 1}");
         var error = Assert.Throws<InvalidDataException>(() => CoordinatorStateFile.Open(path));
         Assert.Contains($"layout version {CoordinatorStateFile.LayoutVersion + 1}", error.Message);
     }
@@ -105,13 +99,7 @@ public sealed class JobBoardJournalTests : IDisposable
     {
         // Files made before seq became the plain rowid keep their AUTOINCREMENT column.
         string path = Path.Combine(_folder, "counter.db");
-        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False"))
-        {
-            connection.Open();
-            using var command = connection.CreateCommand();
-            command.CommandText = "CREATE TABLE board_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, job_id TEXT, body BLOB NOT NULL)";
-            command.ExecuteNonQuery();
-        }
+        ExecuteOutsideTheCoordinator(path, "CREATE TABLE board_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, job_id TEXT, body BLOB NOT NULL)");
         using (var file = CoordinatorStateFile.Open(path))
         {
             var board = new JobBoard(new ManualClock()) { Journal = file };
@@ -133,16 +121,20 @@ public sealed class JobBoardJournalTests : IDisposable
             var board = new JobBoard(new ManualClock()) { Journal = file };
             board.RegisterServer("http://127.0.0.1:5001");
         }
-        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False"))
-        {
-            connection.Open();
-            using var command = connection.CreateCommand();
-            command.CommandText = "UPDATE board_events SET body = x'ffffffff'";
-            command.ExecuteNonQuery();
-        }
+        ExecuteOutsideTheCoordinator(path, "UPDATE board_events SET body = x'ffffffff'");
         using var reopened = CoordinatorStateFile.Open(path);
         var error = Assert.Throws<InvalidDataException>(() => new JobBoard(new ManualClock()).Restore(reopened.ReadEvents()));
         Assert.Contains("event 1 (ServerRegistered): body does not parse", error.Message);
+    }
+
+    /// <summary>Runs one SQL statement on the state file as another program would (the file closed afterwards).</summary>
+    private static void ExecuteOutsideTheCoordinator(string path, string sql)
+    {
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.ExecuteNonQuery();
     }
 
     /// <summary>
