@@ -143,12 +143,11 @@ internal sealed class EpochPool
         _bySlot[shardId % _plan.WorldSize].Add(shardId);
     }
 
-    /// <summary>Rank's part of the test set; the evaluators are the members when the epoch was first found done.</summary>
-    public int EvaluationPart(int rank, IEnumerable<int> members)
-    {
-        _evaluators ??= [.. members];
-        return _evaluators.IndexOf(rank);
-    }
+    /// <summary>Sets the ranks that evaluate this epoch, in part order, once: when it is first found trained.</summary>
+    public void FixEvaluators(IEnumerable<int> ranks) => _evaluators ??= [.. ranks];
+
+    /// <summary>Rank's part of the test set (see <see cref="FixEvaluators"/>); -1 when it has none.</summary>
+    public int EvaluationPart(int rank) => _evaluators?.IndexOf(rank) ?? -1;
 
     public void WriteAudit() => Audit.Complete = Trained;
 

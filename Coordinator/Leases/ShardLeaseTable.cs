@@ -22,6 +22,11 @@ namespace Cluster.Coordinator.Leases;
 ///     0 samples: the pool is empty but leases of this epoch are still unsettled), epoch done
 ///     (every shard of e is trained: evaluate, then ask again for (e + 1, t)), or job done.
 ///     The same request asked twice gets the same answer.
+///     A rank may ask without an epoch (-1): a joiner's first request, or one after a rewind.
+///     It is first told of any ended epoch whose evaluators include it and that it was not yet
+///     told of (it evaluates its part), then given the current epoch. The evaluators of an
+///     epoch are fixed when it is first found trained: the members whose first lease was in it
+///     or before (a joiner that starts in a later epoch never hears of this one).
 ///  3. Hand-out order: a rank whose slot s &lt; slots still has shards takes its own lowest one;
 ///     otherwise the lowest shard left in the pool. Without faults rank r therefore trains
 ///     (t, r) at every step t of the epoch: exactly the static plan, the same batches as
@@ -61,9 +66,11 @@ public sealed class ShardLeaseTable
     private readonly long _seed;
     private readonly SortedSet<int> _members = [];
     private readonly HashSet<int> _removed = [];
+    private readonly Dictionary<int, int> _firstEpoch = [];     // rank -> the epoch of its first lease (the initial ranks: 0)
     private readonly Dictionary<int, EpochPool> _pools = [];
     private readonly Dictionary<(int Rank, long Step), LeasedShard> _outstanding = [];
-    private readonly Dictionary<int, (int Epoch, long Step, LeaseGrant Grant)> _lastGrant = [];
+    private readonly Dictionary<int, (int Requested, int Epoch, long Step, LeaseGrant Grant)> _lastGrant = [];
+    private readonly HashSet<(int Rank, int Epoch)> _toldDone = [];  // ranks given their part of an ended epoch
     private readonly List<EpochAudit> _audits = [];
     private readonly HashSet<long> _settled = [];
     private readonly Dictionary<long, List<(int Epoch, int ShardId, int Rank)>> _acknowledgedAt = [];
@@ -80,7 +87,11 @@ public sealed class ShardLeaseTable
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(epochs, 1);
         (_sampleCount, _seed, _slots, _batchSize, _epochs) = (sampleCount, seed, slots, batchSize, epochs);
-        for (int rank = 0; rank < slots; rank++) _members.Add(rank);
+        for (int rank = 0; rank < slots; rank++)
+        {
+            _members.Add(rank);
+            _firstEpoch[rank] = 0;
+        }
     }
 
     public int SampleCount => _sampleCount;
@@ -135,14 +146,16 @@ public sealed class ShardLeaseTable
         // A rank leases step t after pulling version t, and hands in the ranks of step t - 1 with the request.
         if (step > _settledThrough + 1)
             throw new ArgumentException($"step: {step} is ahead of the applied steps (through {_settledThrough}); expected {_settledThrough + 1}");
-        int resolved = epoch < 0 ? CurrentEpoch : epoch;
-        if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && last.Epoch == resolved)
+        int resolved = epoch >= 0 ? epoch : UntoldEvaluation(rank) ?? CurrentEpoch;
+        // A request asked again (a lost reply) gets the answer it got, even one without an epoch whose answer told of an ended one.
+        if (_lastGrant.TryGetValue(rank, out var last) && last.Step == step && (last.Epoch == resolved || epoch < 0 && last.Requested < 0))
         {
             if (last.Grant.Generation != Generation) _lastGrant[rank] = last = last with { Grant = last.Grant with { Generation = Generation } };
             return last.Grant;
         }
+        _firstEpoch.TryAdd(rank, resolved);
         var grant = Answer(rank, resolved, step) with { Generation = Generation };
-        _lastGrant[rank] = (resolved, step, grant);
+        _lastGrant[rank] = (epoch, resolved, step, grant);
         return grant;
     }
 
@@ -229,13 +242,25 @@ public sealed class ShardLeaseTable
         var pool = Pool(epoch);
         if (pool.Trained)
         {
-            int part = pool.EvaluationPart(rank, _members);
+            int part = pool.EvaluationPart(rank);
+            if (part >= 0) _toldDone.Add((rank, epoch));
             return LeaseGrant.EpochDone(epoch, step, part, pool.Evaluators.Count);
         }
         int? shard = pool.Take(rank < _slots ? rank : null);
         if (shard is not { } id) return LeaseGrant.Idle(epoch, step);
         _outstanding[(rank, step)] = new LeasedShard(epoch, id);
         return LeaseGrant.Shard(epoch, step, id, pool.Samples(id));
+    }
+
+    /// <summary>
+    /// The first ended epoch that counts on rank to evaluate a part of it and of which it was not
+    /// told: a rank asking without an epoch after a rewind may have missed it.
+    /// </summary>
+    private int? UntoldEvaluation(int rank)
+    {
+        for (int epoch = 0; epoch < CurrentEpoch; epoch++)
+            if (_pools.TryGetValue(epoch, out var pool) && pool.Evaluators.Contains(rank) && !_toldDone.Contains((rank, epoch))) return epoch;
+        return null;
     }
 
     private EpochPool Pool(int epoch)
@@ -261,7 +286,14 @@ public sealed class ShardLeaseTable
 
     private void AdvanceEpoch()
     {
-        while (CurrentEpoch < _epochs && _pools.TryGetValue(CurrentEpoch, out var pool) && pool.Trained) CurrentEpoch++;
+        while (CurrentEpoch < _epochs && _pools.TryGetValue(CurrentEpoch, out var pool) && pool.Trained)
+        {
+            // A rank that joined later starts at a later epoch (its first lease asks for the current
+            // one): it is never told this one is done, so it is not one of its evaluators.
+            int epoch = CurrentEpoch;
+            pool.FixEvaluators(_members.Where(r => _firstEpoch.TryGetValue(r, out int first) && first <= epoch));
+            CurrentEpoch++;
+        }
     }
 
     private readonly record struct LeasedShard(int Epoch, int ShardId);

@@ -209,6 +209,12 @@ public sealed class LeaseSimulation
             var audit = _table.Audits().Single(a => a.Epoch == epoch);
             if (!audit.Complete || audit.SamplesTrainedOnce != _sampleCount)
                 return $"epoch {epoch}: audit says {audit.SamplesTrainedOnce} trained once, complete {audit.Complete}; the server applied all {_sampleCount}";
+            // The epoch's result needs every evaluator's part: a rank that finished the job without
+            // being told to evaluate its part would leave the job running for ever.
+            var unevaluated = _table.Evaluators(epoch)
+                .Where(rank => _workers[rank] is { Finished: true } worker && !worker.Evaluated.Contains(epoch) && !_table.IsRemoved(rank)).ToList();
+            if (unevaluated.Count > 0)
+                return $"epoch {epoch}: evaluators {string.Join(",", unevaluated)} finished without being given their part of the test set";
         }
         return null;
     }

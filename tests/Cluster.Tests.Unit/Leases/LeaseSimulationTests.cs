@@ -38,6 +38,8 @@ public sealed class LeaseSimulationTests
     [Theory]
     [InlineData(7)]
     [InlineData(424)]
+    [InlineData(87)]  // a joiner admitted as epoch 0 ended, before its first lease
+    [InlineData(126)] // a rank that meets restarted servers just after an epoch ended
     public void One_seed_replays_exactly(int seed)
     {
         var first = new LeaseSimulation(seed);

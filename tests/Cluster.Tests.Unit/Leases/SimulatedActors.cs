@@ -142,6 +142,8 @@ public sealed class SimulatedWorker(int rank, long firstStep, int epoch, int ser
     /// <summary>Found out it was removed from the job (a false suspicion): it stops.</summary>
     public bool Evicted { get; private set; }
     public bool Finished { get; private set; }
+    /// <summary>Epochs this rank was told to evaluate a part of (an EpochDone lease with a part), as the real worker then does.</summary>
+    public HashSet<int> Evaluated { get; } = [];
     public string LastAction { get; private set; } = "";
 
     public void Crash() => Crashed = true;
@@ -244,6 +246,7 @@ public sealed class SimulatedWorker(int rank, long firstStep, int epoch, int ser
                 Phase = WorkerPhase.PushBegin;
                 break;
             case LeaseKind.EpochDone:
+                if (grant.EvaluationPart >= 0) Evaluated.Add(grant.Epoch);
                 Epoch = grant.Epoch + 1;
                 break;
             default:
