@@ -242,6 +242,7 @@ public sealed class ShardLeaseTable
         var pool = Pool(epoch);
         if (pool.Trained)
         {
+            FixEvaluators(epoch, pool); // done when it was found trained; here only as a guard
             int part = pool.EvaluationPart(rank);
             if (part >= 0) _toldDone.Add((rank, epoch));
             return LeaseGrant.EpochDone(epoch, step, part, pool.Evaluators.Count);
@@ -288,13 +289,18 @@ public sealed class ShardLeaseTable
     {
         while (CurrentEpoch < _epochs && _pools.TryGetValue(CurrentEpoch, out var pool) && pool.Trained)
         {
-            // A rank that joined later starts at a later epoch (its first lease asks for the current
-            // one): it is never told this one is done, so it is not one of its evaluators.
-            int epoch = CurrentEpoch;
-            pool.FixEvaluators(_members.Where(r => _firstEpoch.TryGetValue(r, out int first) && first <= epoch));
+            FixEvaluators(CurrentEpoch, pool);
             CurrentEpoch++;
         }
     }
+
+    /// <summary>
+    /// The epoch's evaluators, once: the members whose first lease was in it or before. A rank that
+    /// joined later starts at a later epoch (its first lease asks for the current one): it is never
+    /// told this one is done, so it is not one of its evaluators.
+    /// </summary>
+    private void FixEvaluators(int epoch, EpochPool pool) =>
+        pool.FixEvaluators(_members.Where(rank => _firstEpoch.TryGetValue(rank, out int first) && first <= epoch));
 
     private readonly record struct LeasedShard(int Epoch, int ShardId);
 }
