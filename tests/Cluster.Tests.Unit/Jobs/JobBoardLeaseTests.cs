@@ -124,6 +124,38 @@ public sealed class JobBoardLeaseTests
     }
 
     [Fact]
+    public async Task A_worker_admitted_as_an_epoch_ends_is_not_counted_on_to_evaluate_it_and_the_job_ends()
+    {
+        var (job, _) = await StartAsync(TwoWorkers with { MaxWorkers = 3, Epochs = 2 });
+        var plan = new EpochPlan(Samples, TwoWorkers.Seed, 0, 2, 4);
+        for (long step = 0; step < plan.StepCount; step++)
+            for (int rank = 0; rank < 2; rank++)
+                Lease(job, rank, 0, step, step == 0 ? [] : [(step - 1, [0, 1])]);
+        // Admitted while the epoch's last step is still unsettled: a member, but it has not leased yet.
+        var joiner = _board.RegisterWorker("host-9", "cpu", 109);
+        Assert.Equal(2, (await Poll(joiner).WaitAsync(TestTimeout))!.Rank);
+
+        long last = plan.StepCount - 1, first = plan.StepCount;
+        var ended = new[] { Lease(job, 0, 0, first, (last, [0, 1])), Lease(job, 1, 0, first, (last, [0, 1])) };
+        var joined = Lease(job, 2, -1, first, (last, [0, 1]));
+
+        Assert.All(ended, lease => Assert.Equal((Kind.EpochDone, 2), (lease.Kind, lease.EvaluationParts)));
+        Assert.Equal((Kind.Shard, 1), (joined.Kind, joined.Epoch));
+        Evaluate(job, 0, 0);
+        Evaluate(job, 1, 0);
+        // Epoch 1 with three ranks, until each is told it is done; each then evaluates its part.
+        var done = new Dictionary<int, LeaseShardReply> { [2] = joined };
+        for (long step = first; done.Count < 3 || done.Values.Any(l => l.Kind != Kind.EpochDone); step++)
+            for (int rank = 0; rank < 3; rank++)
+                if (!done.TryGetValue(rank, out var previous) || previous.Kind != Kind.EpochDone)
+                    done[rank] = rank == 2 && step == first ? joined : Lease(job, rank, 1, step, step == first ? [(last, [0, 1])] : [(step - 1, [0, 1, 2])]);
+        Assert.All(done.Values, lease => Assert.Equal(3, lease.EvaluationParts));
+        Assert.Equal(JobState.Running, job.State);
+        foreach (int rank in done.Keys) Evaluate(job, rank, 1);
+        Assert.Equal(JobState.Succeeded, job.State);
+    }
+
+    [Fact]
     public async Task Without_max_workers_a_new_worker_only_replaces_a_lost_one()
     {
         var (job, workers) = await StartAsync(TwoWorkers);
