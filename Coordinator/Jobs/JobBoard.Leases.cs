@@ -20,7 +20,7 @@ public sealed partial class JobBoard
     {
         lock (_gate)
         {
-            Record(new BoardEvent { Leased = request });
+            Record(new BoardEvent { Leased = JournalForm(request) });
             var job = RunningJob(request.JobId, request.Rank);
             if (job.Ring is not null)
                 throw new InvalidOperationException($"job {job.Id} uses scheme '{job.Spec.Scheme}'; its workers call GetShard, not LeaseShard");
@@ -30,6 +30,25 @@ public sealed partial class JobBoard
                 foreach (int rank in job.RemovedRanks.Order()) _removedRanks.Writer.TryWrite((job, rank));
             return reply;
         }
+    }
+
+    /// <summary>
+    /// A lease request as the state file keeps it: without the reports of steps the job's lease
+    /// table has already settled. Settling them again changes nothing, and they are most of a
+    /// request's bytes (a worker hands in its last AppliedStepsKept steps every time). Only reports
+    /// that pass the request's checks are left out, so that a refused request is refused again
+    /// when it is replayed.
+    /// </summary>
+    private LeaseShardRequest JournalForm(LeaseShardRequest request)
+    {
+        if (request.Applied is not { Steps.Count: > 0 } applied || !_jobs.TryGetValue(request.JobId, out var job) || job.Leases is not { } table)
+            return request;
+        bool settled(AppliedStep step) => step.Step <= table.SettledThrough && job.ReportError(request.Step, step) is null;
+        if (!applied.Steps.Any(settled)) return request;
+        var kept = request.Clone();
+        kept.Applied.Steps.Clear();
+        kept.Applied.Steps.AddRange(applied.Steps.Where(step => !settled(step)));
+        return kept;
     }
 
     /// <summary>An idle worker becomes the next rank of running "ps" job <paramref name="job"/>.</summary>

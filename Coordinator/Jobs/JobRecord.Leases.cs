@@ -18,18 +18,21 @@ public sealed partial class JobRecord
     /// <summary>Ranks of a "ps" job that are still training.</summary>
     public int LiveRankCount => Ranks.Count - RemovedRanks.Count;
 
+    /// <summary>Why a report handed in with a lease of <paramref name="leaseStep"/> is refused; null when it is not.</summary>
+    public string? ReportError(long leaseStep, Protos.AppliedStep step) =>
+        // A worker reports steps just before the one it leases, and ranks of this job.
+        step.Step >= leaseStep || step.Step < leaseStep - ShardLeaseTable.AppliedStepsKept
+            ? $"applied.step: {step.Step}; expected {leaseStep - ShardLeaseTable.AppliedStepsKept} to {leaseStep - 1} for a lease of step {leaseStep}"
+            : step.Ranks.Any(rank => rank < 0 || rank >= Ranks.Count)
+                ? $"applied.ranks: [{string.Join(", ", step.Ranks)}] of step {step.Step}; expected ranks 0 to {Ranks.Count - 1}"
+                : null;
+
     public LeaseShardReply Lease(LeaseShardRequest request, DateTimeOffset now)
     {
         if (request.Epoch < -1 || request.Epoch > Spec.Epochs)
             throw new ArgumentException($"epoch: {request.Epoch} is out of range; expected -1 (joining) to {Spec.Epochs}");
         foreach (var step in request.Applied?.Steps ?? [])
-        {
-            // A worker reports steps just before the one it leases, and ranks of this job.
-            if (step.Step >= request.Step || step.Step < request.Step - ShardLeaseTable.AppliedStepsKept)
-                throw new ArgumentException($"applied.step: {step.Step}; expected {request.Step - ShardLeaseTable.AppliedStepsKept} to {request.Step - 1} for a lease of step {request.Step}");
-            if (step.Ranks.Any(rank => rank < 0 || rank >= Ranks.Count))
-                throw new ArgumentException($"applied.ranks: [{string.Join(", ", step.Ranks)}] of step {step.Step}; expected ranks 0 to {Ranks.Count - 1}");
-        }
+            if (ReportError(request.Step, step) is { } error) throw new ArgumentException(error);
         var table = LeaseTable(request.Epoch < 0 ? 0 : Math.Min(request.Epoch, Spec.Epochs - 1), request.TrainSampleCount, now);
         var applied = request.Applied?.Steps.Select(s => new Leases.AppliedStep(s.Step, [.. s.Ranks])) ?? [];
         var grant = table.Lease(request.Rank, request.Epoch, request.Step, applied, request.ServersRewound, request.LeaseGeneration);

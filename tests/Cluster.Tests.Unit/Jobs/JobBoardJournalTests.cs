@@ -54,6 +54,32 @@ public sealed class JobBoardJournalTests : IDisposable
     }
 
     [Fact]
+    public async Task A_lease_is_kept_without_the_reports_of_steps_already_settled()
+    {
+        var journal = new MemoryJournal();
+        var board = new JobBoard(new ManualClock()) { Journal = journal };
+        board.RegisterServer("http://127.0.0.1:5001");
+        var workers = Enumerable.Range(0, 2).Select(i => board.RegisterWorker($"host-{i}", "cpu", 100 + i).Id).ToList();
+        var polls = workers.Select(w => board.WaitForAssignmentAsync(w, TimeSpan.FromSeconds(30), CancellationToken.None)).ToList();
+        string jobId = board.Submit(new JobSpecification { Model = "mlp", Workers = 2, Epochs = 1, BatchSize = 4, TrainLimit = 96 }).Id;
+        await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(10));
+
+        for (long step = 0; step < 6; step++)
+            for (int rank = 0; rank < 2; rank++)
+            {
+                var request = new LeaseShardRequest { JobId = jobId, Rank = rank, Epoch = 0, Step = step, TrainSampleCount = 96, Applied = new AppliedSteps() };
+                for (long s = Math.Max(0, step - 4); s < step; s++) request.Applied.Steps.Add(new AppliedStep { Step = s, Ranks = { 0, 1 } });
+                Assert.Equal(Kind.Shard, board.Lease(request).Kind);
+            }
+
+        // Rank 0 is the first to report step t - 1: that report is kept. The earlier ones, and all of
+        // rank 1's (rank 0's request settled them), change nothing when replayed.
+        var kept = journal.Events.Select(e => e.Event.Leased).Where(lease => lease is not null).ToList();
+        Assert.Equal(12, kept.Count);
+        Assert.All(kept, lease => Assert.Equal(lease.Rank == 0 && lease.Step > 0 ? [lease.Step - 1] : [], lease.Applied.Steps.Select(s => s.Step)));
+    }
+
+    [Fact]
     public async Task A_progress_report_sent_again_after_a_lost_reply_is_not_counted_twice()
     {
         var board = new JobBoard(new ManualClock());
@@ -188,7 +214,8 @@ public sealed class JobBoardJournalTests : IDisposable
         var stepsDone = new Dictionary<int, int>();
         var finished = new HashSet<int>();
         int leaveAtStep = random.Next(2, 7);
-        List<int> applied = [];
+        var applied = new List<List<int>>(); // the ranks behind each step
+
         for (long step = 0; epochOf.Keys.Any(r => !finished.Contains(r)); step++)
         {
             var contributors = new List<int>();
@@ -197,7 +224,8 @@ public sealed class JobBoardJournalTests : IDisposable
                 while (true)
                 {
                     var request = new LeaseShardRequest { JobId = jobId, Rank = rank, Epoch = epochOf[rank], Step = step, TrainSampleCount = 96, Applied = new AppliedSteps() };
-                    if (step > 0) request.Applied.Steps.Add(new AppliedStep { Step = step - 1, Ranks = { applied } });
+                    // As a worker does: the last few steps, most of them settled already (the state file leaves those out).
+                    for (long s = Math.Max(0, step - 4); s < step; s++) request.Applied.Steps.Add(new AppliedStep { Step = s, Ranks = { applied[(int)s] } });
                     LeaseShardReply reply = null!;
                     Do(b => (lastLease, lastReply) = (request, reply = b.Lease(request)));
                     if (reply.Kind is Kind.Shard or Kind.Idle)
@@ -239,7 +267,7 @@ public sealed class JobBoardJournalTests : IDisposable
                     epochOf[3] = -1;
                 }
             }
-            applied = contributors;
+            applied.Add(contributors);
         }
 
         // Rank 0's worker asks for work (its part is over); an allreduce job on two workers; a job that waits and is cancelled.
