@@ -19,13 +19,16 @@ public sealed partial class JobRecord
     public int LiveRankCount => Ranks.Count - RemovedRanks.Count;
 
     /// <summary>Why a report handed in with a lease of <paramref name="leaseStep"/> is refused; null when it is not.</summary>
-    public string? ReportError(long leaseStep, Protos.AppliedStep step) =>
+    public string? ReportError(long leaseStep, Protos.AppliedStep step)
+    {
         // A worker reports steps just before the one it leases, and ranks of this job.
-        step.Step >= leaseStep || step.Step < leaseStep - ShardLeaseTable.AppliedStepsKept
-            ? $"applied.step: {step.Step}; expected {leaseStep - ShardLeaseTable.AppliedStepsKept} to {leaseStep - 1} for a lease of step {leaseStep}"
-            : step.Ranks.Any(rank => rank < 0 || rank >= Ranks.Count)
-                ? $"applied.ranks: [{string.Join(", ", step.Ranks)}] of step {step.Step}; expected ranks 0 to {Ranks.Count - 1}"
-                : null;
+        long earliest = leaseStep - ShardLeaseTable.AppliedStepsKept;
+        if (step.Step >= leaseStep || step.Step < earliest)
+            return $"applied.step: {step.Step}; expected {earliest} to {leaseStep - 1} for a lease of step {leaseStep}";
+        if (step.Ranks.Any(rank => rank < 0 || rank >= Ranks.Count))
+            return $"applied.ranks: [{string.Join(", ", step.Ranks)}] of step {step.Step}; expected ranks 0 to {Ranks.Count - 1}";
+        return null;
+    }
 
     public LeaseShardReply Lease(LeaseShardRequest request, DateTimeOffset now)
     {

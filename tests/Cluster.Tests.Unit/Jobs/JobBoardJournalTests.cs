@@ -215,7 +215,6 @@ public sealed class JobBoardJournalTests : IDisposable
         var finished = new HashSet<int>();
         int leaveAtStep = random.Next(2, 7);
         var applied = new List<List<int>>(); // the ranks behind each step
-
         for (long step = 0; epochOf.Keys.Any(r => !finished.Contains(r)); step++)
         {
             var contributors = new List<int>();
