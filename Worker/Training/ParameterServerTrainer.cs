@@ -56,7 +56,8 @@ public sealed partial class ParameterServerTrainer(
             assignment, vector.ElementCount, Shared.Wire.ElementCodec.Parse(spec.WireDtype), spec.TopkRatio, options);
         WorkerLog.JobStarted(logger, assignment.JobId, assignment.Rank, assignment.WorldSize, DeviceSelector.Describe(device), vector.ElementCount);
 
-        vector.ReadParameters(AsBytes(parameters));
+        // On CPU the model's parameters live in the buffer pulls write: a pull updates the model with no copy.
+        vector.ShareParameters(parameters);
         // Kept to initialise a server that restarts without a checkpoint (it then starts over at version 0).
         _initialParameters = (float[])parameters.Clone();
         _initializeHeader = InitializeHeader(vector);

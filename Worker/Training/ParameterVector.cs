@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Cluster.Protos;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -8,7 +10,8 @@ namespace Cluster.Worker.Training;
 /// A model's parameters and gradients as one flat float32 byte buffer, in named_parameters()
 /// order. On CPU, copies go straight between the buffer and each tensor's memory through
 /// <c>Tensor.bytes</c> (no managed per-element loop); on CUDA they go through one CPU staging
-/// tensor per parameter.
+/// tensor per parameter. A CPU model can also keep its parameters in the buffer itself
+/// (<see cref="ShareParameters"/>), so that writing the buffer is writing the model.
 /// </summary>
 public sealed class ParameterVector : IDisposable
 {
@@ -57,7 +60,30 @@ public sealed class ParameterVector : IDisposable
     /// <summary>Copies the gradients into <paramref name="destination"/>; a parameter without a gradient reads as zeros.</summary>
     public void ReadGradients(Span<byte> destination) => Read(destination, gradients: true);
 
-    /// <summary>Overwrites the parameters with <paramref name="source"/>.</summary>
+    /// <summary>
+    /// Makes <paramref name="buffer"/> the parameters' memory (CPU only): their values are copied
+    /// into it, then each parameter becomes a view of its slice, so that whatever writes the
+    /// buffer (a pull) writes the model, and <see cref="WriteParameters"/> from it copies nothing.
+    /// Returns false, leaving the model as it was, when the parameters are on another device.
+    /// </summary>
+    public bool ShareParameters(float[] buffer)
+    {
+        CheckLength(buffer.Length * sizeof(float));
+        if (_staging is not null) return false;
+        ReadParameters(MemoryMarshal.AsBytes(buffer.AsSpan()));
+        // frombuffer pins the array for as long as a view of it lives.
+        using var flat = torch.frombuffer(buffer, ScalarType.Float32, buffer.Length, 0, requires_grad: false);
+        using var noGrad = torch.no_grad();
+        foreach (var (_, parameter, offset, bytes) in _entries)
+        {
+            using var part = flat.narrow(0, offset / sizeof(float), bytes / sizeof(float));
+            using var slice = part.view(parameter.shape);
+            parameter.set_(slice);
+        }
+        return true;
+    }
+
+    /// <summary>Overwrites the parameters with <paramref name="source"/> (a parameter that already lives there is left as it is).</summary>
     public void WriteParameters(ReadOnlySpan<byte> source)
     {
         CheckLength(source.Length);
@@ -68,7 +94,9 @@ public sealed class ParameterVector : IDisposable
             var slice = source.Slice((int)offset, (int)bytes);
             if (_staging is null)
             {
-                slice.CopyTo(parameter.bytes);
+                var target = parameter.bytes;
+                if (!Unsafe.AreSame(ref MemoryMarshal.GetReference(target), ref MemoryMarshal.GetReference(slice)))
+                    slice.CopyTo(target);
             }
             else
             {
