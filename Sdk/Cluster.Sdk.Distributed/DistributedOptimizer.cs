@@ -92,8 +92,8 @@ public sealed class DistributedOptimizer : IDisposable
     public async Task StepAsync(int sampleCount, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(sampleCount);
-        _vector.ReadGradients(Bytes(_gradients));
-        await _servers.PushAndPullAsync(Step, sampleCount, _gradients, _parameters, cancellationToken);
+        using (var gradient = _vector.Gradients(_gradients))
+            await _servers.PushAndPullAsync(Step, sampleCount, gradient, _parameters, cancellationToken);
         _vector.WriteParameters(Bytes(_parameters));
         Step++;
     }

@@ -13,6 +13,9 @@ public static class FloatMemory
         return new ByteView(segment.Array!, segment.Offset, segment.Count).Memory;
     }
 
+    /// <summary>A writable byte view of a whole float array.</summary>
+    public static Memory<byte> AsWritableBytes(float[] floats) => new ByteView(floats, 0, floats.Length).Memory;
+
     /// <summary>A writable byte view of float memory over an array; false when it is not over one.</summary>
     public static bool TryAsWritableBytes(Memory<float> floats, out Memory<byte> bytes)
     {

@@ -41,16 +41,21 @@ public sealed class GradientEncoder
     /// enumerated, so that encoding overlaps sending; an encoded chunk's data stays valid until
     /// the chunk after the next one is taken (a sender may keep one write in flight).
     /// </summary>
-    public IEnumerable<TensorChunk> Encode(float[] gradient, int server, int chunkBytes = TensorWire.ChunkBytesSent) =>
+    public IEnumerable<TensorChunk> Encode(StepGradient gradient, int server, int chunkBytes = TensorWire.ChunkBytesSent) =>
         Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, server, Math.Min(chunkBytes, TensorWire.ChunkBytesMax));
 
-    private IEnumerable<TensorChunk> Dense(float[] gradient, int server, int chunkBytes)
+    private IEnumerable<TensorChunk> Dense(StepGradient gradient, int server, int chunkBytes)
     {
         var range = _ranges[server];
-        var elements = gradient.AsMemory((int)range.Start, range.Length);
         if (_chunkBuffers is null)
         {
-            foreach (var chunk in TensorWire.Chunks(FloatMemory.AsBytes(elements), chunkBytes: chunkBytes)) yield return chunk;
+            // float32 goes as it is, a piece at a time: a chunk never spans two of the gradient's pieces.
+            long offset = 0;
+            foreach (var piece in gradient.Range(range.Start, range.Length))
+            {
+                foreach (var chunk in TensorWire.Chunks(piece, firstElement: offset, chunkBytes: chunkBytes)) yield return chunk;
+                offset += StepGradient.Elements(piece);
+            }
             yield break;
         }
         int elementBytes = ElementCodec.ElementBytes(_dtype), step = chunkBytes / elementBytes, turn = 0;
@@ -58,15 +63,28 @@ public sealed class GradientEncoder
         {
             int length = Math.Min(step, range.Length - start);
             var data = _chunkBuffers[server][turn].AsMemory(0, length * elementBytes);
-            ElementCodec.Encode(elements.Span.Slice(start, length), data.Span, _dtype);
+            var encoded = data.Span;
+            foreach (var piece in gradient.Range(range.Start + start, length))
+            {
+                var values = MemoryMarshal.Cast<byte, float>(piece.Span);
+                ElementCodec.Encode(values, encoded, _dtype);
+                encoded = encoded[(values.Length * elementBytes)..];
+            }
             yield return new TensorChunk { OffsetElements = start, Data = UnsafeByteOperations.UnsafeWrap(data) };
         }
     }
 
-    private List<TensorChunk> TopK(float[] gradient, KeyRange range)
+    private List<TensorChunk> TopK(StepGradient gradient, KeyRange range)
     {
         var accumulated = _residual.AsSpan((int)range.Start, range.Length);
-        TensorPrimitives.Add(gradient.AsSpan((int)range.Start, range.Length), accumulated, accumulated);
+        foreach (var piece in gradient.Range(range.Start, range.Length))
+        {
+            var values = MemoryMarshal.Cast<byte, float>(piece.Span);
+            var part = accumulated[..values.Length];
+            TensorPrimitives.Add(values, part, part);
+            accumulated = accumulated[values.Length..];
+        }
+        accumulated = _residual.AsSpan((int)range.Start, range.Length);
         var chunks = new List<TensorChunk>();
         using var scope = torch.NewDisposeScope();
         var all = torch.tensor(accumulated.ToArray());

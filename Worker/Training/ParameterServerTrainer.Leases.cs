@@ -101,10 +101,12 @@ public sealed partial class ParameterServerTrainer
         // Test-only fault injection: a slow device, counted as compute.
         if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
         int[] batch = [.. lease.SampleIndices];
-        state.LossSum += ComputeGradient(training, batch, step);
+        var (loss, computed) = ComputeGradient(training, batch, step);
+        using var gradient = computed;
+        state.LossSum += loss;
         state.SampleCount += batch.Length;
         _timer.Computed();
-        while (await ExchangeAsync(training.Servers, step, batch.Length, training.Gradients, training.Parameters, cancellationToken) is { } version && version != step + 1)
+        while (await ExchangeAsync(training.Servers, step, batch.Length, gradient, training.Parameters, cancellationToken) is { } version && version != step + 1)
         {
             // A server came back from a checkpoint: at this very step the push is made again; earlier, applied steps were lost.
             if (version != step)

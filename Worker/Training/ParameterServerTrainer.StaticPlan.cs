@@ -74,10 +74,12 @@ public sealed partial class ParameterServerTrainer
             // Test-only fault injection: a slow device, counted as compute.
             if (options.SlowStepMillis > 0) await Task.Delay(options.SlowStepMillis, cancellationToken);
             var batch = indices.AsSpan(offsets[s], offsets[s + 1] - offsets[s]);
-            lossSum += ComputeGradient(training, batch, step);
+            var (loss, computed) = ComputeGradient(training, batch, step);
+            lossSum += loss;
             sampleCount += batch.Length;
             _timer.Computed();
-            long? resumeAt = await ExchangeAsync(training.Servers, step, batch.Length, training.Gradients, training.Parameters, cancellationToken);
+            long? resumeAt;
+            using (computed) resumeAt = await ExchangeAsync(training.Servers, step, batch.Length, computed, training.Parameters, cancellationToken);
             _timer.Exchanged(training.Servers.PushesDoneTimestamp, training.Servers.PullsStartedTimestamp, wireBytes, wireBytes, offsets[s + 1] - offsets[s]);
             training.Vector.WriteParameters(AsBytes(training.Parameters));
             if (resumeAt is { } version && version != step + 1)

@@ -76,22 +76,33 @@ public sealed partial class ParameterServerTrainer(
 
     private static Span<byte> AsBytes(float[] values) => System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan());
 
-    /// <summary>Forward and backward of one batch into the gradient buffer (zeros for an empty batch); returns the summed loss.</summary>
-    private double ComputeGradient(Training training, ReadOnlySpan<int> batch, long step)
+    /// <summary>
+    /// Forward and backward of one batch; returns the summed loss and the gradient to push, to be
+    /// disposed once it is pushed (on CPU, the gradient tensors' own memory; zeros for an empty batch).
+    /// </summary>
+    private (double Loss, StepGradient Gradient) ComputeGradient(Training training, ReadOnlySpan<int> batch, long step)
     {
         double loss = 0;
+        StepGradient gradient;
         if (batch.Length > 0)
         {
             loss = training.Task.ComputeGradient(batch);
-            training.Vector.ReadGradients(AsBytes(training.Gradients));
+            gradient = training.Vector.Gradients(training.Gradients);
         }
         else
         {
             Array.Clear(training.Gradients); // an idle step: the servers give it no weight
+            gradient = StepGradient.Of(training.Gradients);
         }
-        // Test-only fault injection: one non-finite gradient, which the servers must refuse.
-        if (step == options.NanGradientStep) training.Gradients[0] = float.NaN;
-        return loss;
+        if (step == options.NanGradientStep)
+        {
+            // Test-only fault injection: one non-finite gradient, which the servers must refuse.
+            gradient.CopyTo(training.Gradients);
+            gradient.Dispose();
+            training.Gradients[0] = float.NaN;
+            gradient = StepGradient.Of(training.Gradients);
+        }
+        return (loss, gradient);
     }
 
     /// <summary>
@@ -100,15 +111,15 @@ public sealed partial class ParameterServerTrainer(
     /// otherwise returns null.
     /// </summary>
     private async Task<long?> ExchangeAsync(
-        ShardedParameterClient servers, long step, int sampleCount, float[] gradients, float[] parameters, CancellationToken cancellationToken)
+        ShardedParameterClient servers, long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
     {
         try
         {
             // A dense exchange touches no tensors: it runs on the thread pool, where its sockets and codecs can use
             // another core. Top-k selection runs libtorch, so a sparse exchange stays on the compute thread.
             var exchange = servers.Sparse
-                ? servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken)
-                : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradients, parameters, cancellationToken), cancellationToken);
+                ? servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken)
+                : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken), cancellationToken);
             if (await exchange)
             {
                 _rejectedSinceReport++;

@@ -61,6 +61,41 @@ public sealed class ParameterVector : IDisposable
     public void ReadGradients(Span<byte> destination) => Read(destination, gradients: true);
 
     /// <summary>
+    /// The gradients as the push reads them: on CPU, the gradient tensors' own memory, read in
+    /// place (a parameter without a gradient gives zeros); elsewhere, copied into
+    /// <paramref name="buffer"/> through the staging tensors. Dispose it before the next backward pass.
+    /// </summary>
+    public StepGradient Gradients(float[] buffer)
+    {
+        if (_staging is not null)
+        {
+            ReadGradients(MemoryMarshal.AsBytes(buffer.AsSpan()));
+            return StepGradient.Of(buffer);
+        }
+        var pieces = new List<Tensor>(_entries.Length);
+        try
+        {
+            foreach (var (_, parameter, _, _) in _entries)
+            {
+                var gradient = parameter.grad;
+                if (gradient is null) pieces.Add(torch.zeros(parameter.numel(), ScalarType.Float32));
+                else if (gradient.is_contiguous()) pieces.Add(gradient);
+                else
+                {
+                    pieces.Add(gradient.contiguous());
+                    gradient.Dispose();
+                }
+            }
+            return StepGradient.Of(pieces);
+        }
+        catch
+        {
+            foreach (var piece in pieces) piece.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
     /// Makes <paramref name="buffer"/> the parameters' memory (CPU only): their values are copied
     /// into it, then each parameter becomes a view of its slice, so that whatever writes the
     /// buffer (a pull) writes the model, and <see cref="WriteParameters"/> from it copies nothing.

@@ -94,7 +94,7 @@ public sealed class ShardedParameterClient : IDisposable
     /// <paramref name="parameters"/>, all servers at once; returns whether a server refused the
     /// gradient for NaN or Inf (the step went on without it).
     /// </summary>
-    public async Task<bool> PushAndPullAsync(long step, int sampleCount, float[] gradient, float[] parameters, CancellationToken cancellationToken)
+    public async Task<bool> PushAndPullAsync(long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
     {
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).

@@ -41,6 +41,7 @@ public static class ParameterServerSync
             }).ToList();
             var parameters = clients.Select(_ => new float[elementCount]).ToList();
             var gradients = clients.Select(_ => Enumerable.Repeat(1e-3f, elementCount).ToArray()).ToList();
+            var pushed = gradients.Select(StepGradient.Of).ToList();
             var header = new InitializeHeader { JobId = jobId, WorldSize = workers, Dtype = DType.Float32, Optimizer = new OptimizerSettings().ToProto() };
             header.Layout = new TensorLayout();
             header.Layout.Tensors.Add(new TensorSpec { Name = "weights", Shape = { elementCount }, Dtype = DType.Float32 });
@@ -62,7 +63,7 @@ public static class ParameterServerSync
                     (allocatedStart, gen2Start) = (GC.GetTotalAllocatedBytes(precise: true), GC.CollectionCount(2));
                 }
                 long started = Stopwatch.GetTimestamp();
-                await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, gradients[r], parameters[r], CancellationToken.None)));
+                await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, pushed[r], parameters[r], CancellationToken.None)));
                 if (step >= warmup) stepSeconds.Add(Stopwatch.GetElapsedTime(started).TotalSeconds);
             }
             double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpuStart).TotalSeconds / steps;

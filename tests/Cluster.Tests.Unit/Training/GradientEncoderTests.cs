@@ -2,13 +2,16 @@ using Cluster.Protos;
 using Cluster.Shared.Sharding;
 using Cluster.Shared.Wire;
 using Cluster.Worker.Training;
+using System.Runtime.InteropServices;
+using TorchSharp;
 
 namespace Cluster.Tests.Unit.Training;
 
 /// <summary>
 /// <see cref="GradientEncoder"/>, dense: float32 chunks wrap the gradient; bfloat16 and float16
 /// chunks are encoded as they are taken into two chunk buffers per server, so a sender that keeps
-/// one chunk's write in flight while it takes the next still sends every chunk intact.
+/// one chunk's write in flight while it takes the next still sends every chunk intact. A gradient
+/// read in place from its tensors, piece by piece, sends what the same gradient in one buffer sends.
 /// </summary>
 [Trait("Tier", "unit")]
 public sealed class GradientEncoderTests
@@ -27,7 +30,7 @@ public sealed class GradientEncoderTests
         var expected = Wire.WireValues.Carried(gradient, dtype);
 
         // The servers' chunks taken side by side, as concurrent pushes take them; 64-byte chunks.
-        var senders = ranges.Select((_, server) => encoder.Encode(gradient, server, chunkBytes: 64).GetEnumerator()).ToList();
+        var senders = ranges.Select((_, server) => encoder.Encode(StepGradient.Of(gradient), server, chunkBytes: 64).GetEnumerator()).ToList();
         var received = new float[ElementCount];
         var inFlight = new TensorChunk?[ranges.Count];
         int[] next = new int[ranges.Count];
@@ -56,12 +59,63 @@ public sealed class GradientEncoderTests
         var encoder = new GradientEncoder(ranges, ElementCount, PartitionElements, DType.Bfloat16, topKRatio: 0);
 
         long offset = 0;
-        foreach (var chunk in encoder.Encode(new float[ElementCount], 0, chunkBytes: 300))
+        foreach (var chunk in encoder.Encode(StepGradient.Of(new float[ElementCount]), 0, chunkBytes: 300))
         {
             Assert.Equal(offset, chunk.OffsetElements);
             Assert.InRange(chunk.Data.Length, 2, 300);
             offset += chunk.Data.Length / 2;
         }
         Assert.Equal(ElementCount, offset);
+    }
+
+    [Theory]
+    [InlineData(DType.Float32, 0)]
+    [InlineData(DType.Bfloat16, 0)]
+    [InlineData(DType.Float16, 0)]
+    [InlineData(DType.Float32, 0.1)]
+    [InlineData(DType.Bfloat16, 0.1)]
+    public void A_gradient_in_pieces_sends_what_the_same_gradient_in_one_buffer_sends(DType dtype, double topKRatio)
+    {
+        var ranges = KeyRanges.Split(ElementCount, 3, PartitionElements);
+        var gradient = Enumerable.Range(0, ElementCount).Select(i => MathF.Cos(i) * (i % 17 + 1)).ToArray();
+        // Pieces that cross the servers' ranges and the chunks, one of a single element.
+        int[] cuts = [0, 7, 307, 308, 758, ElementCount];
+        var tensors = cuts.Zip(cuts.Skip(1), (from, to) => torch.tensor(gradient[from..to])).ToList();
+        using var pieces = StepGradient.Of(tensors);
+        var whole = new GradientEncoder(ranges, ElementCount, PartitionElements, dtype, topKRatio);
+        var piecewise = new GradientEncoder(ranges, ElementCount, PartitionElements, dtype, topKRatio);
+
+        for (int step = 0; step < 2; step++)
+            for (int server = 0; server < ranges.Count; server++)
+            {
+                var expected = Received(whole.Encode(StepGradient.Of(gradient), server, chunkBytes: 64), dtype, ranges[server].Length, topKRatio > 0);
+                var actual = Received(piecewise.Encode(pieces, server, chunkBytes: 64), dtype, ranges[server].Length, topKRatio > 0);
+                Assert.Equal(expected, actual);
+            }
+    }
+
+    [Fact]
+    public void A_range_of_a_gradient_in_pieces_is_cut_from_the_pieces_it_covers()
+    {
+        using var pieces = StepGradient.Of([torch.tensor(new float[] { 1, 2, 3 }), torch.tensor(new float[] { 4 }), torch.tensor(new float[] { 5, 6 })]);
+
+        Assert.Equal(6, pieces.ElementCount);
+        Assert.Equal([[2f, 3f], [4f], [5f]], pieces.Range(1, 4).Select(p => MemoryMarshal.Cast<byte, float>(p.Span).ToArray()));
+        Assert.Empty(pieces.Range(6, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => pieces.Range(4, 3).ToList());
+        var all = new float[6];
+        pieces.CopyTo(all);
+        Assert.Equal([1f, 2f, 3f, 4f, 5f, 6f], all);
+    }
+
+    /// <summary>What a server reads from one push's chunks, taken one at a time.</summary>
+    private static float[] Received(IEnumerable<TensorChunk> chunks, DType dtype, int length, bool sparse)
+    {
+        var received = new float[length];
+        long next = 0;
+        foreach (var chunk in chunks)
+            next = sparse ? ChunkReader.ReadSparse(chunk, dtype, received, next) : ChunkReader.ReadDense(chunk, dtype, received, next);
+        Assert.Equal(length, next);
+        return received;
     }
 }

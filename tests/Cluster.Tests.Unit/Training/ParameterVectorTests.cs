@@ -57,6 +57,26 @@ public sealed class ParameterVectorTests
         Assert.Equal(Enumerable.Repeat(2.5f, 3), output.data<float>().ToArray());
     }
 
+    [Fact]
+    public void The_gradients_read_in_place_are_those_copied_out_with_zeros_for_a_parameter_without_one()
+    {
+        using var first = nn.Linear(4, 3);
+        using var unused = nn.Linear(3, 2);
+        using var model = nn.Sequential(("first", first), ("unused", unused));
+        using var vector = new ParameterVector(model);
+        first.forward(torch.arange(8, dtype: ScalarType.Float32).reshape(2, 4)).square().sum().backward();
+        var copied = new float[vector.ElementCount];
+        vector.ReadGradients(Bytes(copied));
+
+        var inPlace = new float[vector.ElementCount];
+        using (var gradient = vector.Gradients(new float[vector.ElementCount]))
+            gradient.CopyTo(inPlace);
+
+        Assert.Equal(copied, inPlace);
+        Assert.Contains(inPlace, g => g != 0);
+        Assert.All(inPlace[15..], g => Assert.Equal(0f, g));
+    }
+
     [Theory]
     [InlineData("mlp")]
     [InlineData("cnn")]
