@@ -10,7 +10,9 @@ namespace Cluster.Worker.Training;
 
 /// <summary>
 /// Turns a step's float32 gradient into the chunks each parameter server receives: float32
-/// wraps the gradient buffer (no copy); bfloat16 / float16 encode each chunk as it is taken into
+/// wraps the gradient's memory (no copy) but for runs of small pieces (biases, norms), which are
+/// gathered into one chunk so that a model of many small tensors is not sent as as many frames;
+/// bfloat16 / float16 encode each chunk as it is taken into
 /// one of two chunk buffers kept per server, which stay in cache while the socket copies them;
 /// top-k sends, per partition, only the largest-magnitude fraction of (gradient + residual) as
 /// indices and values, and keeps what it did not send as the residual for the next step
@@ -22,15 +24,21 @@ public sealed class GradientEncoder
     private readonly int _partitionElements;
     private readonly DType _dtype;
     private readonly double _topKRatio;
-    private readonly byte[][][]? _chunkBuffers;  // [server][0 or 1]: dense bfloat16 / float16 chunks, used in turn
+    private readonly byte[][][]? _chunkBuffers;  // [server][0 or 1]: dense bfloat16 / float16 chunks, or float32 gathered ones, used in turn
     private readonly float[]? _residual;
+
+    /// <summary>A float32 piece smaller than this is gathered with its small neighbours into one chunk of at most this size.</summary>
+    public const int GatherBytes = 64 << 10;
 
     public GradientEncoder(IReadOnlyList<KeyRange> ranges, int elementCount, int partitionElements, DType dtype, double topKRatio)
     {
         (_ranges, _partitionElements, _dtype, _topKRatio) = (ranges, partitionElements, dtype, topKRatio);
         if (topKRatio > 0) _residual = new float[elementCount];
-        else if (dtype != DType.Float32)
-            _chunkBuffers = ranges.Select(_ => new[] { new byte[TensorWire.ChunkBytesMax], new byte[TensorWire.ChunkBytesMax] }).ToArray();
+        else
+        {
+            int bytes = dtype == DType.Float32 ? GatherBytes : TensorWire.ChunkBytesMax;
+            _chunkBuffers = ranges.Select(_ => new[] { new byte[bytes], new byte[bytes] }).ToArray();
+        }
     }
 
     public bool Sparse => _residual is not null;
@@ -44,25 +52,49 @@ public sealed class GradientEncoder
     public IEnumerable<TensorChunk> Encode(StepGradient gradient, int server, int chunkBytes = TensorWire.ChunkBytesSent) =>
         Sparse ? TopK(gradient, _ranges[server]) : Dense(gradient, server, Math.Min(chunkBytes, TensorWire.ChunkBytesMax));
 
-    private IEnumerable<TensorChunk> Dense(StepGradient gradient, int server, int chunkBytes)
+    private IEnumerable<TensorChunk> Dense(StepGradient gradient, int server, int chunkBytes) =>
+        _dtype == DType.Float32 ? DenseFloat32(gradient, server, chunkBytes) : DenseEncoded(gradient, server, chunkBytes);
+
+    /// <summary>Large pieces go as they are, a chunk never spanning two; runs of small ones are gathered into a chunk buffer.</summary>
+    private IEnumerable<TensorChunk> DenseFloat32(StepGradient gradient, int server, int chunkBytes)
     {
         var range = _ranges[server];
-        if (_chunkBuffers is null)
+        var buffers = _chunkBuffers![server];
+        int capacity = Math.Min(GatherBytes, chunkBytes) / sizeof(float) * sizeof(float), gathered = 0, turn = 0;
+        long offset = 0, gatheredFrom = 0;
+        foreach (var piece in gradient.Range(range.Start, range.Length))
         {
-            // float32 goes as it is, a piece at a time: a chunk never spans two of the gradient's pieces.
-            long offset = 0;
-            foreach (var piece in gradient.Range(range.Start, range.Length))
+            if (gathered > 0 && (piece.Length >= capacity || gathered + piece.Length > capacity))
+            {
+                yield return Gathered(buffers[turn], gatheredFrom, gathered);
+                (gathered, turn) = (0, turn ^ 1);
+            }
+            if (piece.Length >= capacity)
             {
                 foreach (var chunk in TensorWire.Chunks(piece, firstElement: offset, chunkBytes: chunkBytes)) yield return chunk;
-                offset += StepGradient.Elements(piece);
             }
-            yield break;
+            else
+            {
+                if (gathered == 0) gatheredFrom = offset;
+                piece.Span.CopyTo(buffers[turn].AsSpan(gathered));
+                gathered += piece.Length;
+            }
+            offset += StepGradient.Elements(piece);
         }
+        if (gathered > 0) yield return Gathered(buffers[turn], gatheredFrom, gathered);
+    }
+
+    private static TensorChunk Gathered(byte[] buffer, long firstElement, int bytes) =>
+        new() { OffsetElements = firstElement, Data = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, bytes)) };
+
+    private IEnumerable<TensorChunk> DenseEncoded(StepGradient gradient, int server, int chunkBytes)
+    {
+        var range = _ranges[server];
         int elementBytes = ElementCodec.ElementBytes(_dtype), step = chunkBytes / elementBytes, turn = 0;
         for (int start = 0; start < range.Length; start += step, turn ^= 1)
         {
             int length = Math.Min(step, range.Length - start);
-            var data = _chunkBuffers[server][turn].AsMemory(0, length * elementBytes);
+            var data = _chunkBuffers![server][turn].AsMemory(0, length * elementBytes);
             var encoded = data.Span;
             foreach (var piece in gradient.Range(range.Start + start, length))
             {

@@ -19,18 +19,22 @@ public sealed class GradientEncoderTests
     private const int ElementCount = 1000, PartitionElements = 100;
 
     [Theory]
-    [InlineData(DType.Float32)]
-    [InlineData(DType.Bfloat16)]
-    [InlineData(DType.Float16)]
-    public void A_sender_with_one_write_in_flight_sends_every_element_of_every_server(DType dtype)
+    [InlineData(DType.Float32, false)]
+    [InlineData(DType.Bfloat16, false)]
+    [InlineData(DType.Float16, false)]
+    [InlineData(DType.Float32, true)]
+    [InlineData(DType.Bfloat16, true)]
+    public void A_sender_with_one_write_in_flight_sends_every_element_of_every_server(DType dtype, bool inPieces)
     {
         var ranges = KeyRanges.Split(ElementCount, 3, PartitionElements);
         var encoder = new GradientEncoder(ranges, ElementCount, PartitionElements, dtype, topKRatio: 0);
         var gradient = Enumerable.Range(0, ElementCount).Select(i => MathF.Sin(i) * (i + 1)).ToArray();
         var expected = Wire.WireValues.Carried(gradient, dtype);
+        // In pieces: small ones (gathered into chunk buffers) between large ones (sent in place).
+        using var source = inPieces ? Pieces(gradient, [0, 5, 9, 200, 203, 210, 215, 220, 225, 230, 650, 651, 660, ElementCount]) : StepGradient.Of(gradient);
 
         // The servers' chunks taken side by side, as concurrent pushes take them; 64-byte chunks.
-        var senders = ranges.Select((_, server) => encoder.Encode(StepGradient.Of(gradient), server, chunkBytes: 64).GetEnumerator()).ToList();
+        var senders = ranges.Select((_, server) => encoder.Encode(source, server, chunkBytes: 64).GetEnumerator()).ToList();
         var received = new float[ElementCount];
         var inFlight = new TensorChunk?[ranges.Count];
         int[] next = new int[ranges.Count];
@@ -79,9 +83,7 @@ public sealed class GradientEncoderTests
         var ranges = KeyRanges.Split(ElementCount, 3, PartitionElements);
         var gradient = Enumerable.Range(0, ElementCount).Select(i => MathF.Cos(i) * (i % 17 + 1)).ToArray();
         // Pieces that cross the servers' ranges and the chunks, one of a single element.
-        int[] cuts = [0, 7, 307, 308, 758, ElementCount];
-        var tensors = cuts.Zip(cuts.Skip(1), (from, to) => torch.tensor(gradient[from..to])).ToList();
-        using var pieces = StepGradient.Of(tensors);
+        using var pieces = Pieces(gradient, [0, 7, 307, 308, 758, ElementCount]);
         var whole = new GradientEncoder(ranges, ElementCount, PartitionElements, dtype, topKRatio);
         var piecewise = new GradientEncoder(ranges, ElementCount, PartitionElements, dtype, topKRatio);
 
@@ -107,6 +109,26 @@ public sealed class GradientEncoderTests
         pieces.CopyTo(all);
         Assert.Equal([1f, 2f, 3f, 4f, 5f, 6f], all);
     }
+
+    [Fact]
+    public void Small_float32_pieces_are_gathered_into_few_chunks_and_large_ones_sent_in_place()
+    {
+        const int count = 100 * 10 + 40_000;
+        var ranges = KeyRanges.Split(count, 1, count);
+        var encoder = new GradientEncoder(ranges, count, count, DType.Float32, topKRatio: 0);
+        var gradient = Enumerable.Range(0, count).Select(i => (float)i).ToArray();
+        // A hundred 10-element pieces (biases), then one of 40,000 elements (160,000 bytes).
+        int[] cuts = [.. Enumerable.Range(0, 101).Select(i => i * 10), count];
+        using var pieces = Pieces(gradient, cuts);
+
+        var chunks = encoder.Encode(pieces, 0, chunkBytes: 1 << 20).ToList();
+
+        Assert.Equal([(0L, 4000), (1000L, 160_000)], chunks.Select(c => (c.OffsetElements, c.Data.Length)));
+        Assert.Equal(gradient, Received(chunks, DType.Float32, count, sparse: false));
+    }
+
+    private static StepGradient Pieces(float[] gradient, int[] cuts) =>
+        StepGradient.Of(cuts.Zip(cuts.Skip(1), (from, to) => torch.tensor(gradient[from..to])).ToList());
 
     /// <summary>What a server reads from one push's chunks, taken one at a time.</summary>
     private static float[] Received(IEnumerable<TensorChunk> chunks, DType dtype, int length, bool sparse)
