@@ -25,24 +25,36 @@ public static class FloatMemory
         return true;
     }
 
+    /// <summary>Bytes over a float array; pins may overlap (several readers of one buffer), so they are counted.</summary>
     private sealed class ByteView(float[] array, int offset, int length) : MemoryManager<byte>
     {
+        private readonly Lock _gate = new();
         private GCHandle _pin;
+        private int _pins;
 
         public override Span<byte> GetSpan() => MemoryMarshal.AsBytes(array.AsSpan(offset, length));
 
         public override unsafe MemoryHandle Pin(int elementIndex = 0)
         {
-            if (!_pin.IsAllocated) _pin = GCHandle.Alloc(array, GCHandleType.Pinned);
+            lock (_gate)
+                if (_pins++ == 0) _pin = GCHandle.Alloc(array, GCHandleType.Pinned);
             byte* start = (byte*)_pin.AddrOfPinnedObject() + (long)offset * sizeof(float) + elementIndex;
             return new MemoryHandle(start, default, this);
         }
 
         public override void Unpin()
         {
-            if (_pin.IsAllocated) _pin.Free();
+            lock (_gate)
+                if (_pins > 0 && --_pins == 0) _pin.Free();
         }
 
-        protected override void Dispose(bool disposing) => Unpin();
+        protected override void Dispose(bool disposing)
+        {
+            lock (_gate)
+            {
+                if (_pin.IsAllocated) _pin.Free();
+                _pins = 0;
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
+using Cluster.Shared.Wire;
 using Cluster.Worker.Data;
 using Cluster.Worker.Evaluation;
 using Cluster.Worker.Models;
@@ -198,16 +199,28 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
     /// turn, so that the reduced gradient of step t stays readable (for a member that is one
     /// step behind) while step t + 1 is reduced.
     /// </summary>
-    private sealed class Replica(ParameterVector vector, IOptimizer optimizer)
+    private sealed class Replica
     {
-        private readonly byte[][] _gradients = [new byte[vector.ByteCount], new byte[vector.ByteCount]];
-        private readonly byte[] _parameters = ReadInitial(vector);
+        private readonly ParameterVector _vector;
+        private readonly IOptimizer _optimizer;
+        private readonly byte[][] _gradients;
+        private readonly float[] _parameters;
         private long _lastApplied = -1;
 
-        public ParameterVector Vector => vector;
-        public Memory<byte> Parameters => _parameters;
+        public Replica(ParameterVector vector, IOptimizer optimizer)
+        {
+            (_vector, _optimizer) = (vector, optimizer);
+            _gradients = [new byte[vector.ByteCount], new byte[vector.ByteCount]];
+            _parameters = new float[vector.ElementCount];
+            // On CPU the model's parameters live in this buffer: the optimizer's step and a fetch update the model with no copy.
+            if (!vector.ShareParameters(_parameters)) vector.ReadParameters(MemoryMarshal.AsBytes(_parameters.AsSpan()));
+            Parameters = FloatMemory.AsWritableBytes(_parameters);
+        }
+
+        public ParameterVector Vector => _vector;
+        public Memory<byte> Parameters { get; }
         /// <summary>Optimizer steps applied (the next step to train).</summary>
-        public long CommittedStep => optimizer.StepCount;
+        public long CommittedStep => _optimizer.StepCount;
 
         public Memory<byte> GradientBuffer(long step) => _gradients[step % 2];
 
@@ -216,25 +229,18 @@ public sealed class AllReduceTrainer(Assignment assignment, Coordinator.Coordina
         {
             if (step != CommittedStep) throw new InvalidOperationException($"step {step} applied at committed step {CommittedStep}");
             // The optimizers of Shared/Optimizers leave the gradient unchanged, so it can still be served.
-            optimizer.Step(MemoryMarshal.Cast<byte, float>(_parameters.AsSpan()), MemoryMarshal.Cast<byte, float>(_gradients[step % 2].AsSpan()));
+            _optimizer.Step(_parameters, MemoryMarshal.Cast<byte, float>(_gradients[step % 2].AsSpan()));
             Volatile.Write(ref _lastApplied, step);
-            vector.WriteParameters(_parameters);
+            _vector.WriteParameters(Parameters.Span);
         }
 
         /// <summary>What the RingPeer Fetch call serves (called on the service's threads).</summary>
         public ReadOnlyMemory<byte>? Serve(FetchRequest request) => request.Kind switch
         {
-            FetchKind.Parameters => _parameters,
+            FetchKind.Parameters => Parameters,
             FetchKind.ReducedGradient when request.Step >= 0 && Volatile.Read(ref _lastApplied) == request.Step => _gradients[request.Step % 2],
             _ => null,
         };
-
-        private static byte[] ReadInitial(ParameterVector vector)
-        {
-            var bytes = new byte[vector.ByteCount];
-            vector.ReadParameters(bytes);
-            return bytes;
-        }
     }
 }
 
