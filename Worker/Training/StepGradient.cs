@@ -6,11 +6,11 @@ using TorchSharp;
 namespace Cluster.Worker.Training;
 
 /// <summary>
-/// One step's flat float32 gradient as a push reads it: pieces of memory that, in order, make up
-/// the flat vector (named_parameters() order), as the bytes of their float32 elements. Either one managed buffer, or the gradient tensors'
-/// own memory (<see cref="ParameterVector.Gradients"/>), so that a push copies each gradient once,
-/// straight from libtorch's memory onto the wire or into a shared region. Disposing it lets go of
-/// the tensors; their memory must not be read afterwards.
+/// One step's flat float32 gradient as a push reads it: pieces of memory (the bytes of their
+/// float32 elements) that, in order, make up the flat vector in named_parameters() order. Either
+/// one managed buffer, or the gradient tensors' own memory (<see cref="ParameterVector.Gradients"/>),
+/// so that a push copies each gradient once, straight from libtorch's memory onto the wire or into
+/// a shared region. Disposing it lets go of the tensors; their memory must not be read afterwards.
 /// </summary>
 public sealed class StepGradient : IDisposable
 {
@@ -36,10 +36,19 @@ public sealed class StepGradient : IDisposable
 
     /// <summary>
     /// A gradient made of <paramref name="pieces"/>, in flat order: contiguous float32 CPU tensors
-    /// whose memory is read in place; this object owns them and disposes them with itself.
+    /// whose memory is read in place; this object owns them and disposes them with itself. Any
+    /// other tensor is refused (ArgumentException), and the caller keeps them all.
     /// </summary>
     public static StepGradient Of(IReadOnlyList<torch.Tensor> pieces)
     {
+        for (int i = 0; i < pieces.Count; i++)
+        {
+            var tensor = pieces[i];
+            if (tensor.device_type != DeviceType.CPU || tensor.dtype != torch.ScalarType.Float32 || !tensor.is_contiguous())
+                throw new ArgumentException(
+                    $"pieces[{i}]: a {tensor.dtype} tensor on {tensor.device_type}{(tensor.is_contiguous() ? "" : ", not contiguous")}; expected a contiguous Float32 tensor on CPU",
+                    nameof(pieces));
+        }
         var memories = pieces.Select(tensor => new TensorMemory(tensor)).ToArray();
         return new StepGradient([.. memories.Select(m => m.Memory)], memories);
     }

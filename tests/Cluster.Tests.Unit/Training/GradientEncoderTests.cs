@@ -130,6 +130,22 @@ public sealed class GradientEncoderTests
     private static StepGradient Pieces(float[] gradient, int[] cuts) =>
         StepGradient.Of(cuts.Zip(cuts.Skip(1), (from, to) => torch.tensor(gradient[from..to])).ToList());
 
+    [Fact]
+    public void A_piece_that_is_not_a_contiguous_float32_cpu_tensor_is_refused_naming_it()
+    {
+        using var good = torch.tensor(new float[] { 1, 2 });
+        using var doubles = torch.tensor(new double[] { 1, 2 });
+        using var square = torch.tensor(new float[] { 1, 2, 3, 4 }).reshape(2, 2);
+        using var transposed = square.t();
+
+        var wrongType = Assert.Throws<ArgumentException>(() => StepGradient.Of([good, doubles]));
+        var strided = Assert.Throws<ArgumentException>(() => StepGradient.Of([transposed]));
+
+        Assert.Contains("pieces[1]: a Float64 tensor on CPU; expected a contiguous Float32 tensor on CPU", wrongType.Message);
+        Assert.Contains("pieces[0]: a Float32 tensor on CPU, not contiguous", strided.Message);
+        Assert.Equal(2f, good[1].item<float>());
+    }
+
     /// <summary>What a server reads from one push's chunks, taken one at a time.</summary>
     private static float[] Received(IEnumerable<TensorChunk> chunks, DType dtype, int length, bool sparse)
     {
