@@ -16,7 +16,9 @@ namespace Cluster.ParameterServer.Aggregation;
 /// type as it came off the wire, its elements packed from the start of the buffer's bytes. Those
 /// are decoded only as a range is combined, so a bfloat16 gradient crosses memory at half the
 /// size and is never written out as float32: combine and apply a partition in blocks of
-/// <see cref="BlockElements"/> and each block is decoded, combined and consumed in cache.
+/// <see cref="BlockElements"/> and each block is decoded, combined and consumed in cache. A
+/// bfloat16 gradient that is the step's alone is not even decoded: the optimizer reads it as it
+/// came (<see cref="SoleBFloat16"/>).
 /// </para>
 /// </summary>
 public sealed class StepAggregator
@@ -155,25 +157,45 @@ public sealed class StepAggregator
     /// </summary>
     public Span<float> Combined(int start, Span<float> scratch, ReadOnlySpan<bool> excluded = default)
     {
-        int sole = -1;
+        switch (SoleRank(excluded))
+        {
+            case Several:
+                Combine(start, scratch, excluded);
+                return scratch;
+            case None:
+                scratch.Clear();
+                return scratch;
+            case var sole when _encodings[sole] == DType.Float32:
+                return _rankGradients[sole].AsSpan(start, scratch.Length);
+            case var sole:
+                CopyGradient(sole, start, scratch);
+                return scratch;
+        }
+    }
+
+    /// <summary>
+    /// Elements [start, start + length) of the gradient as bfloat16, as they came off the wire,
+    /// when one rank alone takes part and pushed bfloat16 (its weight is 1: these are the step's
+    /// gradient exactly); empty otherwise (then use <see cref="Combined"/>).
+    /// </summary>
+    public ReadOnlySpan<ushort> SoleBFloat16(int start, int length, ReadOnlySpan<bool> excluded = default) =>
+        SoleRank(excluded) is >= 0 and var sole && _encodings[sole] == DType.Bfloat16
+            ? MemoryMarshal.Cast<byte, ushort>(StoredBytes(sole, start, length))
+            : [];
+
+    private const int None = -1, Several = -2;
+
+    /// <summary>The one rank that takes part (not excluded, with samples), or <see cref="None"/> or <see cref="Several"/>.</summary>
+    private int SoleRank(ReadOnlySpan<bool> excluded)
+    {
+        int sole = None;
         for (int r = 0; r < WorldSize; r++)
         {
             if (_sampleCounts[r] == 0 || IsExcluded(excluded, r)) continue;
-            if (sole >= 0)
-            {
-                Combine(start, scratch, excluded);
-                return scratch;
-            }
+            if (sole >= 0) return Several;
             sole = r;
         }
-        if (sole >= 0 && _encodings[sole] == DType.Float32) return _rankGradients[sole].AsSpan(start, scratch.Length);
-        if (sole >= 0)
-        {
-            CopyGradient(sole, start, scratch);
-            return scratch;
-        }
-        scratch.Clear();
-        return scratch;
+        return sole;
     }
 
     /// <summary>True when no rank takes part in the partition (every one excluded).</summary>

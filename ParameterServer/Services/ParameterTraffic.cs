@@ -80,7 +80,10 @@ public sealed class ParameterTraffic(ParameterStore store)
         var job = FindJob(request.JobId);
         int elementBytes = CallErrors.Guard(() => ElementCodec.ElementBytes(request.Dtype));
         await sink.WriteHeaderAsync(new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype }, cancellationToken);
-        // bf16/fp16: two buffers, so that a partition is encoded while the one before it is still being written.
+        // bf16/fp16: sent from the job's pull copy once the applier keeps one; until then (and for a
+        // partition the copy does not hold), encoded here into two buffers in turn, so that a
+        // partition is encoded while the one before it is still being written.
+        job.KeepPullCopy(request.Dtype);
         byte[][] encoded = request.Dtype == DType.Float32 ? [] : [Rent(job, elementBytes), Rent(job, elementBytes)];
         ValueTask writing = ValueTask.CompletedTask;
         try
@@ -90,7 +93,8 @@ public sealed class ParameterTraffic(ParameterStore store)
                 await job.WaitForPartitionAsync(p, request.MinVersion, cancellationToken);
                 var weights = job.Partition(p);
                 ReadOnlyMemory<byte> bytes = FloatMemory.AsBytes(weights);
-                if (encoded.Length > 0)
+                if (encoded.Length > 0 && job.PullCopyOf(p, request.Dtype) is { } copy) bytes = copy;
+                else if (encoded.Length > 0)
                 {
                     // This buffer's last partition (p - 2) was written before partition p - 1's write began.
                     var buffer = encoded[p % 2];

@@ -1,7 +1,9 @@
+using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
+using Cluster.Shared.Wire;
 
 namespace Cluster.ParameterServer.Training;
 
@@ -212,20 +214,16 @@ public sealed partial class JobParameters
         {
             int start = PartitionStart(partition), length = PartitionLength(partition);
             long reached = 0;
+            var copyType = PullCopyType;
             // A partition that every rank sent with NaN or Inf is not applied at all: not even
             // weight decay or momentum moves it.
-            if (!_aggregator.AllExcluded(_excluded[partition]))
-            {
-                // A block at a time: a combined or decoded block is consumed while it is in cache.
-                for (int offset = start; offset < start + length; offset += _block.Length)
-                {
-                    int block = Math.Min(_block.Length, start + length - offset);
-                    var combined = _aggregator.Combined(offset, _block.AsSpan(0, block), _excluded[partition]);
-                    _optimizer.StepRange(offset, _weights.AsSpan(offset, block), combined, _partitionVersions[partition] + 1);
-                }
-            }
+            bool applied = !_aggregator.AllExcluded(_excluded[partition]);
+            // A block at a time: a combined or decoded block is consumed while it is in cache.
+            for (int offset = start; offset < start + length; offset += _block.Length)
+                ApplyBlock(partition, offset, Math.Min(_block.Length, start + length - offset), applied, copyType);
             lock (_gate)
             {
+                PullCopyReached(partition, _partitionVersions[partition] + 1, copyType);
                 _partitionVersions[partition]++;
                 _partitionArrivals[partition] = 0;
                 Array.Clear(_excluded[partition]);
@@ -245,6 +243,29 @@ public sealed partial class JobParameters
             // consistent.
             if (reached > 0) VersionReached?.Invoke(this, reached);
         }
+    }
+
+    /// <summary>
+    /// Steps the block of <paramref name="length"/> elements at <paramref name="offset"/> (when
+    /// <paramref name="applied"/>) and writes it into the pull copy as <paramref name="copyType"/>
+    /// (unless Float32). A rank that pushed bfloat16 alone is stepped from its elements as they
+    /// came, with the bfloat16 copy written in the same pass.
+    /// </summary>
+    private void ApplyBlock(int partition, int offset, int length, bool applied, DType copyType)
+    {
+        var weights = _weights.AsSpan(offset, length);
+        long version = _partitionVersions[partition] + 1;
+        if (applied)
+        {
+            var sole = _aggregator.SoleBFloat16(offset, length, _excluded[partition]);
+            if (!sole.IsEmpty && copyType is DType.Bfloat16 or DType.Float32)
+            {
+                _optimizer.StepRange(offset, weights, sole, MemoryMarshal.Cast<byte, ushort>(copyType == DType.Float32 ? [] : PullCopyBytes(offset, length, copyType)), version);
+                return;
+            }
+            _optimizer.StepRange(offset, weights, _aggregator.Combined(offset, _block.AsSpan(0, length), _excluded[partition]), version);
+        }
+        if (copyType != DType.Float32) ElementCodec.Encode(weights, PullCopyBytes(offset, length, copyType), copyType);
     }
 
     /// <summary>Stops the applier once the job is dropped.</summary>

@@ -80,4 +80,18 @@ public sealed class GroupedOptimizer(int elementCount, IReadOnlyList<GroupedOpti
                 parameters.Slice(start - offset, stop - start), gradient.Slice(start - offset, stop - start), step);
         }
     }
+
+    public override void StepRange(int offset, Span<float> parameters, ReadOnlySpan<ushort> gradientBFloat16, Span<ushort> weightsBFloat16, long step)
+    {
+        CheckRange(offset, parameters.Length, gradientBFloat16.Length);
+        CheckCopy(parameters.Length, weightsBFloat16.Length);
+        int end = offset + parameters.Length;
+        foreach (var piece in Pieces)
+        {
+            int start = Math.Max(offset, piece.Start), stop = Math.Min(end, piece.Start + piece.Length);
+            if (stop <= start) continue;
+            piece.Optimizer.StepRange(start - piece.Start, parameters.Slice(start - offset, stop - start), gradientBFloat16.Slice(start - offset, stop - start),
+                weightsBFloat16.IsEmpty ? weightsBFloat16 : weightsBFloat16.Slice(start - offset, stop - start), step);
+        }
+    }
 }

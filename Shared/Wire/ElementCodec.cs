@@ -111,12 +111,28 @@ public static class ElementCodec
                 Vector256.Narrow(low, high).CopyTo(destination[i..]);
             }
         }
-        for (; i < bits.Length; i++)
-        {
-            uint value = bits[i];
-            destination[i] = float.IsNaN(source[i]) ? (ushort)0x7FC0 : (ushort)((value + 0x7FFF + ((value >> 16) & 1)) >> 16);
-        }
+        for (; i < bits.Length; i++) destination[i] = ToBFloat16(source[i]);
     }
+
+    /// <summary>Eight float32 values as bfloat16, rounded as <see cref="Encode"/> rounds them.</summary>
+    public static Vector128<ushort> ToBFloat16(Vector256<float> values)
+    {
+        var rounded = RoundToBFloat16(values.AsUInt32(), values, Vector256.Create(1u), Vector256.Create(0x7FFFu), Vector256.Create(0x7FC0_0000u));
+        return Vector128.Narrow(rounded.GetLower(), rounded.GetUpper());
+    }
+
+    /// <summary>Eight bfloat16 elements as the float32 values they stand for (exact).</summary>
+    public static Vector256<float> FromBFloat16(Vector128<ushort> elements) => (Vector256.WidenLower(elements.ToVector256()) << 16).AsSingle();
+
+    /// <summary>One float32 value as bfloat16, rounded as <see cref="Encode"/> rounds it.</summary>
+    public static ushort ToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+
+    /// <summary>One bfloat16 element as the float32 value it stands for.</summary>
+    public static float FromBFloat16(ushort element) => BitConverter.UInt32BitsToSingle((uint)element << 16);
 
     private static Vector256<uint> RoundToBFloat16(Vector256<uint> bits, Vector256<float> values, Vector256<uint> one, Vector256<uint> bias, Vector256<uint> quietNaN)
     {
@@ -138,6 +154,6 @@ public static class ElementCodec
                 (high << 16).CopyTo(bits[(i + Vector256<uint>.Count)..]);
             }
         }
-        for (; i < source.Length; i++) bits[i] = (uint)source[i] << 16;
+        for (; i < source.Length; i++) destination[i] = FromBFloat16(source[i]);
     }
 }

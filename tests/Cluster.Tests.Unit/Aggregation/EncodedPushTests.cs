@@ -165,6 +165,54 @@ public sealed class EncodedPushTests
         Assert.NotEqual(Bits(initial), Bits(encoded.WeightsAsFloats));
     }
 
+    [Theory]
+    [InlineData("adam", 1, DType.Bfloat16)]   // a sole bfloat16 rank: stepped from its elements, the copy written in the same pass
+    [InlineData("adamw", 1, DType.Float16)]   // the same gradient path, the copy encoded after the step
+    [InlineData("sgd", 1, DType.Bfloat16)]    // the optimizers' block-by-block default
+    [InlineData("adam", 2, DType.Bfloat16)]   // ranks combined, then the copy encoded
+    public async Task The_pull_copy_holds_each_partitions_current_weights_encoded_and_only_those(string optimizer, int ranks, DType pullType)
+    {
+        const int partition = StepAggregator.BlockElements + 4000;
+        var settings = new OptimizerSettings { Kind = optimizer, LearningRate = 1e-3, Momentum = optimizer == "sgd" ? 0.9 : 0, WeightDecay = 0.01 };
+        float[] initial = RandomGradient(98);
+        var job = new JobParameters("job-c", ranks, new TensorLayout(), settings, [.. initial], partitionElements: partition);
+        var decoded = new JobParameters("job-d", ranks, new TensorLayout(), settings, [.. initial], partitionElements: partition);
+        job.KeepPullCopy(pullType);
+        Assert.All(Enumerable.Range(0, job.PartitionCount), p => Assert.Null(job.PullCopyOf(p, pullType))); // version 0 was never copied
+
+        for (long step = 0; step < 3; step++)
+        {
+            for (int rank = 0; rank < ranks; rank++)
+            {
+                float[] gradient = RandomGradient((int)step * 10 + rank);
+                // Step 1 brings a NaN in the last partition from every rank: that partition is not
+                // applied, yet its copy must hold it at the new version.
+                if (step == 1) gradient[Elements - 2] = float.NaN;
+                float[] carried = WireValues.Carried(gradient, DType.Bfloat16);
+                Store(job.BeginPush(rank, step, 32 + rank, DType.Bfloat16).Span, carried, DType.Bfloat16);
+                job.Received(rank, Elements);
+                carried.CopyTo(decoded.BeginPush(rank, step, 32 + rank).Span);
+                decoded.Received(rank, Elements);
+                foreach (var each in new[] { job, decoded })
+                {
+                    if (step == 1) Assert.Throws<NonFiniteGradientException>(() => each.CompletePush(rank));
+                    else each.CompletePush(rank);
+                }
+            }
+            await job.WaitForVersionAsync(step + 1, CancellationToken.None).WaitAsync(Patience);
+            await decoded.WaitForVersionAsync(step + 1, CancellationToken.None).WaitAsync(Patience);
+
+            Assert.Equal(Bits(decoded.WeightsAsFloats), Bits(job.WeightsAsFloats));
+            for (int p = 0; p < job.PartitionCount; p++)
+            {
+                var expected = new byte[job.PartitionLength(p) * 2];
+                ElementCodec.Encode(job.Partition(p).Span, expected, pullType);
+                Assert.Equal(expected, job.PullCopyOf(p, pullType)!.Value.ToArray());
+                Assert.Null(job.PullCopyOf(p, pullType == DType.Bfloat16 ? DType.Float16 : DType.Bfloat16)); // another type: encoded by the pull
+            }
+        }
+    }
+
     [Fact]
     public async Task A_retry_keeps_the_wire_type_of_the_partitions_already_delivered()
     {
@@ -210,16 +258,35 @@ public sealed class EncodedPushTests
             new TestCallContext(CancellationToken.None));
         var job = store.Find("job-g")!;
         float[] gradient = RandomGradient(11);
+        // A bfloat16 pull before any step: encoded as it is sent (the job keeps a copy from now on).
+        Assert.Equal(new byte[Elements * 2], await PullBytes(service, 0));
 
         var reply = await Push(service, 0, gradient);
         await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);
         Assert.False(reply.Rejected);
-        Assert.Equal(Bits(WireValues.Carried(gradient, DType.Bfloat16).Select(g => -g).ToArray()), Bits(job.WeightsAsFloats));
+        float[] stepped = [.. WireValues.Carried(gradient, DType.Bfloat16).Select(g => -g)];
+        Assert.Equal(Bits(stepped), Bits(job.WeightsAsFloats));
+        // Sent from the copy the applier wrote: the new weights, encoded.
+        var encoded = new byte[Elements * 2];
+        ElementCodec.Encode(stepped, encoded, DType.Bfloat16);
+        Assert.Equal(encoded, await PullBytes(service, 1));
 
         gradient[Elements - 3] = float.NaN;
         reply = await Push(service, 1, gradient);
         Assert.True(reply.Rejected);
         Assert.Equal(1, job.RejectedGradients);
+    }
+
+    /// <summary>A bfloat16 pull of version <paramref name="minVersion"/>, its chunks put together.</summary>
+    private static async Task<byte[]> PullBytes(ParameterServerService service, long minVersion)
+    {
+        var writer = new ListWriter<PullMessage>();
+        await service.PullParameters(new PullRequest { JobId = "job-g", MinVersion = minVersion, Dtype = DType.Bfloat16 }, writer,
+            new TestCallContext(CancellationToken.None)).WaitAsync(Patience);
+        var bytes = new byte[Elements * 2];
+        foreach (var chunk in writer.Written.Where(m => m.BodyCase == PullMessage.BodyOneofCase.Chunk).Select(m => m.Chunk))
+            chunk.Data.Span.CopyTo(bytes.AsSpan((int)chunk.OffsetElements * 2));
+        return bytes;
     }
 
     private static Task<PushReply> Push(ParameterServerService service, long step, float[] gradient)

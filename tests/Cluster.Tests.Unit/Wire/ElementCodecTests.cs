@@ -129,6 +129,30 @@ public sealed class ElementCodecTests
         }
     }
 
+    [Fact]
+    public void The_eight_lane_bfloat16_conversions_equal_the_span_codec_on_ties_nan_infinity_and_the_largest_floats()
+    {
+        var source = RandomFloats(new Random(8), 64, withSpecials: true);
+        uint[] edges = [0x3F80_8000u, 0x3F81_8000u, 0x7F7F_FFFFu, 0xFF7F_FFFFu, 0x7F80_0001u, 0xFFFF_FFFFu, 0x7F80_0000u, 0x0000_0001u];
+        for (int i = 0; i < edges.Length; i++) source[i] = BitConverter.UInt32BitsToSingle(edges[i]);
+        var expected = new byte[source.Length * 2];
+        ElementCodec.Encode(source, expected, DType.Bfloat16);
+        var bits = MemoryMarshal.Cast<byte, ushort>(expected);
+
+        for (int i = 0; i < source.Length; i += 8)
+        {
+            var lanes = ElementCodec.ToBFloat16(System.Runtime.Intrinsics.Vector256.Create(source.AsSpan(i, 8)));
+            var back = ElementCodec.FromBFloat16(lanes);
+            for (int lane = 0; lane < 8; lane++)
+            {
+                Assert.Equal(bits[i + lane], lanes[lane]);
+                Assert.Equal(bits[i + lane], ElementCodec.ToBFloat16(source[i + lane]));
+                Assert.Equal((uint)bits[i + lane] << 16, BitConverter.SingleToUInt32Bits(back[lane]));
+                Assert.Equal((uint)bits[i + lane] << 16, BitConverter.SingleToUInt32Bits(ElementCodec.FromBFloat16(bits[i + lane])));
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Lengths))]
     public void Float16_round_trips_as_a_cast_to_half_and_back(int length)
