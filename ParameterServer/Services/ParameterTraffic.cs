@@ -74,11 +74,7 @@ public sealed class ParameterTraffic(ParameterStore store)
         }
     }
 
-    /// <summary>
-    /// Streams each partition as soon as it reaches min_version, then (from version 1) the ranks
-    /// behind the steps applied. Partitions after it that have reached the version too go in the
-    /// same write, up to a chunk's size, when they are sent as they lie in memory.
-    /// </summary>
+    /// <summary>Streams each partition as soon as it reaches min_version, then (from version 1) the ranks behind the steps applied.</summary>
     public async Task PullAsync(PullRequest request, IPullSink sink, CancellationToken cancellationToken)
     {
         var job = FindJob(request.JobId);
@@ -92,21 +88,21 @@ public sealed class ParameterTraffic(ParameterStore store)
         ValueTask writing = ValueTask.CompletedTask;
         try
         {
-            for (int p = 0, writes = 0; p < job.PartitionCount; writes++)
+            for (int p = 0; p < job.PartitionCount; p++)
             {
                 await job.WaitForPartitionAsync(p, request.MinVersion, cancellationToken);
-                long firstElement = job.PartitionStart(p);
-                if (job.PullRun(p, request.Dtype, request.MinVersion, TensorWire.ChunkBytesMax) is not ({ } bytes, int partitions))
+                var weights = job.Partition(p);
+                ReadOnlyMemory<byte> bytes = FloatMemory.AsBytes(weights);
+                if (encoded.Length > 0 && job.PullCopyOf(p, request.Dtype) is { } copy) bytes = copy;
+                else if (encoded.Length > 0)
                 {
-                    // This buffer was last written two writes ago, and that write ended before the last one began.
-                    var buffer = encoded[writes % 2];
-                    var weights = job.Partition(p).Span;
-                    ElementCodec.Encode(weights, buffer, request.Dtype);
-                    (bytes, partitions) = (buffer.AsMemory(0, weights.Length * elementBytes), 1);
+                    // This buffer's last partition (p - 2) was written before partition p - 1's write began.
+                    var buffer = encoded[p % 2];
+                    ElementCodec.Encode(weights.Span, buffer, request.Dtype);
+                    bytes = buffer.AsMemory(0, weights.Length * elementBytes);
                 }
                 await Finish(ref writing);
-                writing = sink.WritePartitionAsync(firstElement, bytes, elementBytes, cancellationToken);
-                p += partitions;
+                writing = sink.WritePartitionAsync(job.PartitionStart(p), bytes, elementBytes, cancellationToken);
             }
             await Finish(ref writing);
         }

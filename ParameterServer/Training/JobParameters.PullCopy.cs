@@ -34,31 +34,17 @@ public sealed partial class JobParameters
     }
 
     /// <summary>
-    /// What a pull of <paramref name="dtype"/> sends for partition <paramref name="first"/> (which
-    /// has reached <paramref name="minVersion"/>) as it lies in memory: the master weights
-    /// (float32) or the pull copy, with the partitions after it that have reached the version too,
-    /// as many as fit in <paramref name="maxBytes"/> (the first always). Null when the pull must
-    /// encode the first itself (no copy of it in that type at its version).
+    /// Partition <paramref name="partition"/> as <paramref name="dtype"/> elements from the copy,
+    /// when the copy holds its current version in that type; null otherwise.
     /// </summary>
-    public (ReadOnlyMemory<byte> Bytes, int Partitions)? PullRun(int first, DType dtype, long minVersion, int maxBytes)
+    public ReadOnlyMemory<byte>? PullCopyOf(int partition, DType dtype)
     {
-        int elementBytes = ElementCodec.ElementBytes(dtype), partitions = 0, elements = 0;
-        long bytes = 0;
         lock (_gate)
         {
-            // An async job's versions move partition by partition under the lock only as a whole: one partition at a time.
-            for (int p = first; p < (IsAsync ? first + 1 : PartitionCount); p++)
-            {
-                long size = (long)PartitionLength(p) * elementBytes;
-                if (p > first && (_partitionVersions[p] < minVersion || bytes + size > maxBytes)) break;
-                if (dtype != DType.Float32 && (_pullCopy is null || _copyTypes![p] != dtype || _copyVersions![p] != _partitionVersions[p])) break;
-                (bytes, elements, partitions) = (bytes + size, elements + PartitionLength(p), partitions + 1);
-            }
+            if (_pullCopy is null || _copyTypes![partition] != dtype || _copyVersions![partition] != _partitionVersions[partition]) return null;
         }
-        if (partitions == 0) return null;
-        int start = PartitionStart(first);
-        return (dtype == DType.Float32 ? FloatMemory.AsBytes(_weights.AsMemory(start, elements)) : _pullCopy.AsMemory(start * elementBytes, elements * elementBytes),
-            partitions);
+        int elementBytes = ElementCodec.ElementBytes(dtype);
+        return _pullCopy.AsMemory(PartitionStart(partition) * elementBytes, PartitionLength(partition) * elementBytes);
     }
 
     /// <summary>The type the applier keeps the copy in for the partition it starts now (Float32: none).</summary>

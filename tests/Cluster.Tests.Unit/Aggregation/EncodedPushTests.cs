@@ -178,7 +178,7 @@ public sealed class EncodedPushTests
         var job = new JobParameters("job-c", ranks, new TensorLayout(), settings, [.. initial], partitionElements: partition);
         var decoded = new JobParameters("job-d", ranks, new TensorLayout(), settings, [.. initial], partitionElements: partition);
         job.KeepPullCopy(pullType);
-        Assert.All(Enumerable.Range(0, job.PartitionCount), p => Assert.Null(job.PullRun(p, pullType, 0, 0))); // version 0 was never copied
+        Assert.All(Enumerable.Range(0, job.PartitionCount), p => Assert.Null(job.PullCopyOf(p, pullType))); // version 0 was never copied
 
         for (long step = 0; step < 3; step++)
         {
@@ -207,40 +207,10 @@ public sealed class EncodedPushTests
             {
                 var expected = new byte[job.PartitionLength(p) * 2];
                 ElementCodec.Encode(job.Partition(p).Span, expected, pullType);
-                Assert.Equal(expected, job.PullRun(p, pullType, step + 1, 0)!.Value.Bytes.ToArray());
-                Assert.Null(job.PullRun(p, pullType == DType.Bfloat16 ? DType.Float16 : DType.Bfloat16, step + 1, 0)); // another type: encoded by the pull
+                Assert.Equal(expected, job.PullCopyOf(p, pullType)!.Value.ToArray());
+                Assert.Null(job.PullCopyOf(p, pullType == DType.Bfloat16 ? DType.Float16 : DType.Bfloat16)); // another type: encoded by the pull
             }
         }
-    }
-
-    [Theory]
-    [InlineData(DType.Float32)]
-    [InlineData(DType.Bfloat16)]
-    public async Task A_pull_run_takes_the_partitions_at_the_version_that_fit_in_one_write(DType dtype)
-    {
-        const int partition = 1000, partitions = 5;
-        var job = new JobParameters("job-run", 1, new TensorLayout(), new OptimizerSettings { Kind = "sgd", LearningRate = 1 }, RandomGradient(4, partition * partitions),
-            partitionElements: partition);
-        job.KeepPullCopy(dtype);
-        int bytes = partition * ElementCodec.ElementBytes(dtype);
-
-        // Before the step: the first partition (the pull waited for it) and none that has not reached version 1.
-        if (dtype == DType.Float32) Assert.Equal(1, job.PullRun(0, dtype, 1, 10 * bytes)!.Value.Partitions);
-        else Assert.Null(job.PullRun(0, dtype, 1, 10 * bytes)); // no copy of version 0: the pull encodes it
-
-        float[] gradient = RandomGradient(5, partition * partitions);
-        Store(job.BeginPush(0, 0, 8, DType.Float32).Span, gradient, DType.Float32);
-        job.Received(0, partition * partitions);
-        job.CompletePush(0);
-        await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);
-
-        var (run, count) = job.PullRun(1, dtype, 1, 2 * bytes + bytes / 2)!.Value;
-        Assert.Equal(2, count); // a third would not fit
-        var expected = new byte[2 * bytes];
-        ElementCodec.Encode(job.WeightsAsFloats.Slice(partition, 2 * partition), expected, dtype);
-        Assert.Equal(expected, run.ToArray());
-        Assert.Equal(1, job.PullRun(1, dtype, 1, 0)!.Value.Partitions);        // the first always
-        Assert.Equal(2, job.PullRun(3, dtype, 1, 10 * bytes)!.Value.Partitions); // up to the last
     }
 
     [Fact]
