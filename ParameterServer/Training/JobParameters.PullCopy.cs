@@ -7,10 +7,10 @@ namespace Cluster.ParameterServer.Training;
 /// The weights as bfloat16 or float16, kept for pulls of that type: the applier writes each block
 /// into the copy while the block is in cache, right after updating it, so a pull sends the copy as
 /// it is instead of reading the partition again to encode it. Made once the first pull asks for a
-/// 2-byte type (BSP jobs only, and ranges that fit one array); a partition's copy is used only while it holds the partition's
-/// current version in the type asked for, and a pull otherwise encodes as before. The copy of a
-/// partition at version t is written only when the partition moves to t + 1, which the class
-/// remarks show no rank's pull of version t can overlap.
+/// 2-byte type (BSP jobs only, and ranges that fit one array). A partition's copy is used only
+/// while it holds the partition's current version in the type asked for; otherwise the pull
+/// encodes as before. The copy of a partition at version t is written only when the partition
+/// moves to t + 1, which the class remarks show no rank's pull of version t can overlap.
 /// </summary>
 public sealed partial class JobParameters
 {
