@@ -249,23 +249,25 @@ public sealed partial class JobParameters
     /// Steps the block of <paramref name="length"/> elements at <paramref name="offset"/> (when
     /// <paramref name="applied"/>) and writes it into the pull copy as <paramref name="copyType"/>
     /// (unless Float32). A rank that pushed bfloat16 alone is stepped from its elements as they
-    /// came, with the bfloat16 copy written in the same pass.
+    /// came, and a bfloat16 copy is then written in the same pass.
     /// </summary>
     private void ApplyBlock(int partition, int offset, int length, bool applied, DType copyType)
     {
         var weights = _weights.AsSpan(offset, length);
         long version = _partitionVersions[partition] + 1;
+        bool copied = false;
         if (applied)
         {
             var sole = _aggregator.SoleBFloat16(offset, length, _excluded[partition]);
-            if (!sole.IsEmpty && copyType is DType.Bfloat16 or DType.Float32)
+            if (sole.IsEmpty) _optimizer.StepRange(offset, weights, _aggregator.Combined(offset, _block.AsSpan(0, length), _excluded[partition]), version);
+            else
             {
-                _optimizer.StepRange(offset, weights, sole, MemoryMarshal.Cast<byte, ushort>(copyType == DType.Float32 ? [] : PullCopyBytes(offset, length, copyType)), version);
-                return;
+                var copy = copyType == DType.Bfloat16 ? MemoryMarshal.Cast<byte, ushort>(PullCopyBytes(offset, length, copyType)) : [];
+                _optimizer.StepRange(offset, weights, sole, copy, version);
+                copied = !copy.IsEmpty;
             }
-            _optimizer.StepRange(offset, weights, _aggregator.Combined(offset, _block.AsSpan(0, length), _excluded[partition]), version);
         }
-        if (copyType != DType.Float32) ElementCodec.Encode(weights, PullCopyBytes(offset, length, copyType), copyType);
+        if (copyType != DType.Float32 && !copied) ElementCodec.Encode(weights, PullCopyBytes(offset, length, copyType), copyType);
     }
 
     /// <summary>Stops the applier once the job is dropped.</summary>

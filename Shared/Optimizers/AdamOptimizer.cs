@@ -119,7 +119,8 @@ public sealed class AdamOptimizer : FlatOptimizer
     /// <summary>
     /// The update of every whole vector of 8 elements in one loop (the gradient, the moments and a
     /// non-empty <paramref name="copy"/> are as long as <paramref name="p"/>, which the caller
-    /// checked); <typeparamref name="TCopy"/> may write the new weights into the copy. Returns how many elements it did.
+    /// checked); <typeparamref name="TCopy"/> may write the new weights into the copy. Returns how
+    /// many elements it did.
     /// </summary>
     private static int UpdateVectors<TGradient, TCopy>(Span<float> p, ref byte g0, Span<float> m, Span<float> v, Span<ushort> copy, in Coefficients c)
         where TGradient : struct, IGradientLanes where TCopy : struct, IWeightsCopy
