@@ -71,6 +71,9 @@ double loopback = await LoopbackSocket.MeasureGigabytesPerSecondAsync(quick ? 25
 Report(new("loopback", "raw TCP socket, one direction", loopback, "GB/s"));
 double roundTrip = await LoopbackSocket.MeasureRoundTripMicrosecondsAsync(quick ? 1_000 : 20_000);
 Report(new("loopback", "round trip of an 8-byte message between two tasks (.NET sockets), median", roundTrip, "µs"));
+// The memory copy rate says which mode of the machine this run met (the codec passes and Adam run at it).
+int copyElements = quick ? 2_500_000 : 25_000_000;
+Report(new("loopback", $"memory copy of {copyElements * 4 / 1_000_000} MB on one core, best of 10", ServerPhases.CopyGigabytesPerSecond(copyElements, 10), "GB/s"));
 
 // 4. Parameter-server sync of a 25M-parameter (100 MB) model: push + pull per step. Each
 // configuration reports its median step after a warm-up. The pair that acceptance 3 compares

@@ -24,6 +24,21 @@ public static class ServerPhases
         yield return ("bfloat16 decode", Best(repeats, () => ElementCodec.Decode(wire.AsSpan(0, elementCount * 2), gradient, DType.Bfloat16)));
     }
 
+    /// <summary>
+    /// The machine's memory copy rate on one core: <paramref name="elementCount"/> floats copied,
+    /// best of <paramref name="repeats"/>, in GB/s of data copied. The codec passes and Adam run at
+    /// memory speed, so this says which mode of the machine a run met: on these 2-core machines it
+    /// has ranged from 7 to 19 GB/s, and Adam's time and what bf16 gains over fp32 move with it
+    /// (BENCHMARKS.md).
+    /// </summary>
+    public static double CopyGigabytesPerSecond(int elementCount, int repeats)
+    {
+        var source = Enumerable.Repeat(1e-3f, elementCount).ToArray();
+        var destination = new float[elementCount];
+        double millis = Best(repeats, () => source.AsSpan().CopyTo(destination));
+        return (double)elementCount * sizeof(float) / (millis / 1000) / 1e9;
+    }
+
     private static double Best(int repeats, Action action)
     {
         double best = double.MaxValue;

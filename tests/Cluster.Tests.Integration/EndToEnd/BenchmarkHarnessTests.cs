@@ -32,6 +32,7 @@ public sealed class BenchmarkHarnessTests
         foreach (string model in new[] { "cnn", "mlp" })
             foreach (string phase in new[] { "local step (batch 64)", "1-worker cluster step, median: compute", "1-worker cluster step, median: push" })
                 Assert.Contains(names, name => name.StartsWith($"{model}: {phase}", StringComparison.Ordinal));
+        Assert.Contains(names, name => name.StartsWith("memory copy of 10 MB on one core", StringComparison.Ordinal));
         // The syncs through shared memory, each against the same sync over the socket.
         Assert.Contains(names, name => name.EndsWith("K=1, float32 through shared memory: time per step", StringComparison.Ordinal));
         Assert.Contains(names, name => name == "2.1 MB model (the mlp's size), 1 worker(s), K=1, float32 through shared memory: time per step");
