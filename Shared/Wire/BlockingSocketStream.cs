@@ -9,11 +9,41 @@ namespace Cluster.Shared.Wire;
 /// wait through the socket engine's thread and the thread pool; this stream never does, so a
 /// frame that arrives wakes the serving thread directly. Deadlines are the socket's
 /// ReceiveTimeout and SendTimeout (a token cannot interrupt a blocking call); disposing the
-/// stream from another thread ends a call in progress.
+/// stream from another thread ends a call in progress (<see cref="AbortOn"/>: when a token is cancelled).
 /// </summary>
 public sealed class BlockingSocketStream(Socket socket) : Stream
 {
     private readonly NetworkStream _inner = new(socket, ownsSocket: true);
+
+    /// <summary>
+    /// Connects to <paramref name="host"/>:<paramref name="port"/> with the socket left in blocking
+    /// mode: the blocking connect runs on the thread pool, and a cancelled token closes the socket,
+    /// which ends it (OperationCanceledException; a refused or failed connect is a SocketException).
+    /// </summary>
+    public static async Task<BlockingSocketStream> ConnectAsync(string host, int port, CancellationToken cancellationToken)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var connecting = Task.Run(() => socket.Connect(host, port), CancellationToken.None);
+        try
+        {
+            await connecting.WaitAsync(cancellationToken);
+        }
+        catch
+        {
+            socket.Dispose();
+            // The connect ends with the socket; its failure is not the one that counts.
+            _ = connecting.ContinueWith(static ended => ended.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            throw;
+        }
+        return new BlockingSocketStream(socket);
+    }
+
+    /// <summary>
+    /// Closes the socket when <paramref name="cancellationToken"/> is cancelled, which ends a call in
+    /// progress on another thread (and a TLS stream's above it: the socket is what it reads).
+    /// </summary>
+    public CancellationTokenRegistration AbortOn(CancellationToken cancellationToken) =>
+        cancellationToken.Register(static stream => ((Stream)stream!).Dispose(), this);
 
     public Socket Socket => socket;
 

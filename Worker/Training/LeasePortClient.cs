@@ -13,13 +13,16 @@ namespace Cluster.Worker.Training;
 /// A worker's connection to the coordinator's lease port (coordinator.proto, LeasePortFrame),
 /// opened on the first lease and kept: a request frame, then the reply or LeaseShard's refusal
 /// (an RpcException with its status; the connection stays open). A connection that breaks is
-/// closed and the next lease opens a new one.
+/// closed and the next lease opens a new one. Its calls block the caller
+/// (<see cref="BlockingSocketStream"/>), so the reply wakes the thread that asked directly; a
+/// cancelled token closes the connection, which ends a call in progress.
 /// </summary>
 public sealed class LeasePortClient(string host, int port, bool tls, ClusterSecurity security) : IDisposable
 {
     /// <summary>Longest wait for the port to accept and authenticate a connection.</summary>
     public static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(5);
 
+    private BlockingSocketStream? _socket;
     private Stream? _stream;
     private LeasePortProtocol.Reader? _reader;
 
@@ -37,9 +40,10 @@ public sealed class LeasePortClient(string host, int port, bool tls, ClusterSecu
     /// <exception cref="IOException">The connection broke, or a frame against the rules came back; the connection is closed.</exception>
     public async Task<LeaseShardReply> LeaseAsync(LeaseShardRequest request, CancellationToken cancellationToken)
     {
-        var (stream, reader) = _stream is { } open ? (open, _reader!) : await ConnectAsync(cancellationToken);
+        var (socket, stream, reader) = _stream is { } open ? (_socket!, open, _reader!) : await ConnectAsync(cancellationToken);
         try
         {
+            using var abort = socket.AbortOn(cancellationToken);
             await LeasePortProtocol.WriteAsync(stream, new LeasePortFrame { Request = request }, cancellationToken);
             await stream.FlushAsync(cancellationToken);
             var frame = await reader.ReadAsync(cancellationToken) ?? throw new EndOfStreamException("the coordinator closed the lease connection");
@@ -53,20 +57,23 @@ public sealed class LeasePortClient(string host, int port, bool tls, ClusterSecu
         catch (Exception e) when (e is not RpcException)
         {
             Close();
+            cancellationToken.ThrowIfCancellationRequested();
             throw e is InvalidDataException ? new IOException($"lease port at {Address}: {e.Message}", e) : e;
         }
     }
 
-    private async Task<(Stream, LeasePortProtocol.Reader)> ConnectAsync(CancellationToken cancellationToken)
+    private async Task<(BlockingSocketStream, Stream, LeasePortProtocol.Reader)> ConnectAsync(CancellationToken cancellationToken)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(ConnectTimeout);
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        BlockingSocketStream? socket = null;
         Stream? stream = null;
         try
         {
-            await socket.ConnectAsync(host, port, timeout.Token);
-            stream = new NetworkStream(socket, ownsSocket: true);
+            socket = await BlockingSocketStream.ConnectAsync(host, port, timeout.Token);
+            stream = socket;
+            // TLS and the handshake are blocking calls: the timeout closes the socket under them.
+            using var abort = socket.AbortOn(timeout.Token);
             if (tls)
             {
                 var secured = new SslStream(stream, leaveInnerStreamOpen: false);
@@ -75,32 +82,27 @@ public sealed class LeasePortClient(string host, int port, bool tls, ClusterSecu
             }
             await LeasePortProtocol.Handshake.ConnectAsync(stream, security.Secret, ReadOnlyMemory<byte>.Empty, timeout.Token);
         }
-        catch (Exception e) when (e is SocketException or IOException or AuthenticationException
-            || e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested && (e is SocketException or IOException or AuthenticationException
+            or OperationCanceledException or ObjectDisposedException))
         {
-            await Dispose(socket, stream);
-            string why = e is OperationCanceledException ? $"no connection within {ConnectTimeout.TotalSeconds:0} s" : e.Message;
+            if (stream is not null) await stream.DisposeAsync();
+            string why = timeout.IsCancellationRequested ? $"no connection within {ConnectTimeout.TotalSeconds:0} s" : e.Message;
             throw new PeerUnreachableException($"lease port at {Address}: {why}", e);
         }
         catch
         {
-            await Dispose(socket, stream);
+            if (stream is not null) await stream.DisposeAsync();
+            cancellationToken.ThrowIfCancellationRequested();
             throw;
         }
-        (_stream, _reader) = (stream, new LeasePortProtocol.Reader(stream));
-        return (stream, _reader);
-    }
-
-    private static async Task Dispose(Socket socket, Stream? stream)
-    {
-        if (stream is null) socket.Dispose();
-        else await stream.DisposeAsync();
+        (_socket, _stream, _reader) = (socket, stream, new LeasePortProtocol.Reader(stream));
+        return (socket, stream, _reader);
     }
 
     private void Close()
     {
         _stream?.Dispose();
-        (_stream, _reader) = (null, null);
+        (_socket, _stream, _reader) = (null, null, null);
     }
 
     public void Dispose() => Close();

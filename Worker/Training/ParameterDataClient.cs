@@ -15,7 +15,11 @@ namespace Cluster.Worker.Training;
 /// Pushes and pulls over one parameter server's data port (parameter_server.proto, "The data
 /// port"): each exchange takes an idle authenticated connection (or opens one), and gives it
 /// back once the exchange completed; a connection that failed or was cancelled mid-exchange is
-/// closed. Errors the server answers become the <see cref="RpcException"/> the gRPC call would
+/// closed. The connections make blocking socket calls (<see cref="BlockingSocketStream"/>): an
+/// exchange runs on the caller's thread from its first frame to its last and returns a task that
+/// has already ended, so the frame that answers it wakes that thread directly, not the socket
+/// engine's thread and then a thread-pool thread. The exchange's timeout and the caller's token
+/// close the connection, which ends a call in progress. Errors the server answers become the <see cref="RpcException"/> the gRPC call would
 /// have thrown, so callers handle both transports alike; a server that cannot be reached is a
 /// <see cref="PeerUnreachableException"/>, a broken connection an <see cref="IOException"/>.
 /// With <paramref name="regionBytes"/> above 0 and a server on this host, each connection asks
@@ -117,8 +121,11 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         try
         {
             connection = _idle.TryTake(out var idle) ? idle : await ConnectAsync(deadline.Token);
-            var result = await exchange(connection, deadline.Token);
-            if (_disposed) connection.Dispose();
+            T result;
+            using (connection.Socket.AbortOn(deadline.Token))
+                result = await exchange(connection, deadline.Token);
+            // Closed by the deadline just as the exchange ended: not kept.
+            if (_disposed || deadline.IsCancellationRequested) connection.Dispose();
             else _idle.Add(connection);
             return result;
         }
@@ -127,7 +134,8 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
             connection?.Dispose();
             // The idle connections share this one's fate when the server went away (a server restarted on the same port).
             DropIdle();
-            if (e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
+            cancellationToken.ThrowIfCancellationRequested();
+            if (deadline.IsCancellationRequested)
                 throw new PeerUnreachableException($"parameter server data port at {Address} did not answer within {timeout.TotalSeconds:0.#} s", e);
             throw;
         }
@@ -144,17 +152,18 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         var uri = new Uri(Address);
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(connectTimeout);
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        BlockingSocketStream socket;
         try
         {
-            await socket.ConnectAsync(uri.Host, uri.Port, timeout.Token);
+            socket = await BlockingSocketStream.ConnectAsync(uri.Host, uri.Port, timeout.Token);
         }
         catch (Exception e) when (e is SocketException || e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
-            socket.Dispose();
             throw new PeerUnreachableException($"parameter server data port at {Address} did not accept a connection ({e.Message})", e);
         }
-        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        Stream stream = socket;
+        // TLS, the handshake and the region's exchange are blocking calls too: the connect timeout closes the socket under them.
+        using var abort = socket.AbortOn(timeout.Token);
         try
         {
             if (uri.Scheme == Uri.UriSchemeHttps)
@@ -164,7 +173,7 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
                 await tls.AuthenticateAsClientAsync(DataPortTls.ClientOptions(security, uri.Host), timeout.Token);
             }
             await ParameterDataProtocol.Handshake.ConnectAsync(stream, security.Secret, ReadOnlyMemory<byte>.Empty, timeout.Token);
-            var connection = new Connection(stream);
+            var connection = new Connection(socket, stream);
             (LastConnectionShared, LastRegionRefusal) = (false, null);
             if (regionBytes > 0 && regionDirectory is not null && await SharedRegion.IsThisHostAsync(uri.Host, timeout.Token))
             {
@@ -178,6 +187,12 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         {
             await stream.DisposeAsync();
             throw new IOException($"parameter server data port at {Address}: TLS failed ({e.Message})", e);
+        }
+        catch (Exception e) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            await stream.DisposeAsync();
+            throw new PeerUnreachableException(
+                $"parameter server data port at {Address} did not complete its handshake within {connectTimeout.TotalSeconds:0.#} s ({e.Message})", e);
         }
         catch
         {
@@ -198,9 +213,15 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         DropIdle();
     }
 
-    /// <summary>An authenticated connection with its buffered views (one per direction) and receive buffers.</summary>
-    private sealed class Connection(Stream stream) : IDisposable
+    /// <summary>
+    /// An authenticated connection (<paramref name="stream"/>: the socket, or TLS over it) with its
+    /// buffered views (one per direction) and receive buffers.
+    /// </summary>
+    private sealed class Connection(BlockingSocketStream socket, Stream stream) : IDisposable
     {
+        /// <summary>The socket under the stream: closing it ends a blocking call in progress.</summary>
+        public BlockingSocketStream Socket => socket;
+
         public BufferedStream Reader { get; } = new(stream, ParameterDataProtocol.StreamBufferBytes);
         public BufferedStream Writer { get; } = new(stream, ParameterDataProtocol.StreamBufferBytes);
         public FrameBuffers Buffers { get; } = new();

@@ -39,8 +39,9 @@ public sealed partial class ParameterServerTrainer
                 TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound, LeaseGeneration = generation,
             };
             var leasing = CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
-            // The step's pulled parameters go into the model while the lease is on its way (nothing below reads the model before);
-            // on CPU the model shares the buffer the pull wrote, and there is nothing to copy.
+            // The step's pulled parameters go into the model while a lease on the gRPC stream is on its way (nothing below reads
+            // the model before; a lease on the lease port is a blocking call and has ended by then); on CPU the model shares
+            // the buffer the pull wrote, and there is nothing to copy.
             if (parametersPulled) training.Vector.WriteParameters(AsBytes(training.Parameters));
             var lease = await leasing;
             if (!leaseTransportLogged && (leaseTransportLogged = true))

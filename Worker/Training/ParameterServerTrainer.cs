@@ -115,9 +115,11 @@ public sealed partial class ParameterServerTrainer(
     {
         try
         {
-            // A dense exchange touches no tensors: it runs on the thread pool, where its sockets and codecs can use
-            // another core. Top-k selection runs libtorch, so a sparse exchange stays on the compute thread.
-            var exchange = servers.Sparse
+            // Over data ports the pushes are blocking calls made here on the compute thread (their answers wake it
+            // directly) while the pull waits on the thread pool. Over gRPC a dense exchange touches no tensors and runs
+            // on the thread pool, where its streams can use another core; top-k selection runs libtorch, so a sparse
+            // exchange stays on the compute thread.
+            var exchange = servers.Sparse || servers.Blocking
                 ? servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken)
                 : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken), cancellationToken);
             if (await exchange)

@@ -38,6 +38,12 @@ public sealed class ShardedParameterClient : IDisposable
     public bool Sparse => _encoder.Sparse;
 
     /// <summary>
+    /// Whether every server's pushes and pulls go over its data port, whose calls block the
+    /// caller (<see cref="ParameterDataClient"/>) instead of awaiting gRPC streams.
+    /// </summary>
+    public bool Blocking => _servers.All(server => server.DataAddress is not null);
+
+    /// <summary>
     /// The ranks behind the steps the last pull reported, as every server saw them: a rank counts
     /// in a step only when each server applied its push (parameter_server.proto, step 5).
     /// </summary>
@@ -92,15 +98,20 @@ public sealed class ShardedParameterClient : IDisposable
     /// <summary>
     /// Pushes the gradient of <paramref name="step"/> and pulls version step + 1 into
     /// <paramref name="parameters"/>, all servers at once; returns whether a server refused the
-    /// gradient for NaN or Inf (the step went on without it).
+    /// gradient for NaN or Inf (the step went on without it). Each server's pull goes first, on a
+    /// thread-pool thread, so that its request reaches the server before the push and the server
+    /// sends the new version as soon as it is applied; the pushes go out on the calling thread.
+    /// Over data ports (<see cref="Blocking"/>) a pull's calls block its thread until the version
+    /// comes, and the pushes' calls block the caller, one server after the other.
     /// </summary>
     public async Task<bool> PushAndPullAsync(long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
     {
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var pull = Task.WhenAll(_servers.Select((server, k) => Task.Run(() =>
+            server.PullAsync(_jobId, step + 1, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), pullCancel.Token), CancellationToken.None)));
         var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k, server.ChunkBytes), cancellationToken)).ToArray();
-        var pull = PullAsync(step + 1, parameters, pullCancel.Token);
         try
         {
             await Task.WhenAll(pushes);

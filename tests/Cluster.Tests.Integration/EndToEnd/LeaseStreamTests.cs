@@ -179,6 +179,25 @@ public sealed class LeaseStreamTests
             Assert.False(leases.LastOnPort);
             Assert.Contains("the cluster secret presented is wrong", Assert.Single(reasons), StringComparison.Ordinal);
         }
+
+        // A port that accepts and never answers the handshake: the connect timeout closes the socket under its blocking read.
+        reasons.Clear();
+        var silent = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        silent.Start();
+        try
+        {
+            using var leases = new LeaseStream(client,
+                new LeasePortClient("127.0.0.1", ((System.Net.IPEndPoint)silent.LocalEndpoint).Port, tls: false, TestSecurity.Loopback), Report);
+            var waited = Stopwatch.StartNew();
+            Assert.Equal(expected, await leases.LeaseAsync(Request(assignment.JobId, 0), Deadline(), CancellationToken.None));
+            Assert.False(leases.LastOnPort);
+            Assert.Contains($"no connection within {LeasePortClient.ConnectTimeout.TotalSeconds:0} s", Assert.Single(reasons), StringComparison.Ordinal);
+            Assert.InRange(waited.Elapsed, LeasePortClient.ConnectTimeout - TimeSpan.FromSeconds(1), LeasePortClient.ConnectTimeout + TimeSpan.FromSeconds(10));
+        }
+        finally
+        {
+            silent.Stop();
+        }
     }
 
     [Fact]

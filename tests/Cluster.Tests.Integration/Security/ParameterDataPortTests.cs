@@ -151,6 +151,35 @@ public sealed class ParameterDataPortTests
 
 
     /// <summary>A job of one tensor of <paramref name="elements"/> trained with SGD at learning rate 0.1.</summary>
+    [Fact]
+    public async Task A_pull_blocked_on_a_version_that_never_comes_ends_at_its_deadline_or_when_cancelled_and_the_next_pull_connects_afresh()
+    {
+        await using var server = await ParameterServerHost.StartAsync(new ParameterServerOptions { Security = TestSecurity.Loopback }, CancellationToken.None);
+        using (var setup = new ParameterServerClient(server.Url, TestSecurity.Loopback, Timeout, Timeout, Timeout, ParameterServerTransport.Tcp))
+            await setup.InitializeAsync(InitializeHeader("job-blocked", worldSize: 1), new float[Elements], CancellationToken.None);
+        using var client = new ParameterDataClient(server.DataUrl, TestSecurity.Loopback, Timeout);
+        var never = new PullRequest { JobId = "job-blocked", MinVersion = 5, Dtype = DType.Float32 };
+
+        // The pull's calls block the thread that makes them: the deadline closes the connection under the read.
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        var late = await Assert.ThrowsAsync<Shared.Rpc.PeerUnreachableException>(() =>
+            Task.Run(() => client.PullAsync(never, new float[Elements], TimeSpan.FromSeconds(1), CancellationToken.None)));
+        Assert.Contains($"data port at {server.DataUrl} did not answer within 1 s", late.Message, StringComparison.Ordinal);
+        Assert.InRange(waited.Elapsed.TotalSeconds, 0.8, 10);
+
+        // The caller's token does the same, and the pull ends as cancelled.
+        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        waited.Restart();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            Task.Run(() => client.PullAsync(never, new float[Elements], Timeout, cancel.Token)));
+        Assert.InRange(waited.Elapsed.TotalSeconds, 0.2, 10);
+
+        // Neither left a broken connection behind: the next pull gets version 0.
+        float[] pulled = [.. Enumerable.Repeat(1f, Elements)];
+        await client.PullAsync(new PullRequest { JobId = "job-blocked", MinVersion = 0, Dtype = DType.Float32 }, pulled, Timeout, CancellationToken.None);
+        Assert.All(pulled, value => Assert.Equal(0f, value));
+    }
+
     internal static InitializeHeader InitializeHeader(string jobId, int elements = Elements, int worldSize = 2)
     {
         var layout = new TensorLayout();

@@ -78,4 +78,25 @@ public sealed class BlockingSocketStreamTests
         Assert.True(reader.Join(TimeSpan.FromSeconds(5)), "the read went on after the stream was disposed");
         Assert.True(read == 0 || failure is IOException or ObjectDisposedException, $"the read ended with {read?.ToString() ?? failure?.GetType().Name}");
     }
+
+    [Fact]
+    public async Task ConnectAsync_leaves_the_socket_blocking_and_reports_a_refused_port_or_a_cancelled_connect()
+    {
+        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(1);
+        int port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        using var stream = await BlockingSocketStream.ConnectAsync("127.0.0.1", port, CancellationToken.None);
+        using var served = listener.Accept();
+        // Its first call, an async one, still blocks on the caller's thread: the socket never went non-blocking.
+        var writer = Task.Run(async () => { await Task.Delay(200); served.Send([7]); });
+        var read = stream.ReadAsync(new byte[1]).AsTask();
+        Assert.True(read.IsCompletedSuccessfully, "ReadAsync returned before its data arrived");
+        await writer;
+
+        listener.Close();
+        await Assert.ThrowsAsync<SocketException>(() => BlockingSocketStream.ConnectAsync("127.0.0.1", port, CancellationToken.None));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            BlockingSocketStream.ConnectAsync("127.0.0.1", port, new CancellationToken(canceled: true)));
+    }
 }
