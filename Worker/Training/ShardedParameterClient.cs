@@ -100,9 +100,9 @@ public sealed class ShardedParameterClient : IDisposable
     /// <paramref name="parameters"/>, all servers at once; returns whether a server refused the
     /// gradient for NaN or Inf (the step went on without it). Each server's pull goes first, on a
     /// thread-pool thread, so that its request reaches the server before the push and the server
-    /// sends the new version as soon as it is applied; the pushes go out on the calling thread.
-    /// Over data ports (<see cref="Blocking"/>) a pull's calls block its thread until the version
-    /// comes, and the pushes' calls block the caller, one server after the other.
+    /// sends the new version as soon as it is applied; the first server's push goes out on the
+    /// calling thread. Over data ports (<see cref="Blocking"/>) a pull's calls block its thread
+    /// until the version comes, and a push's calls block its thread until it is answered.
     /// </summary>
     public async Task<bool> PushAndPullAsync(long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
     {
@@ -111,7 +111,15 @@ public sealed class ShardedParameterClient : IDisposable
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var pull = Task.WhenAll(_servers.Select((server, k) => Task.Run(() =>
             server.PullAsync(_jobId, step + 1, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), pullCancel.Token), CancellationToken.None)));
-        var pushes = _servers.Select((server, k) => server.PushAsync(header, _encoder.Encode(gradient, k, server.ChunkBytes), cancellationToken)).ToArray();
+        // The first server's push goes out on this thread, the others' meanwhile on the thread pool (over data ports each
+        // blocks its thread until answered); top-k selection runs libtorch, so sparse pushes all go out here, in turn.
+        var pushes = new Task<PushReply>[_servers.Length];
+        for (int k = _servers.Length - 1; k >= 0; k--)
+        {
+            var (server, shard) = (_servers[k], k);
+            Task<PushReply> Push() => server.PushAsync(header, _encoder.Encode(gradient, shard, server.ChunkBytes), cancellationToken);
+            pushes[k] = k == 0 || Sparse ? Push() : Task.Run(Push, CancellationToken.None);
+        }
         try
         {
             await Task.WhenAll(pushes);
