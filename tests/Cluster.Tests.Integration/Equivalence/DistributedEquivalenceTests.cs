@@ -48,17 +48,7 @@ public sealed class DistributedEquivalenceTests
         float[] distributed = await TrainOnClusterAsync(spec);
         float[] reference = SingleProcessTraining.Train(spec, Steps);
 
-        Assert.Equal(reference.Length, distributed.Length);
-        double largest = 0;
-        int worst = 0;
-        for (int i = 0; i < reference.Length; i++)
-        {
-            double difference = Math.Abs(reference[i] - distributed[i]);
-            if (difference > largest) (largest, worst) = (difference, i);
-        }
-        var over = Enumerable.Range(0, reference.Length).Where(i => Math.Abs(reference[i] - distributed[i]) > tolerance).ToList();
-        Assert.True(largest <= tolerance,
-            $"largest parameter difference after {Steps} steps is {largest:E3} at {ParameterAt(spec, worst)} ({reference[worst]} vs {distributed[worst]}); expected <= {tolerance:E0}; {over.Count} elements over: {string.Join(", ", over.Take(10).Select(i => ParameterAt(spec, i)))}");
+        AssertClose(spec, reference, distributed, tolerance);
         // The model really trained: it moved away from its initial weights.
         float[] initial = SingleProcessTraining.Flatten(ModelZoo.Create(spec.Model, spec.Seed));
         Assert.True(initial.Zip(reference).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, "training did not change the parameters");
@@ -121,6 +111,22 @@ public sealed class DistributedEquivalenceTests
 
 
     /// <summary>"name[index]" of a flat-vector element, for failure messages.</summary>
+    /// <summary>Every parameter of <paramref name="distributed"/> within <paramref name="tolerance"/> of <paramref name="reference"/>; a failure names the worst and the first ones over.</summary>
+    internal static void AssertClose(JobSpecification spec, float[] reference, float[] distributed, double tolerance)
+    {
+        Assert.Equal(reference.Length, distributed.Length);
+        double largest = 0;
+        int worst = 0;
+        for (int i = 0; i < reference.Length; i++)
+        {
+            double difference = Math.Abs(reference[i] - distributed[i]);
+            if (difference > largest) (largest, worst) = (difference, i);
+        }
+        var over = Enumerable.Range(0, reference.Length).Where(i => Math.Abs(reference[i] - distributed[i]) > tolerance).ToList();
+        Assert.True(largest <= tolerance,
+            $"largest parameter difference from single-process training after {Steps} steps is {largest:E3} at {ParameterAt(spec, worst)} ({reference[worst]} vs {distributed[worst]}); expected <= {tolerance:E0}; {over.Count} of {reference.Length} elements over: {string.Join(", ", over.Take(10).Select(i => ParameterAt(spec, i)))}");
+    }
+
     private static string ParameterAt(JobSpecification spec, int element)
     {
         using var model = ModelZoo.Create(spec.Model, spec.Seed);
