@@ -8,8 +8,9 @@ namespace Cluster.Shared.Wire;
 /// non-blocking mode for good at its first async operation, after which even its blocking calls
 /// wait through the socket engine's thread and the thread pool; this stream never does, so a
 /// frame that arrives wakes the serving thread directly. Deadlines are the socket's
-/// ReceiveTimeout and SendTimeout (a token cannot interrupt a blocking call); disposing the
-/// stream from another thread ends a call in progress (<see cref="AbortOn"/>: when a token is cancelled).
+/// ReceiveTimeout and SendTimeout, since a token cannot interrupt a blocking call by itself;
+/// disposing the stream from another thread ends a call in progress, and <see cref="AbortOn"/>
+/// does so when a token is cancelled.
 /// </summary>
 public sealed class BlockingSocketStream(Socket socket) : Stream
 {

@@ -19,8 +19,9 @@ namespace Cluster.Worker.Training;
 /// exchange runs on the caller's thread from its first frame to its last and returns a task that
 /// has already ended, so the frame that answers it wakes that thread directly, not the socket
 /// engine's thread and then a thread-pool thread. The exchange's timeout and the caller's token
-/// close the connection, which ends a call in progress. Errors the server answers become the <see cref="RpcException"/> the gRPC call would
-/// have thrown, so callers handle both transports alike; a server that cannot be reached is a
+/// close the connection, which ends a call in progress. Errors the server answers become the
+/// <see cref="RpcException"/> the gRPC call would have thrown, so callers handle both transports
+/// alike; a server that cannot be reached is a
 /// <see cref="PeerUnreachableException"/>, a broken connection an <see cref="IOException"/>.
 /// With <paramref name="regionBytes"/> above 0 and a server on this host, each connection asks
 /// for a shared region of that size (the largest exchange) and chunk data goes through it

@@ -92,8 +92,10 @@ public sealed class ShardedParameterClient : IDisposable
 
     /// <summary>Pulls version <paramref name="minVersion"/> (or later) of every range into <paramref name="parameters"/>.</summary>
     public Task PullAsync(long minVersion, float[] parameters, CancellationToken cancellationToken) =>
-        Task.WhenAll(_servers.Select((server, k) =>
-            server.PullAsync(_jobId, minVersion, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), cancellationToken)));
+        Task.WhenAll(_servers.Select((server, k) => server.PullAsync(_jobId, minVersion, Dtype, RangeOf(parameters, k), cancellationToken)));
+
+    /// <summary>Server <paramref name="k"/>'s key range of <paramref name="parameters"/>.</summary>
+    private Memory<float> RangeOf(float[] parameters, int k) => parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length);
 
     /// <summary>
     /// Pushes the gradient of <paramref name="step"/> and pulls version step + 1 into
@@ -110,7 +112,7 @@ public sealed class ShardedParameterClient : IDisposable
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var pull = Task.WhenAll(_servers.Select((server, k) => Task.Run(() =>
-            server.PullAsync(_jobId, step + 1, Dtype, parameters.AsMemory((int)Ranges[k].Start, Ranges[k].Length), pullCancel.Token), CancellationToken.None)));
+            server.PullAsync(_jobId, step + 1, Dtype, RangeOf(parameters, k), pullCancel.Token), CancellationToken.None)));
         // The first server's push goes out on this thread, the others' meanwhile on the thread pool (over data ports each
         // blocks its thread until answered); top-k selection runs libtorch, so sparse pushes all go out here, in turn.
         var pushes = new Task<PushReply>[_servers.Length];
