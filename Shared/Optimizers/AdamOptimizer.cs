@@ -10,7 +10,8 @@ namespace Cluster.Shared.Optimizers;
 /// Adam adds L2 weight decay to the gradient, AdamW shrinks the weights by <c>1 - lr * wd</c>
 /// first; then bias-corrected moments, <c>denom = sqrt(v) / sqrt(1 - beta2^t) + eps</c>,
 /// <c>p += (-lr / (1 - beta1^t)) * m / denom</c>. One fused SIMD pass over the four arrays;
-/// the order of operations (which multiply-adds are fused) follows libtorch's CPU kernels.
+/// the order of operations (which multiply-adds are fused) follows libtorch's CPU kernels, and a
+/// moment that decays toward zero is flushed before it turns subnormal (<see cref="TinyState"/>).
 /// </summary>
 public sealed class AdamOptimizer : FlatOptimizer
 {
@@ -139,8 +140,8 @@ public sealed class AdamOptimizer : FlatOptimizer
             var gradient = TGradient.Load(ref g0, i);
             if (c.L2 != 0) gradient = Vector256.FusedMultiplyAdd(parameter, l2, gradient);
             if (c.Decay != 1f) parameter *= decay;
-            var first = Vector256.FusedMultiplyAdd(gradient, oneMinusBeta1, Vector256.LoadUnsafe(ref m0, i) * beta1);
-            var second = Vector256.FusedMultiplyAdd(gradient * oneMinusBeta2, gradient, Vector256.LoadUnsafe(ref v0, i) * beta2);
+            var first = TinyState.Flush(Vector256.FusedMultiplyAdd(gradient, oneMinusBeta1, Vector256.LoadUnsafe(ref m0, i) * beta1));
+            var second = TinyState.Flush(Vector256.FusedMultiplyAdd(gradient * oneMinusBeta2, gradient, Vector256.LoadUnsafe(ref v0, i) * beta2));
             var denominator = Vector256.Sqrt(second) / biasCorrection2Sqrt + epsilon;
             parameter += first * stepSize / denominator;
             parameter.StoreUnsafe(ref p0, i);
@@ -155,8 +156,8 @@ public sealed class AdamOptimizer : FlatOptimizer
     {
         if (c.L2 != 0) g = MathF.FusedMultiplyAdd(p, c.L2, g);
         if (c.Decay != 1f) p *= c.Decay;
-        m = MathF.FusedMultiplyAdd(g, c.OneMinusBeta1, m * c.Beta1);
-        v = MathF.FusedMultiplyAdd(g * c.OneMinusBeta2, g, v * c.Beta2);
+        m = TinyState.Flush(MathF.FusedMultiplyAdd(g, c.OneMinusBeta1, m * c.Beta1));
+        v = TinyState.Flush(MathF.FusedMultiplyAdd(g * c.OneMinusBeta2, g, v * c.Beta2));
         float denominator = MathF.Sqrt(v) / c.BiasCorrection2Sqrt + c.Epsilon;
         return (p + m * c.StepSize / denominator, m, v);
     }

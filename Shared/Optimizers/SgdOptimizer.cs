@@ -5,7 +5,8 @@ namespace Cluster.Shared.Optimizers;
 /// <summary>
 /// SGD with optional momentum, dampening, Nesterov and L2 weight decay, with the semantics of
 /// TorchSharp's <c>torch.optim.SGD</c> (the first step seeds the momentum buffer with the
-/// gradient itself). One fused SIMD pass.
+/// gradient itself). One fused SIMD pass; a momentum that decays toward zero is flushed before it
+/// turns subnormal (<see cref="TinyState"/>).
 /// </summary>
 public sealed class SgdOptimizer : FlatOptimizer
 {
@@ -37,7 +38,7 @@ public sealed class SgdOptimizer : FlatOptimizer
             if (_weightDecay != 0) g = MathF.FusedMultiplyAdd(parameters[i], _weightDecay, g);
             if (!buffer.IsEmpty)
             {
-                float b = first ? g : MathF.FusedMultiplyAdd(g, _dampening, buffer[i] * _momentum);
+                float b = TinyState.Flush(first ? g : MathF.FusedMultiplyAdd(g, _dampening, buffer[i] * _momentum));
                 buffer[i] = b;
                 g = _nesterov ? MathF.FusedMultiplyAdd(b, _momentum, g) : b;
             }
@@ -52,9 +53,9 @@ public sealed class SgdOptimizer : FlatOptimizer
         if (_weightDecay != 0) gradient = Vector256.FusedMultiplyAdd(parameter, Vector256.Create(_weightDecay), gradient);
         if (!buffer.IsEmpty)
         {
-            var momentum = first
+            var momentum = TinyState.Flush(first
                 ? gradient
-                : Vector256.FusedMultiplyAdd(gradient, Vector256.Create(_dampening), Vector256.Create((ReadOnlySpan<float>)buffer) * _momentum);
+                : Vector256.FusedMultiplyAdd(gradient, Vector256.Create(_dampening), Vector256.Create((ReadOnlySpan<float>)buffer) * _momentum));
             momentum.CopyTo(buffer);
             gradient = _nesterov ? Vector256.FusedMultiplyAdd(momentum, Vector256.Create(_momentum), gradient) : momentum;
         }

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Cluster.Bench;
 using Cluster.Bench.Suites;
 using Cluster.Protos;
+using Cluster.Shared.Sharding;
 
 // bench/run [--quick] [--json PATH]: every figure measured in this one run, side by side
 // with the baseline it is judged against (local training, raw loopback sockets).
@@ -151,8 +152,13 @@ if (Run("ps-sync"))
 
 // 4d. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
 if (only == "ps-phases")
+{
     foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
         Report(new("ps-phases", $"{syncModel}: {name}", millis, "ms"));
+    var (ordinary, decaying) = ServerPhases.DecayingStateMillis(KeyRanges.DefaultPartitionElements, 10);
+    Report(new("ps-phases", "1 MiB partition: adam step over state that still gets gradients", ordinary, "ms"));
+    Report(new("ps-phases", "1 MiB partition: adam step over state whose gradients stopped 800 steps ago", decaying, "ms", decaying / ordinary, "state that still gets gradients"));
+}
 
 // 5. Flatten / unflatten between TorchSharp and the wire buffer.
 if (Run("flatten"))

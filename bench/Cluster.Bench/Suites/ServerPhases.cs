@@ -25,6 +25,25 @@ public static class ServerPhases
     }
 
     /// <summary>
+    /// One Adam step over <paramref name="elementCount"/> elements whose gradients stopped coming
+    /// 800 steps ago (by then their first moment is a subnormal float, or would be without
+    /// <see cref="TinyState"/>), and the same step over elements that still get gradients: best of
+    /// <paramref name="repeats"/>, in ms.
+    /// </summary>
+    public static (double Ordinary, double Decaying) DecayingStateMillis(int elementCount, int repeats)
+    {
+        var (ordinary, decaying) = (OptimizerGroups.Create(new OptimizerSettings(), [], 0, elementCount), OptimizerGroups.Create(new OptimizerSettings(), [], 0, elementCount));
+        var weights = new float[elementCount];
+        var gradient = Enumerable.Repeat(1e-3f, elementCount).ToArray();
+        var zeros = new float[elementCount];
+        long step = 1;
+        ordinary.StepRange(0, weights, gradient, step);
+        decaying.StepRange(0, weights, gradient, step);
+        for (; step <= 800; step++) decaying.StepRange(0, weights, zeros, step + 1);
+        return (Best(repeats, () => ordinary.StepRange(0, weights, gradient, 2)), Best(repeats, () => decaying.StepRange(0, weights, zeros, ++step)));
+    }
+
+    /// <summary>
     /// The machine's memory copy rate on one core: <paramref name="elementCount"/> floats copied,
     /// best of <paramref name="repeats"/>, in GB/s of data copied. The codec passes and Adam run at
     /// memory speed, so this says which mode of the machine a run met: on these 2-core machines it

@@ -69,6 +69,57 @@ public sealed class OptimizerEquivalenceTests
         Assert.NotEqual(initial, ours);
     }
 
+    public static TheoryData<OptimizerSettings> DecayingSettings() =>
+    [
+        // beta2 0.9: the second moment too decays through the subnormals within the test's steps.
+        new OptimizerSettings { Kind = "adam", LearningRate = 1e-3, Beta2 = 0.9 },
+        new OptimizerSettings { Kind = "adamw", LearningRate = 1e-3, WeightDecay = 0.01 },
+        new OptimizerSettings { Kind = "sgd", LearningRate = 0.01, Momentum = 0.9 },
+    ];
+
+    /// <summary>
+    /// Half the elements get gradients for 5 steps and then only zeros (a border pixel, an unused
+    /// token): their state decays toward zero for 1,000 steps, through the range where it would be
+    /// subnormal (each such multiply a microcode assist on x86). It is flushed before that: no
+    /// state element is ever subnormal, and the weights stay with torch.optim's.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(DecayingSettings))]
+    public void State_decaying_to_zero_never_turns_subnormal_and_matches_torch_optim(OptimizerSettings settings)
+    {
+        const int steps = 1000;
+        var random = new Random(11);
+        float[] initial = Enumerable.Range(0, ElementCount).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+        var ours = (float[])initial.Clone();
+        var optimizer = settings.Create(ElementCount);
+        using var parameter = new TorchSharp.Modules.Parameter(torch.tensor(initial));
+        using var reference = CreateTorchOptimizer(settings, parameter);
+        var gradient = new float[ElementCount];
+        int subnormalSteps = 0;
+        for (int step = 0; step < steps; step++)
+        {
+            for (int i = 0; i < ElementCount; i++) gradient[i] = i % 2 == 0 || step < 5 ? (float)(random.NextDouble() * 2 - 1) : 0f;
+            using (var scope = torch.NewDisposeScope())
+            {
+                reference.zero_grad();
+                (parameter * torch.tensor(gradient)).sum().backward();
+                reference.step();
+            }
+            optimizer.Step(ours, (float[])gradient.Clone());
+            if (optimizer.StateBuffers.Any(buffer => buffer.Values.Any(float.IsSubnormal))) subnormalSteps++;
+        }
+        Assert.True(subnormalSteps == 0, $"optimizer state held subnormal floats after {subnormalSteps} of {steps} steps; expected none");
+        float[] expected = parameter.data<float>().ToArray();
+        double largestDifference = 0, largestMagnitude = 0;
+        for (int i = 0; i < ElementCount; i++)
+        {
+            largestDifference = Math.Max(largestDifference, Math.Abs(ours[i] - expected[i]));
+            largestMagnitude = Math.Max(largestMagnitude, Math.Abs(expected[i]));
+        }
+        Assert.True(largestDifference / largestMagnitude <= RelativeTolerance,
+            $"largest difference {largestDifference:E3} is {largestDifference / largestMagnitude:E3} of the largest parameter; expected <= {RelativeTolerance:E0}");
+    }
+
     [Theory]
     [MemberData(nameof(Settings))]
     public void Stepping_partition_by_partition_equals_stepping_the_whole_vector(OptimizerSettings settings)
