@@ -34,14 +34,17 @@ public sealed partial class JobBoard
 
     private bool Replaying => _replayAt is not null;
 
+    /// <summary>Whether <see cref="Record"/> keeps what it is given (a journal, and not replaying).</summary>
+    private bool Recording => !Replaying && Journal is not null;
+
     /// <summary>The board's clock: the recorded time of the input being replayed, or now.</summary>
     private DateTimeOffset Now => _replayAt ?? time.GetUtcNow();
 
     private void Record(BoardEvent boardEvent)
     {
-        if (Replaying || Journal is null) return;
+        if (!Recording) return;
         boardEvent.AtUtcTicks = Now.UtcTicks;
-        Journal.Append(boardEvent);
+        Journal!.Append(boardEvent);
     }
 
     private void JobChanged(JobRecord job)

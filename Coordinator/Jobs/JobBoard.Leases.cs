@@ -20,7 +20,8 @@ public sealed partial class JobBoard
     {
         lock (_gate)
         {
-            Record(new BoardEvent { Leased = JournalForm(request) });
+            // Every step's lease: its journal form (a trimmed copy of the request) is made only when it is kept.
+            if (Recording) Record(new BoardEvent { Leased = JournalForm(request) });
             var job = RunningJob(request.JobId, request.Rank);
             if (job.Ring is not null)
                 throw new InvalidOperationException($"job {job.Id} uses scheme '{job.Spec.Scheme}'; its workers call GetShard, not LeaseShard");
