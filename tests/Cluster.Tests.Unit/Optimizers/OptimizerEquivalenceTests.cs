@@ -31,42 +31,8 @@ public sealed class OptimizerEquivalenceTests
     public void Matches_torch_optim_over_100_steps(OptimizerSettings settings)
     {
         var random = new Random(7);
-        float[] initial = Enumerable.Range(0, ElementCount).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
-
-        var ours = (float[])initial.Clone();
-        var optimizer = settings.Create(ElementCount);
-
-        using var parameter = new TorchSharp.Modules.Parameter(torch.tensor(initial));
-        using var reference = CreateTorchOptimizer(settings, parameter);
-
-        var gradient = new float[ElementCount];
-        for (int step = 0; step < Steps; step++)
-        {
-            for (int i = 0; i < ElementCount; i++) gradient[i] = (float)((random.NextDouble() * 2 - 1) * (1 + i % 7));
-            using (var scope = torch.NewDisposeScope())
-            {
-                reference.zero_grad();
-                // d/dp sum(p * g) = g: hands torch exactly the same gradient.
-                (parameter * torch.tensor(gradient)).sum().backward();
-                reference.step();
-            }
-            optimizer.Step(ours, (float[])gradient.Clone());
-        }
-
-        float[] expected = parameter.data<float>().ToArray();
-        // Relative to the parameters' scale: elements that pass close to zero cannot keep a
-        // per-element relative error, whatever the order of float operations.
-        double largestDifference = 0, largestMagnitude = 0;
-        for (int i = 0; i < ElementCount; i++)
-        {
-            largestDifference = Math.Max(largestDifference, Math.Abs(ours[i] - expected[i]));
-            largestMagnitude = Math.Max(largestMagnitude, Math.Abs(expected[i]));
-        }
-        double relative = largestDifference / largestMagnitude;
-        Assert.True(relative <= RelativeTolerance,
-            $"largest difference {largestDifference:E3} is {relative:E3} of the largest parameter; expected <= {RelativeTolerance:E0}");
+        var optimizer = TrainAgainstTorch(settings, random, Steps, (step, i) => (float)((random.NextDouble() * 2 - 1) * (1 + i % 7)));
         Assert.Equal(Steps, optimizer.StepCount);
-        Assert.NotEqual(initial, ours);
     }
 
     public static TheoryData<OptimizerSettings> DecayingSettings() =>
@@ -89,35 +55,55 @@ public sealed class OptimizerEquivalenceTests
     {
         const int steps = 1000;
         var random = new Random(11);
+        int subnormalSteps = 0;
+        TrainAgainstTorch(settings, random, steps, (step, i) => i % 2 == 0 || step < 5 ? (float)(random.NextDouble() * 2 - 1) : 0f,
+            optimizer => { if (optimizer.StateBuffers.Any(buffer => buffer.Values.Any(float.IsSubnormal))) subnormalSteps++; });
+        Assert.True(subnormalSteps == 0, $"optimizer state held subnormal floats after {subnormalSteps} of {steps} steps; expected none");
+    }
+
+    /// <summary>
+    /// Trains random initial parameters for <paramref name="steps"/> steps with our optimizer and
+    /// with torch.optim, both given gradient element i of each step as
+    /// <paramref name="gradientAt"/>(step, i) (<paramref name="afterStep"/> sees ours after each
+    /// step), and asserts they end within <see cref="RelativeTolerance"/> and away from the start.
+    /// </summary>
+    private static IOptimizer TrainAgainstTorch(OptimizerSettings settings, Random random, int steps, Func<int, int, float> gradientAt,
+        Action<IOptimizer>? afterStep = null)
+    {
         float[] initial = Enumerable.Range(0, ElementCount).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         var ours = (float[])initial.Clone();
         var optimizer = settings.Create(ElementCount);
         using var parameter = new TorchSharp.Modules.Parameter(torch.tensor(initial));
         using var reference = CreateTorchOptimizer(settings, parameter);
         var gradient = new float[ElementCount];
-        int subnormalSteps = 0;
         for (int step = 0; step < steps; step++)
         {
-            for (int i = 0; i < ElementCount; i++) gradient[i] = i % 2 == 0 || step < 5 ? (float)(random.NextDouble() * 2 - 1) : 0f;
+            for (int i = 0; i < ElementCount; i++) gradient[i] = gradientAt(step, i);
             using (var scope = torch.NewDisposeScope())
             {
                 reference.zero_grad();
+                // d/dp sum(p * g) = g: hands torch exactly the same gradient.
                 (parameter * torch.tensor(gradient)).sum().backward();
                 reference.step();
             }
             optimizer.Step(ours, (float[])gradient.Clone());
-            if (optimizer.StateBuffers.Any(buffer => buffer.Values.Any(float.IsSubnormal))) subnormalSteps++;
+            afterStep?.Invoke(optimizer);
         }
-        Assert.True(subnormalSteps == 0, $"optimizer state held subnormal floats after {subnormalSteps} of {steps} steps; expected none");
+
         float[] expected = parameter.data<float>().ToArray();
+        // Relative to the parameters' scale: elements that pass close to zero cannot keep a
+        // per-element relative error, whatever the order of float operations.
         double largestDifference = 0, largestMagnitude = 0;
         for (int i = 0; i < ElementCount; i++)
         {
             largestDifference = Math.Max(largestDifference, Math.Abs(ours[i] - expected[i]));
             largestMagnitude = Math.Max(largestMagnitude, Math.Abs(expected[i]));
         }
-        Assert.True(largestDifference / largestMagnitude <= RelativeTolerance,
-            $"largest difference {largestDifference:E3} is {largestDifference / largestMagnitude:E3} of the largest parameter; expected <= {RelativeTolerance:E0}");
+        double relative = largestDifference / largestMagnitude;
+        Assert.True(relative <= RelativeTolerance,
+            $"largest difference {largestDifference:E3} is {relative:E3} of the largest parameter; expected <= {RelativeTolerance:E0}");
+        Assert.NotEqual(initial, ours);
+        return optimizer;
     }
 
     [Theory]
