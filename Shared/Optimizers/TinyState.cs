@@ -8,14 +8,17 @@ namespace Cluster.Shared.Optimizers;
 /// floats on its way there, for hundreds of steps, and on x86 every multiply that reads or makes
 /// a subnormal takes a microcode assist of about a hundred cycles: an Adam pass over 1 MiB of
 /// such state took 6.4 ms instead of 0.21 ms here. So state smaller than
-/// <see cref="FlushBelow"/> (2^-100) is stored as zero. The next step's decay of what is left
-/// then stays normal, and what is dropped is far below what a float32 weight can register: it
-/// would move a weight by at most lr · 2^-100 / eps per step.
+/// <see cref="FlushBelow"/> (2^-120, 64 times the smallest normal float) is stored as zero: the
+/// next step's decay of what is left, by any beta of 1/64 or more, stays normal. What is dropped is
+/// far below what a float32 weight registers: a first moment or a momentum under 2^-120 moves its
+/// weight by at most about lr · 2^-120 / eps a step (SGD: lr · 2^-120), and a second moment under
+/// 2^-120 adds less than 2^-60 / sqrt(1 - beta2^t) to a denominator that eps (1e-8 by default)
+/// keeps above.
 /// </summary>
 public static class TinyState
 {
-    /// <summary>2^-100: magnitudes below it are flushed to zero.</summary>
-    public const float FlushBelow = 7.888609052210118e-31f;
+    /// <summary>2^-120: magnitudes below it are flushed to zero.</summary>
+    public const float FlushBelow = 7.52316384526264e-37f;
 
     /// <summary>Each lane of <paramref name="state"/> whose magnitude is below <see cref="FlushBelow"/> becomes zero.</summary>
     public static Vector256<float> Flush(Vector256<float> state) =>
