@@ -33,14 +33,15 @@ public static class ServerPhases
     public static (double Ordinary, double Decaying) DecayingStateMillis(int elementCount, int repeats)
     {
         var (ordinary, decaying) = (OptimizerGroups.Create(new OptimizerSettings(), [], 0, elementCount), OptimizerGroups.Create(new OptimizerSettings(), [], 0, elementCount));
-        var weights = new float[elementCount];
+        var (ordinaryWeights, decayingWeights) = (new float[elementCount], new float[elementCount]);
         var gradient = Enumerable.Repeat(1e-3f, elementCount).ToArray();
         var zeros = new float[elementCount];
         long step = 1;
-        ordinary.StepRange(0, weights, gradient, step);
-        decaying.StepRange(0, weights, gradient, step);
-        for (; step <= 800; step++) decaying.StepRange(0, weights, zeros, step + 1);
-        return (Best(repeats, () => ordinary.StepRange(0, weights, gradient, 2)), Best(repeats, () => decaying.StepRange(0, weights, zeros, ++step)));
+        ordinary.StepRange(0, ordinaryWeights, gradient, step);
+        decaying.StepRange(0, decayingWeights, gradient, step);
+        for (; step <= 800; step++) decaying.StepRange(0, decayingWeights, zeros, step + 1);
+        return (Best(repeats, () => ordinary.StepRange(0, ordinaryWeights, gradient, 2)),
+            Best(repeats, () => decaying.StepRange(0, decayingWeights, zeros, ++step)));
     }
 
     /// <summary>

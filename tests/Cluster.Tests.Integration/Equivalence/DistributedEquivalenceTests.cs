@@ -109,8 +109,6 @@ public sealed class DistributedEquivalenceTests
         }
     }
 
-
-    /// <summary>"name[index]" of a flat-vector element, for failure messages.</summary>
     /// <summary>Every parameter of <paramref name="distributed"/> within <paramref name="tolerance"/> of <paramref name="reference"/>; a failure names the worst and the first ones over.</summary>
     internal static void AssertClose(JobSpecification spec, float[] reference, float[] distributed, double tolerance)
     {
@@ -127,6 +125,7 @@ public sealed class DistributedEquivalenceTests
             $"largest parameter difference from single-process training after {Steps} steps is {largest:E3} at {ParameterAt(spec, worst)} ({reference[worst]} vs {distributed[worst]}); expected <= {tolerance:E0}; {over.Count} of {reference.Length} elements over: {string.Join(", ", over.Take(10).Select(i => ParameterAt(spec, i)))}");
     }
 
+    /// <summary>"name[index]" of a flat-vector element, for failure messages.</summary>
     private static string ParameterAt(JobSpecification spec, int element)
     {
         using var model = ModelZoo.Create(spec.Model, spec.Seed);
