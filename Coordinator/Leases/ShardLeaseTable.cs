@@ -38,7 +38,8 @@ namespace Cluster.Coordinator.Leases;
 /// and its partial push is discarded, never half-applied (servers apply a step only once
 /// every member's push of it is complete; see ParameterServer's JobParameters.Membership). The
 /// server records which ranks made up step t and sends that list, with those of the steps just
-/// before, at the end of every pull of version t + 1; each rank forwards them with its next
+/// before, in every pull of version t + 1 (as soon as step t's pushes are complete, before its
+/// partitions are applied and sent: the rank asks for its next lease meanwhile); each rank forwards them with its next
 /// lease request (the earlier steps cover reports lost with ranks that died right after a pull). The table then
 /// acknowledges the step-t leases of the ranks on the list (their samples are trained, even
 /// when that rank died right after its push) and returns the others' shards to the pool

@@ -227,7 +227,10 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
             return ParameterDataProtocol.WriteDenseAsync(writer, firstElement, elements, elementBytes, cancellationToken, region);
         }
 
-        public ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken) =>
-            ParameterDataProtocol.WriteAsync(writer, new DataFrame { Applied = applied }, cancellationToken);
+        public async ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken)
+        {
+            await ParameterDataProtocol.WriteAsync(writer, new DataFrame { Applied = applied }, cancellationToken);
+            await writer.FlushAsync(cancellationToken);
+        }
     }
 }

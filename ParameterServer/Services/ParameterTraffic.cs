@@ -17,6 +17,7 @@ public interface IPullSink
     /// cuts them into chunks. The caller keeps <paramref name="elements"/> unchanged until the returned task completes.
     /// </summary>
     ValueTask WritePartitionAsync(long firstElement, ReadOnlyMemory<byte> elements, int elementBytes, CancellationToken cancellationToken);
+    /// <summary>The ranks behind the steps applied; sent at once (not held back with the chunks that follow).</summary>
     ValueTask WriteAppliedAsync(AppliedSteps applied, CancellationToken cancellationToken);
 }
 
@@ -74,12 +75,24 @@ public sealed class ParameterTraffic(ParameterStore store)
         }
     }
 
-    /// <summary>Streams each partition as soon as it reaches min_version, then (from version 1) the ranks behind the steps applied.</summary>
+    /// <summary>
+    /// Streams each partition as soon as it reaches min_version. From version 1 on the pull also
+    /// says which ranks made up the steps applied: under BSP before the partitions, as soon as
+    /// every push of step min_version - 1 is complete (the step is then certain to be applied
+    /// with exactly those ranks, and the worker can lease its next shard while the partitions are
+    /// still being applied and sent); under SSP and ASP at the end.
+    /// </summary>
     public async Task PullAsync(PullRequest request, IPullSink sink, CancellationToken cancellationToken)
     {
         var job = FindJob(request.JobId);
         int elementBytes = CallErrors.Guard(() => ElementCodec.ElementBytes(request.Dtype));
         await sink.WriteHeaderAsync(new PullHeader { Version = request.MinVersion, ElementCount = job.ElementCount, Dtype = request.Dtype }, cancellationToken);
+        bool appliedFirst = job.SyncMode == JobParameters.Bsp;
+        if (request.MinVersion > 0 && appliedFirst)
+        {
+            await job.WaitForStepCompleteAsync(request.MinVersion - 1, cancellationToken);
+            await sink.WriteAppliedAsync(AppliedSteps(job, request.MinVersion - 1), cancellationToken);
+        }
         // bf16/fp16: sent from the job's pull copy once the applier keeps one; until then (and for a
         // partition the copy does not hold), encoded here into two buffers in turn, so that a
         // partition is encoded while the one before it is still being written.
@@ -113,7 +126,7 @@ public sealed class ParameterTraffic(ParameterStore store)
             catch (Exception) { }
             foreach (var buffer in encoded) ArrayPool<byte>.Shared.Return(buffer);
         }
-        if (request.MinVersion > 0) await sink.WriteAppliedAsync(AppliedSteps(job, request.MinVersion - 1), cancellationToken);
+        if (request.MinVersion > 0 && !appliedFirst) await sink.WriteAppliedAsync(AppliedSteps(job, request.MinVersion - 1), cancellationToken);
     }
 
     /// <summary>The write to wait for, leaving a completed one in its place (a ValueTask is awaited once).</summary>

@@ -78,8 +78,6 @@ public sealed partial class JobParameters
         Version = update;
         Array.Fill(_partitionVersions, update);
         Clocks[rank]++;
-        var progress = _progress;
-        _progress = NewSignal();
-        progress.SetResult();
+        SignalProgress();
     }
 }

@@ -64,6 +64,27 @@ public sealed partial class JobParameters
     }
 
     /// <summary>
+    /// Completes once every member's push of <paramref name="step"/> is complete (the step is
+    /// queued to be applied, or already applied; BSP only): from then on
+    /// <see cref="AppliedSteps"/> through <paramref name="step"/> is final, though the step's
+    /// partitions may not be applied yet.
+    /// </summary>
+    public async Task WaitForStepCompleteAsync(long step, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            Task progress;
+            lock (_gate)
+            {
+                if (Version > step || (Version == step && _stepQueued)) return;
+                if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
+                progress = _progress.Task;
+            }
+            await progress.WaitAsync(cancellationToken);
+        }
+    }
+
+    /// <summary>
     /// Removes a rank from the barrier; returns the first step it is no longer a member of
     /// (the current one, unless its push of it was already complete), or null when it was
     /// not a member.
@@ -144,6 +165,7 @@ public sealed partial class JobParameters
         _stepQueued = true;
         _appliedRanks[Version] = [.. members];
         _appliedRanks.Remove(Version - AppliedStepsKept);
+        SignalProgress();
         for (int p = 0; p < PartitionCount; p++)
         {
             for (int rank = 0; rank < _ranks.Length; rank++)

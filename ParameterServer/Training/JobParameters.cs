@@ -234,9 +234,7 @@ public sealed partial class JobParameters
                     reached = Version;
                     OnStepApplied();
                 }
-                var progress = _progress;
-                _progress = NewSignal();
-                progress.SetResult();
+                SignalProgress();
             }
             // This loop is the only writer of weights and optimizer state, and no partition can
             // move past a version that every worker has not pulled whole: a snapshot taken here is
@@ -272,6 +270,14 @@ public sealed partial class JobParameters
 
     /// <summary>Stops the applier once the job is dropped.</summary>
     public void Close() => _ready.Writer.TryComplete();
+
+    /// <summary>Wakes whoever waits for a partition, a version or a step to complete. Call under the lock.</summary>
+    private void SignalProgress()
+    {
+        var progress = _progress;
+        _progress = NewSignal();
+        progress.SetResult();
+    }
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 

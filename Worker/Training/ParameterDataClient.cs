@@ -79,11 +79,13 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
         }, cancellationToken);
 
     /// <summary>
-    /// Pulls into <paramref name="destination"/>; returns the pull's closing AppliedSteps (null
-    /// when it had none) and when the first chunk arrived (Stopwatch timestamp).
+    /// Pulls into <paramref name="destination"/>; returns the pull's AppliedSteps (null when it
+    /// had none) and when the first chunk arrived (Stopwatch timestamp). <paramref name="applied"/>
+    /// is called with the AppliedSteps as soon as it arrives, on the pull's thread, whether
+    /// before the chunks (BSP) or after them.
     /// </summary>
     public Task<(AppliedSteps? Applied, long FirstChunkTimestamp)> PullAsync(PullRequest request, Memory<float> destination, TimeSpan timeout,
-        CancellationToken cancellationToken) =>
+        CancellationToken cancellationToken, Action<AppliedSteps>? onApplied = null) =>
         ExchangeAsync(timeout, async (connection, token) =>
         {
             await ParameterDataProtocol.WriteAsync(connection.Writer, new DataFrame { PullRequest = request }, token);
@@ -103,7 +105,12 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
                     DataFrame.BodyOneofCase.Chunk, DataFrame.BodyOneofCase.Applied, DataFrame.BodyOneofCase.End, DataFrame.BodyOneofCase.Error);
                 ThrowIfError(frame);
                 if (frame.BodyCase == DataFrame.BodyOneofCase.End) break;
-                if (frame.BodyCase == DataFrame.BodyOneofCase.Applied) { applied = frame.Applied; continue; }
+                if (frame.BodyCase == DataFrame.BodyOneofCase.Applied)
+                {
+                    applied = frame.Applied;
+                    onApplied?.Invoke(applied);
+                    continue;
+                }
                 if (received == 0) firstChunk = Stopwatch.GetTimestamp();
                 received = await ParameterDataProtocol.ReadDenseDataAsync(connection.Reader, connection.Buffers, frame.Chunk, dataBytes, header.Dtype,
                     destination, received, token) ?? ChunkReader.ReadDense(frame.Chunk, header.Dtype, destination.Span, received);

@@ -112,7 +112,7 @@ public sealed class ParameterServerClient : IDisposable
         return reply;
     }
 
-    /// <summary>What the last pull's closing message said: the ranks behind the steps just applied (empty before any).</summary>
+    /// <summary>What the last pull said of the ranks behind the steps just applied (empty before any), set as soon as it arrives.</summary>
     public AppliedSteps LastApplied { get; private set; } = new();
 
     /// <summary>Makes <paramref name="rank"/> a member of the job's barrier from <paramref name="fromStep"/> on (a joining worker).</summary>
@@ -120,14 +120,24 @@ public sealed class ParameterServerClient : IDisposable
         await Guard(async () => await _client.JoinRankAsync(
             new JoinRankRequest { JobId = jobId, Rank = rank, FromStep = fromStep }, deadline: Deadline(_callTimeout), cancellationToken: cancellationToken));
 
-    /// <summary>Waits for version >= <paramref name="minVersion"/> of this range and decodes it into <paramref name="destination"/>.</summary>
-    public async Task PullAsync(string jobId, long minVersion, DType dtype, Memory<float> destination, CancellationToken cancellationToken)
+    /// <summary>
+    /// Waits for version >= <paramref name="minVersion"/> of this range and decodes it into
+    /// <paramref name="destination"/>. <paramref name="onApplied"/> is called, on the pull's
+    /// thread, once <see cref="LastApplied"/> holds what this pull said (under BSP before its
+    /// chunks arrive); not at all for a pull that says nothing of it.
+    /// </summary>
+    public async Task PullAsync(string jobId, long minVersion, DType dtype, Memory<float> destination, CancellationToken cancellationToken,
+        Action? onApplied = null)
     {
         var request = new PullRequest { JobId = jobId, MinVersion = minVersion, Dtype = dtype };
+        void Applied(AppliedSteps applied)
+        {
+            LastApplied = applied;
+            onApplied?.Invoke();
+        }
         if (_data is { } data)
         {
-            var (applied, firstChunk) = await Guard(() => data.PullAsync(request, destination, _barrierTimeout, cancellationToken));
-            if (applied is not null) LastApplied = applied;
+            var (_, firstChunk) = await Guard(() => data.PullAsync(request, destination, _barrierTimeout, cancellationToken, Applied));
             if (firstChunk != 0) LastPullFirstChunkTimestamp = firstChunk;
             return;
         }
@@ -147,7 +157,7 @@ public sealed class ParameterServerClient : IDisposable
             {
                 if (stream.Current.BodyCase == PullMessage.BodyOneofCase.Applied)
                 {
-                    LastApplied = stream.Current.Applied;
+                    Applied(stream.Current.Applied);
                     continue;
                 }
                 if (received == 0) LastPullFirstChunkTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();

@@ -7,7 +7,10 @@ namespace Cluster.Worker.Training;
 /// Shard leases (coordinator.proto, LeaseShard, asked on one LeaseShards stream:
 /// <see cref="LeaseStream"/>). Per global step t: lease a shard for step t from the coordinator
 /// (handing in which ranks' pushes made up the steps its last pull reported), forward/backward
-/// on it, push the gradient as step t and pull version t + 1. When the coordinator says the
+/// on it, push the gradient as step t and pull version t + 1. The lease for step t + 1 is asked
+/// as soon as that pull has said which ranks made up step t (which a BSP server sends before the
+/// partitions, once every push of the step is complete), so its round trip overlaps the servers'
+/// update and the rest of the pull; its reply is acted on once the pull has ended. When the coordinator says the
 /// epoch is trained: evaluate the part of the test set it names,
 /// report, and go on with the next epoch at the same step. A worker that joins a running job
 /// first becomes a member of the servers' barrier at a step boundary and pulls that version.
@@ -31,14 +34,20 @@ public sealed partial class ParameterServerTrainer
             (reason, retryIn) => WorkerLog.LeasePortFallback(logger, assignment.JobId, assignment.Rank, reason, retryIn.TotalSeconds));
         bool rewound = false, parametersPulled = false, leaseTransportLogged = false;
         long generation = 0;
-        while (true)
+        Task<LeaseShardReply> Lease(int epoch, long leaseStep, bool serversRewound)
         {
             var request = new LeaseShardRequest
             {
-                JobId = assignment.JobId, Rank = assignment.Rank, Epoch = rewound ? -1 : state.Epoch, Step = step,
-                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = rewound, LeaseGeneration = generation,
+                JobId = assignment.JobId, Rank = assignment.Rank, Epoch = epoch, Step = leaseStep,
+                TrainSampleCount = training.Task.TrainCount, Applied = servers.LastApplied(), ServersRewound = serversRewound, LeaseGeneration = generation,
             };
-            var leasing = CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
+            return CoordinatorRetry.CallAsync(options, deadline => leases.LeaseAsync(request, deadline, cancellationToken), cancellationToken);
+        }
+        Task<LeaseShardReply>? asked = null; // this step's lease, asked during the last step's exchange
+        while (true)
+        {
+            var leasing = asked ?? Lease(rewound ? -1 : state.Epoch, step, rewound);
+            asked = null;
             // The step's pulled parameters go into the model while a lease on the gRPC stream is on its way (nothing below reads
             // the model before; a lease on the lease port is a blocking call and has ended by then); on CPU the model shares
             // the buffer the pull wrote, and there is nothing to copy.
@@ -52,8 +61,13 @@ public sealed partial class ParameterServerTrainer
             {
                 case LeaseShardReply.Types.Kind.Shard or LeaseShardReply.Types.Kind.Idle:
                     if (state.Epoch != lease.Epoch) state = new EpochState(lease.Epoch);
-                    if (await TrainStepAsync(training, state, step, lease, cancellationToken) is { } version) (step, rewound) = (version, true);
-                    else (step, parametersPulled) = (step + 1, true);
+                    var next = new NextLease(() => Lease(state.Epoch, step + 1, serversRewound: false));
+                    if (await TrainStepAsync(training, state, step, lease, next, cancellationToken) is { } version)
+                    {
+                        await next.DropAsync(cancellationToken);
+                        (step, rewound) = (version, true);
+                    }
+                    else (step, parametersPulled, asked) = (step + 1, true, next.Asked);
                     break;
                 case LeaseShardReply.Types.Kind.EpochDone:
                     await ReportProgressAsync(state, lease.PlannedSteps, step, force: true, cancellationToken);
@@ -90,10 +104,12 @@ public sealed partial class ParameterServerTrainer
 
     /// <summary>
     /// One global step on the leased shard (none when idle): compute, push as <paramref name="step"/>,
-    /// pull step + 1. Returns null, with version step + 1 in training.Parameters for the caller to write into the model
+    /// pull step + 1, asking <paramref name="next"/> lease as soon as the pull has said which ranks made up the step.
+    /// Returns null, with version step + 1 in training.Parameters for the caller to write into the model
     /// (it does so while its next lease is on the way), or the older version the servers came back at (the step to train next).
     /// </summary>
-    private async Task<long?> TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, CancellationToken cancellationToken)
+    private async Task<long?> TrainStepAsync(Training training, EpochState state, long step, LeaseShardReply lease, NextLease next,
+        CancellationToken cancellationToken)
     {
         _timer ??= new Telemetry.StepTimer(telemetry, assignment.JobId, assignment.Rank);
         _tensorBoard ??= Telemetry.TensorBoardLog.For(options.TensorBoardDirectory, assignment.JobId, assignment.Rank);
@@ -107,10 +123,12 @@ public sealed partial class ParameterServerTrainer
         state.LossSum += loss;
         state.SampleCount += batch.Length;
         _timer.Computed();
-        while (await ExchangeAsync(training.Servers, step, batch.Length, gradient, training.Parameters, cancellationToken) is { } version && version != step + 1)
+        while (await ExchangeAsync(training.Servers, step, batch.Length, gradient, training.Parameters, cancellationToken, next.Ask) is { } version
+            && version != step + 1)
         {
             // A server came back from a checkpoint: at this very step the push is made again; earlier, applied steps were lost.
-            if (version != step)
+            // Once the next lease was asked the coordinator counts this step as applied, so the servers lost it too: a rewind.
+            if (version != step || next.Asked is not null)
             {
                 training.Vector.WriteParameters(AsBytes(training.Parameters));
                 return version;
@@ -120,6 +138,28 @@ public sealed partial class ParameterServerTrainer
         state.Steps++;
         await ReportProgressAsync(state, lease.PlannedSteps, step, force: false, cancellationToken);
         return null;
+    }
+
+    /// <summary>
+    /// The lease of the step after the one being trained, asked (<see cref="Ask"/>) once that
+    /// step's pull has said which ranks made it up; null until then.
+    /// </summary>
+    private sealed class NextLease(Func<Task<LeaseShardReply>> ask)
+    {
+        public Task<LeaseShardReply>? Asked { get; private set; }
+
+        public void Ask() => Asked ??= ask();
+
+        /// <summary>
+        /// Waits for a lease asked but not to be used (the servers were lost during the pull), dropping its
+        /// reply or failure: one lease is asked at a time, and the next one says that the servers rewound.
+        /// </summary>
+        public async Task DropAsync(CancellationToken cancellationToken)
+        {
+            if (Asked is null) return;
+            try { await Asked; }
+            catch (Exception) when (!cancellationToken.IsCancellationRequested) { }
+        }
     }
 
     private async Task ReportProgressAsync(EpochState state, int plannedSteps, long step, bool force, CancellationToken cancellationToken)

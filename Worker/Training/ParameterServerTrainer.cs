@@ -108,10 +108,11 @@ public sealed partial class ParameterServerTrainer(
     /// <summary>
     /// Pushes step's gradient and pulls the next version. When the servers are lost or restarted,
     /// waits for them, pulls the version they hold and returns it (the step to train next);
-    /// otherwise returns null.
+    /// otherwise returns null. <paramref name="whenApplied"/>: see <see cref="ShardedParameterClient.PushAndPullAsync"/>.
     /// </summary>
     private async Task<long?> ExchangeAsync(
-        ShardedParameterClient servers, long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
+        ShardedParameterClient servers, long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken,
+        Action? whenApplied = null)
     {
         try
         {
@@ -120,8 +121,8 @@ public sealed partial class ParameterServerTrainer(
             // on the thread pool, where its streams can use another core; top-k selection runs libtorch, so a sparse
             // exchange stays on the compute thread.
             var exchange = servers.Sparse || servers.Blocking
-                ? servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken)
-                : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken), cancellationToken);
+                ? servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken, whenApplied)
+                : Task.Run(() => servers.PushAndPullAsync(step, sampleCount, gradient, parameters, cancellationToken, whenApplied), cancellationToken);
             if (await exchange)
             {
                 _rejectedSinceReport++;

@@ -105,14 +105,23 @@ public sealed class ShardedParameterClient : IDisposable
     /// sends the new version as soon as it is applied; the first server's push goes out on the
     /// calling thread. Over data ports (<see cref="Blocking"/>) a pull's calls block its thread
     /// until the version comes, and a push's calls block its thread until it is answered.
+    /// <para>
+    /// <paramref name="whenApplied"/>, when given, is called on the calling thread once the
+    /// pushes are answered and every server's pull has said which ranks made up step
+    /// <paramref name="step"/> (<see cref="LastApplied"/> then holds it), while the new version
+    /// may still be on its way: a BSP worker leases its next shard there. It is not called when
+    /// a pull ends without saying so first, nor when the pushes fail.
+    /// </para>
     /// </summary>
-    public async Task<bool> PushAndPullAsync(long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken)
+    public async Task<bool> PushAndPullAsync(long step, int sampleCount, StepGradient gradient, float[] parameters, CancellationToken cancellationToken,
+        Action? whenApplied = null)
     {
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var applied = new AppliedCountdown(_servers.Length);
         var pull = Task.WhenAll(_servers.Select((server, k) => Task.Run(() =>
-            server.PullAsync(_jobId, step + 1, Dtype, RangeOf(parameters, k), pullCancel.Token), CancellationToken.None)));
+            server.PullAsync(_jobId, step + 1, Dtype, RangeOf(parameters, k), pullCancel.Token, applied.Arrived), CancellationToken.None)));
         // The first server's push goes out on this thread, the others' meanwhile on the thread pool (over data ports each
         // blocks its thread until answered); top-k selection runs libtorch, so sparse pushes all go out here, in turn.
         var pushes = new Task<PushReply>[_servers.Length];
@@ -133,8 +142,23 @@ public sealed class ShardedParameterClient : IDisposable
             catch (Exception e) when (e is OperationCanceledException or Grpc.Core.RpcException or Shared.Rpc.PeerUnreachableException or InvalidDataException) { }
             throw;
         }
+        if (whenApplied is not null && await Task.WhenAny(applied.Task, pull) == applied.Task) whenApplied();
         await pull;
         return pushes.Any(p => p.Result.Rejected);
+    }
+
+    /// <summary>Completes once each of the servers' pulls has said which ranks made up the step.</summary>
+    private sealed class AppliedCountdown(int servers)
+    {
+        private readonly TaskCompletionSource _all = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _left = servers;
+
+        public Task Task => _all.Task;
+
+        public void Arrived()
+        {
+            if (Interlocked.Decrement(ref _left) == 0) _all.TrySetResult();
+        }
     }
 
     /// <summary>

@@ -50,7 +50,7 @@ foreach (var (model, samples) in !Run("local-vs-cluster") ? [] : new[] { ("cnn",
     var step = phases[Math.Max(0, clusters.IndexOf(cluster))];
     Report(new("local-vs-cluster", $"{model}: local step (batch 64)", localStep, "ms"));
     foreach (var (phase, millis) in new[] { ("period", step.PeriodMs), ("compute (forward, backward)", step.ComputeMs), ("push", step.PushMs),
-                 ("wait for the update", step.WaitMs), ("pull", step.PullMs), ("between steps (lease, parameters into the model)", step.BetweenMs) })
+                 ("wait for the update", step.WaitMs), ("pull", step.PullMs), ("between steps (parameters into the model, the lease)", step.BetweenMs) })
         Report(new("local-vs-cluster", $"{model}: 1-worker cluster step, median: {phase}", millis, "ms", millis / localStep, "local step"));
 }
 

@@ -5,7 +5,9 @@ namespace Cluster.Bench.Suites;
 /// <summary>
 /// Where a 1-worker cluster's step goes, from the job's timeline (`cluster local --timeline`):
 /// medians over the second epoch of rank 0's spans. "Between steps" is the rest of the step's
-/// period: the shard lease and writing the pulled parameters into the model.
+/// period: writing the pulled parameters into the model and taking the next shard lease (asked
+/// during the wait for the update once the servers say the step's pushes are all in, or here
+/// when they do not).
 /// </summary>
 public sealed record StepPhases(double ComputeMs, double PushMs, double WaitMs, double PullMs, double BetweenMs, double PeriodMs)
 {

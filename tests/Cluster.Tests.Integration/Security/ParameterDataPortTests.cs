@@ -111,7 +111,11 @@ public sealed class ParameterDataPortTests
 
         // Step 0 (world size 2): both ranks push, rank 1 in bfloat16; version 1 is the mean applied by SGD.
         float[] gradient = [.. Enumerable.Range(0, Elements).Select(i => (i % 7) - 3f)];
-        var pull = client.PullAsync("job-tcp", 1, DType.Float32, new float[Elements], CancellationToken.None);
+        // The pull says which ranks made up step 0 before any of its chunks arrives.
+        float[] waiting = new float[Elements];
+        var applied = new TaskCompletionSource<(int[] Ranks, bool AnyChunk)>();
+        var pull = client.PullAsync("job-tcp", 1, DType.Float32, waiting, CancellationToken.None,
+            () => applied.TrySetResult(([.. client.LastApplied.Steps.Single(s => s.Step == 0).Ranks], waiting.Any(v => v != 0))));
         var first = await client.PushAsync(new PushHeader { JobId = "job-tcp", Rank = 0, Step = 0, SampleCount = 1 }, Chunks(gradient), CancellationToken.None);
         Assert.Equal(0, first.Version);
         // A repeated push (a retry after a lost reply) is acknowledged and applied once.
@@ -121,6 +125,10 @@ public sealed class ParameterDataPortTests
         await client.PushAsync(new PushHeader { JobId = "job-tcp", Rank = 1, Step = 0, SampleCount = 1, Dtype = DType.Bfloat16 },
             TensorWire.Chunks(bf16, 0, 2, 1000), CancellationToken.None);
         await pull.WaitAsync(Timeout);
+        Assert.True(applied.Task.IsCompleted, "the pull ended without saying which ranks made up step 0");
+        var (ranks, anyChunk) = await applied.Task;
+        Assert.Equal([0, 1], ranks);
+        Assert.False(anyChunk, "the pull's chunks came before it said which ranks made up step 0");
 
         float[] pulled = new float[Elements];
         await client.PullAsync("job-tcp", 1, DType.Float32, pulled, CancellationToken.None);

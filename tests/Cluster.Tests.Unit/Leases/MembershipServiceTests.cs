@@ -10,8 +10,9 @@ namespace Cluster.Tests.Unit.Leases;
 
 /// <summary>
 /// The parameter server's side of the leases through its gRPC handlers (no network): every pull
-/// ends with the ranks behind the steps just applied, RemoveRank lets the barrier go on, and
-/// JoinRank adds a rank at a step boundary.
+/// of a BSP job says which ranks made up the steps just applied, before its chunks and as soon as
+/// the step's pushes are complete; RemoveRank lets the barrier go on, and JoinRank adds a rank at
+/// a step boundary.
 /// </summary>
 [Trait("Tier", "unit")]
 public sealed class MembershipServiceTests
@@ -41,12 +42,14 @@ public sealed class MembershipServiceTests
             [new PushMessage { Header = new PushHeader { JobId = "job-l", Rank = rank, Step = step, SampleCount = 2 } },
              .. Shared.Wire.TensorWire.Chunks(Floats(0.5f)).Select(c => new PushMessage { Chunk = c })]), Context());
 
+    /// <summary>A pull's AppliedSteps, checked to come right after its header and before every chunk.</summary>
     private async Task<AppliedSteps> PullAppliedAsync(long minVersion)
     {
         var writer = new ListWriter<PullMessage>();
         await _service.PullParameters(new PullRequest { JobId = "job-l", MinVersion = minVersion }, writer, Context()).WaitAsync(TimeSpan.FromSeconds(5));
-        Assert.Equal(PullMessage.BodyOneofCase.Applied, writer.Written[^1].BodyCase);
-        return writer.Written[^1].Applied;
+        Assert.Equal([PullMessage.BodyOneofCase.Header, PullMessage.BodyOneofCase.Applied], writer.Written.Take(2).Select(m => m.BodyCase));
+        Assert.All(writer.Written.Skip(2), m => Assert.Equal(PullMessage.BodyOneofCase.Chunk, m.BodyCase));
+        return writer.Written[1].Applied;
     }
 
     private static byte[] Floats(float value) => MemoryMarshal.AsBytes(Enumerable.Repeat(value, Elements).ToArray().AsSpan()).ToArray();
@@ -54,7 +57,7 @@ public sealed class MembershipServiceTests
     private static TestCallContext Context() => new(CancellationToken.None);
 
     [Fact]
-    public async Task A_pull_ends_with_the_ranks_of_the_applied_steps_and_a_removed_rank_no_longer_holds_up_the_barrier()
+    public async Task A_pull_starts_with_the_ranks_of_the_applied_steps_and_a_removed_rank_no_longer_holds_up_the_barrier()
     {
         await InitializeAsync();
         await PushAsync(0, 0);
@@ -71,6 +74,24 @@ public sealed class MembershipServiceTests
         var refused = await Assert.ThrowsAsync<RpcException>(() => PushAsync(1, 2));
         Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
         Assert.False((await _service.RemoveRank(new RemoveRankRequest { JobId = "job-l", Rank = 1 }, Context())).Removed);
+    }
+
+    [Fact]
+    public async Task A_pull_says_which_ranks_made_up_the_step_only_once_every_push_of_it_is_complete()
+    {
+        var job = await InitializeAsync();
+        await PushAsync(0, 0);
+        var writer = new ListWriter<PullMessage>();
+        var pull = _service.PullParameters(new PullRequest { JobId = "job-l", MinVersion = 1 }, writer, Context());
+
+        await Task.Delay(200);
+        int writtenBefore = writer.Written.Count;
+        await PushAsync(1, 0);
+        await pull.WaitAsync(TimeSpan.FromSeconds(5));
+
+        Assert.Equal(1, writtenBefore); // the header only: rank 1's push of step 0 was still missing
+        Assert.Equal([(0L, new[] { 0, 1 })], writer.Written[1].Applied.Steps.Select(s => (s.Step, s.Ranks.ToArray())));
+        Assert.Equal(1, job.Version);
     }
 
     [Fact]
