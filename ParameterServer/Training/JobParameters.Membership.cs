@@ -69,20 +69,8 @@ public sealed partial class JobParameters
     /// <see cref="AppliedSteps"/> through <paramref name="step"/> is final, though the step's
     /// partitions may not be applied yet.
     /// </summary>
-    public async Task WaitForStepCompleteAsync(long step, CancellationToken cancellationToken)
-    {
-        while (true)
-        {
-            Task progress;
-            lock (_gate)
-            {
-                if (Version > step || (Version == step && _stepQueued)) return;
-                if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
-                progress = _progress.Task;
-            }
-            await progress.WaitAsync(cancellationToken);
-        }
-    }
+    public Task WaitForStepCompleteAsync(long step, CancellationToken cancellationToken) =>
+        WaitUntilAsync(static (job, step) => job.Version > step || (job.Version == step && job._stepQueued), step, cancellationToken);
 
     /// <summary>
     /// Removes a rank from the barrier; returns the first step it is no longer a member of

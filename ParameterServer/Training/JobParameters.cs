@@ -164,14 +164,22 @@ public sealed partial class JobParameters
     }
 
     /// <summary>Completes when partition <paramref name="partition"/> has reached <paramref name="minVersion"/>.</summary>
-    public async Task WaitForPartitionAsync(int partition, long minVersion, CancellationToken cancellationToken)
+    public Task WaitForPartitionAsync(int partition, long minVersion, CancellationToken cancellationToken) =>
+        WaitUntilAsync(static (job, at) => job.IsAsync ? job.MayPull(at.MinVersion) : job._partitionVersions[at.Partition] >= at.MinVersion,
+            (Partition: partition, MinVersion: minVersion), cancellationToken);
+
+    /// <summary>
+    /// Completes once <paramref name="reached"/> (asked under the lock, each time the job makes
+    /// progress) holds; fails if applying updates failed.
+    /// </summary>
+    private async Task WaitUntilAsync<TState>(Func<JobParameters, TState, bool> reached, TState state, CancellationToken cancellationToken)
     {
         while (true)
         {
             Task progress;
             lock (_gate)
             {
-                if (IsAsync ? MayPull(minVersion) : _partitionVersions[partition] >= minVersion) return;
+                if (reached(this, state)) return;
                 if (_failure is not null) throw new InvalidOperationException($"job {JobId}: applying updates failed", _failure);
                 progress = _progress.Task;
             }

@@ -80,7 +80,7 @@ public sealed class ParameterDataClient(string address, ClusterSecurity security
 
     /// <summary>
     /// Pulls into <paramref name="destination"/>; returns the pull's AppliedSteps (null when it
-    /// had none) and when the first chunk arrived (Stopwatch timestamp). <paramref name="applied"/>
+    /// had none) and when the first chunk arrived (Stopwatch timestamp). <paramref name="onApplied"/>
     /// is called with the AppliedSteps as soon as it arrives, on the pull's thread, whether
     /// before the chunks (BSP) or after them.
     /// </summary>

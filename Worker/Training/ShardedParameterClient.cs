@@ -119,9 +119,10 @@ public sealed class ShardedParameterClient : IDisposable
         var header = new PushHeader { JobId = _jobId, Rank = _rank, Step = step, SampleCount = sampleCount, Dtype = Dtype, Sparse = _encoder.Sparse };
         // A failed push cancels the pull: the version it waits for may never come (a server restarted at an older one).
         using var pullCancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var applied = new AppliedCountdown(_servers.Length);
+        var applied = whenApplied is null ? null : new AppliedCountdown(_servers.Length);
+        Action? arrived = applied is null ? null : applied.Arrived;
         var pull = Task.WhenAll(_servers.Select((server, k) => Task.Run(() =>
-            server.PullAsync(_jobId, step + 1, Dtype, RangeOf(parameters, k), pullCancel.Token, applied.Arrived), CancellationToken.None)));
+            server.PullAsync(_jobId, step + 1, Dtype, RangeOf(parameters, k), pullCancel.Token, arrived), CancellationToken.None)));
         // The first server's push goes out on this thread, the others' meanwhile on the thread pool (over data ports each
         // blocks its thread until answered); top-k selection runs libtorch, so sparse pushes all go out here, in turn.
         var pushes = new Task<PushReply>[_servers.Length];
@@ -142,7 +143,7 @@ public sealed class ShardedParameterClient : IDisposable
             catch (Exception e) when (e is OperationCanceledException or Grpc.Core.RpcException or Shared.Rpc.PeerUnreachableException or InvalidDataException) { }
             throw;
         }
-        if (whenApplied is not null && await Task.WhenAny(applied.Task, pull) == applied.Task) whenApplied();
+        if (applied is not null && await Task.WhenAny(applied.Task, pull) == applied.Task) whenApplied!();
         await pull;
         return pushes.Any(p => p.Result.Rejected);
     }
