@@ -29,7 +29,7 @@ public sealed class StepAggregator
     private float[][] _rankGradients;
     private int[] _sampleCounts;
     private DType[] _encodings;
-    private readonly float[] _decoded = new float[BlockElements];
+    [ThreadStatic] private static float[]? t_decoded;   // a block decoded for AddTerm: one per thread, as appliers combine partitions at once
 
     public StepAggregator(int worldSize, int elementCount)
     {
@@ -141,7 +141,7 @@ public sealed class StepAggregator
         for (int offset = 0; offset < destination.Length; offset += BlockElements)
         {
             var part = destination.Slice(offset, Math.Min(BlockElements, destination.Length - offset));
-            var decoded = _decoded.AsSpan(0, part.Length);
+            var decoded = (t_decoded ??= new float[BlockElements]).AsSpan(0, part.Length);
             CopyGradient(rank, start + offset, decoded);
             TensorPrimitives.FusedMultiplyAdd(decoded, weight, part, part);
         }

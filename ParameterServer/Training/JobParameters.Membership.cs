@@ -124,10 +124,9 @@ public sealed partial class JobParameters
         }
     }
 
-    /// <summary>Under the lock, from the applier: the step is done; grow for joiners and see whether the next can go.</summary>
+    /// <summary>Under the lock, from the applier that finished the step, after VersionReached: grow for joiners and see whether the next can go.</summary>
     private void OnStepApplied()
     {
-        _stepQueued = false;
         GrowToWanted();
         EnqueueIfStepComplete();
     }
@@ -136,7 +135,7 @@ public sealed partial class JobParameters
     private void EnqueueIfStepComplete()
     {
         // SSP and ASP apply each push on its own as it completes (JobParameters.Async.cs): no step barrier.
-        if (_stepQueued || IsAsync) return;
+        if (_stepQueued || _reachingVersion || IsAsync) return;
         var members = MembersOf(Version);
         if (members.Count == 0)
         {

@@ -11,8 +11,9 @@ namespace Cluster.ParameterServer.Training;
 /// One job's float32 master weights for this server's key range, cut into partitions, under
 /// BSP. Step t is applied partition by partition once every member rank's push of it is
 /// complete (whole pushes only, so that a rank lost mid-push is never half-applied: see
-/// JobParameters.Membership), and a pull streams each partition as soon as it reaches the
-/// version asked for. Pulls read the master buffer directly: a partition at version t cannot move on while
+/// JobParameters.Membership), by up to <see cref="ApplierCount"/> appliers at once (the update of
+/// a large model is bound by one core's memory traffic), and a pull streams each partition as
+/// soon as it reaches the version asked for. Pulls read the master buffer directly: a partition at version t cannot move on while
 /// any rank still pulls it, because version t + 1 needs every rank's push for step t, which a
 /// rank sends only after its pull of version t has ended.
 /// </summary>
@@ -20,7 +21,7 @@ public sealed partial class JobParameters
 {
     private readonly object _gate = new();
     private readonly float[] _weights;
-    private readonly float[] _block = new float[StepAggregator.BlockElements]; // the applier's combined gradient, a block at a time
+    private readonly float[] _block = new float[StepAggregator.BlockElements]; // SSP and ASP's gradient, a block at a time (under the lock)
     private readonly StepAggregator _aggregator;
     private readonly IOptimizer _optimizer;
     private readonly long[] _partitionVersions;
@@ -30,10 +31,11 @@ public sealed partial class JobParameters
     private int _partitionsAhead;                 // partitions already at Version + 1
     private TaskCompletionSource _progress = NewSignal();
     private Exception? _failure;
-    private readonly Channel<int> _ready = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true });
+    private bool _reachingVersion;                // every partition is applied; the next step waits for VersionReached
+    private readonly Channel<int> _ready = Channel.CreateUnbounded<int>();
 
     public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, float[] initialWeights,
-        long rangeStart = 0, int partitionElements = DefaultPartitionElements, IReadOnlyList<OptimizerGroup>? groups = null)
+        long rangeStart = 0, int partitionElements = DefaultPartitionElements, IReadOnlyList<OptimizerGroup>? groups = null, int appliers = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(partitionElements, 1);
@@ -48,7 +50,8 @@ public sealed partial class JobParameters
         _partitionArrivals = new int[PartitionCount];
         _excluded = Enumerable.Range(0, PartitionCount).Select(_ => new bool[worldSize]).ToArray();
         _ranks = Enumerable.Range(0, worldSize).Select(_ => new RankPush()).ToArray();
-        _ = Task.Run(ApplyLoopAsync);
+        ApplierCount = Math.Clamp(appliers > 0 ? appliers : Environment.ProcessorCount, 1, PartitionCount);
+        for (int i = 0; i < ApplierCount; i++) _ = Task.Run(ApplyLoopAsync);
     }
 
     public const int DefaultPartitionElements = Shared.Sharding.KeyRanges.DefaultPartitionElements;
@@ -60,6 +63,8 @@ public sealed partial class JobParameters
     public int PartitionElements { get; }
     public int PartitionCount { get; }
     public int WorldSize => _aggregator.WorldSize;
+    /// <summary>How many partitions of a BSP step are applied at once: one per core unless told, at most one per partition.</summary>
+    public int ApplierCount { get; }
     /// <summary>The version every partition has reached.</summary>
     public long Version { get; private set; }
     /// <summary>Partitions of pushes refused for NaN or Inf (counted as absent, never applied).</summary>
@@ -194,10 +199,11 @@ public sealed partial class JobParameters
     }
 
     /// <summary>
-    /// Applies partitions as they become complete, on its own task, so that the optimizer works
-    /// on partition p while the pushes of partition p + 1 are still being received. The heavy
-    /// work runs outside the lock: nobody reads or writes a complete partition until its
-    /// version moves on (the class remarks give the BSP argument).
+    /// One applier: applies partitions as they become complete, on its own task, so that the
+    /// optimizer works on partition p while the pushes of partition p + 1 are still being
+    /// received, and the other appliers on the partitions after it. The heavy work runs outside
+    /// the lock: nobody reads or writes a complete partition until its version moves on (the
+    /// class remarks give the BSP argument), and each partition is taken by one applier.
     /// </summary>
     private async Task ApplyLoopAsync()
     {
@@ -218,6 +224,7 @@ public sealed partial class JobParameters
 
     private async Task ApplyReadyPartitionsAsync()
     {
+        var block = new float[StepAggregator.BlockElements]; // this applier's combined gradient, a block at a time
         await foreach (int partition in _ready.Reader.ReadAllAsync())
         {
             int start = PartitionStart(partition), length = PartitionLength(partition);
@@ -227,8 +234,8 @@ public sealed partial class JobParameters
             // weight decay or momentum moves it.
             bool applied = !_aggregator.AllExcluded(_excluded[partition]);
             // A block at a time: a combined or decoded block is consumed while it is in cache.
-            for (int offset = start; offset < start + length; offset += _block.Length)
-                ApplyBlock(partition, offset, Math.Min(_block.Length, start + length - offset), applied, copyType);
+            for (int offset = start; offset < start + length; offset += block.Length)
+                ApplyBlock(partition, offset, Math.Min(block.Length, start + length - offset), applied, copyType, block);
             lock (_gate)
             {
                 PullCopyReached(partition, _partitionVersions[partition] + 1, copyType);
@@ -240,14 +247,20 @@ public sealed partial class JobParameters
                     _partitionsAhead = 0;
                     Version++;
                     reached = Version;
-                    OnStepApplied();
+                    _stepQueued = false;
+                    _reachingVersion = true;
                 }
                 SignalProgress();
             }
-            // This loop is the only writer of weights and optimizer state, and no partition can
-            // move past a version that every worker has not pulled whole: a snapshot taken here is
-            // consistent.
-            if (reached > 0) VersionReached?.Invoke(this, reached);
+            if (reached == 0) continue;
+            // Every partition is at the new version and the next step is not queued until this
+            // ends, so no applier writes weights or optimizer state now: a snapshot taken here is consistent.
+            VersionReached?.Invoke(this, reached);
+            lock (_gate)
+            {
+                _reachingVersion = false;
+                OnStepApplied();
+            }
         }
     }
 
@@ -257,7 +270,7 @@ public sealed partial class JobParameters
     /// (unless Float32). A rank that pushed bfloat16 alone is stepped from its elements as they
     /// came, and a bfloat16 copy is then written in the same pass.
     /// </summary>
-    private void ApplyBlock(int partition, int offset, int length, bool applied, DType copyType)
+    private void ApplyBlock(int partition, int offset, int length, bool applied, DType copyType, float[] block)
     {
         var weights = _weights.AsSpan(offset, length);
         long version = _partitionVersions[partition] + 1;
@@ -265,7 +278,7 @@ public sealed partial class JobParameters
         if (applied)
         {
             var sole = _aggregator.SoleBFloat16(offset, length, _excluded[partition]);
-            if (sole.IsEmpty) _optimizer.StepRange(offset, weights, _aggregator.Combined(offset, _block.AsSpan(0, length), _excluded[partition]), version);
+            if (sole.IsEmpty) _optimizer.StepRange(offset, weights, _aggregator.Combined(offset, block.AsSpan(0, length), _excluded[partition]), version);
             else
             {
                 var copy = copyType == DType.Bfloat16 ? MemoryMarshal.Cast<byte, ushort>(PullCopyBytes(offset, length, copyType)) : [];

@@ -158,6 +158,16 @@ if (only == "ps-phases")
     var (ordinary, decaying) = ServerPhases.DecayingStateMillis(KeyRanges.DefaultPartitionElements, 10);
     Report(new("ps-phases", "1 MiB partition: adam step over state that still gets gradients", ordinary, "ms"));
     Report(new("ps-phases", "1 MiB partition: adam step over state whose gradients stopped 800 steps ago", decaying, "ms", decaying / ordinary, "state that still gets gradients"));
+    // The server's update of a whole step (no network), by one applier and by one per core, alternating.
+    var (one, perCore) = (new List<double>(), new List<double>());
+    for (int run = 0; run < 3; run++)
+    {
+        one.Add(ServerPhases.JobUpdateMillis(syncElements, 1, quick ? 3 : 20));
+        perCore.Add(ServerPhases.JobUpdateMillis(syncElements, Environment.ProcessorCount, quick ? 3 : 20));
+    }
+    Report(new("ps-phases", $"{syncModel}: a server's update of a 1-worker step (NaN check, adam), 1 applier{Spread(one)}", Median(one), "ms"));
+    Report(new("ps-phases", $"{syncModel}: the same, {Environment.ProcessorCount} appliers (one per core){Spread(perCore)}", Median(perCore), "ms",
+        Median(perCore) / Median(one), "1 applier"));
 }
 
 // 5. Flatten / unflatten between TorchSharp and the wire buffer.

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
 using Cluster.Shared.Wire;
@@ -42,6 +43,36 @@ public static class ServerPhases
         for (; step <= 800; step++) decaying.StepRange(0, decayingWeights, zeros, step + 1);
         return (Best(repeats, () => ordinary.StepRange(0, ordinaryWeights, gradient, 2)),
             Best(repeats, () => decaying.StepRange(0, decayingWeights, zeros, ++step)));
+    }
+
+    /// <summary>
+    /// A parameter server's update of a whole step, without the network: from a 1-worker push
+    /// of <paramref name="elementCount"/> float32 elements received whole to every partition at
+    /// the new version (the NaN/Inf check, then Adam partition by partition on
+    /// <paramref name="appliers"/> appliers at once). Median of <paramref name="steps"/>, in ms.
+    /// </summary>
+    public static double JobUpdateMillis(int elementCount, int appliers, int steps)
+    {
+        var job = new JobParameters("bench-update", 1, new TensorLayout(), new OptimizerSettings(), new float[elementCount], appliers: appliers);
+        try
+        {
+            var millis = new List<double>();
+            for (long step = 0; step < steps; step++)
+            {
+                job.BeginPush(0, step, 64).Span.Fill(1e-3f);
+                long start = Stopwatch.GetTimestamp();
+                job.Received(0, elementCount);
+                job.CompletePush(0);
+                job.WaitForVersionAsync(step + 1, CancellationToken.None).GetAwaiter().GetResult();
+                millis.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+            millis.Sort();
+            return millis[millis.Count / 2];
+        }
+        finally
+        {
+            job.Close();
+        }
     }
 
     /// <summary>

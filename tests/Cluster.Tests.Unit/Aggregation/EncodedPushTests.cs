@@ -32,13 +32,6 @@ public sealed class EncodedPushTests
         return [.. Enumerable.Range(0, length).Select(_ => (float)(random.NextDouble() * 2 - 1) * 1e-2f)];
     }
 
-    /// <summary>Writes <paramref name="values"/> into rank's buffer as the server stores a dense push of <paramref name="dtype"/>.</summary>
-    private static void Store(Span<float> buffer, float[] values, DType dtype)
-    {
-        if (dtype == DType.Float32) values.CopyTo(buffer);
-        else ElementCodec.Encode(values, MemoryMarshal.AsBytes(buffer)[..(values.Length * 2)], dtype);
-    }
-
     private static int[] Bits(ReadOnlySpan<float> values) => [.. values.ToArray().Select(BitConverter.SingleToInt32Bits)];
 
     [Fact]
@@ -63,7 +56,7 @@ public sealed class EncodedPushTests
         for (int rank = 0; rank < 3; rank++)
         {
             float[] carried = WireValues.Carried(RandomGradient(rank), dtypes[rank]);
-            Store(encoded.BufferFor(rank).Span, carried, dtypes[rank]);
+            WireValues.StoreAsPushed(encoded.BufferFor(rank).Span, carried, dtypes[rank]);
             encoded.SetEncoding(rank, dtypes[rank]);
             carried.CopyTo(decoded.BufferFor(rank).Span);
             encoded.SetSampleCount(rank, samples[rank]);
@@ -98,7 +91,7 @@ public sealed class EncodedPushTests
     {
         var aggregator = new StepAggregator(2, 40);
         float[] carried = WireValues.Carried(RandomGradient(7, 40), dtype);
-        Store(aggregator.BufferFor(1).Span, carried, dtype);
+        WireValues.StoreAsPushed(aggregator.BufferFor(1).Span, carried, dtype);
         aggregator.SetEncoding(1, dtype);
         aggregator.SetSampleCount(0, 0);
         aggregator.SetSampleCount(1, 5);
@@ -122,7 +115,7 @@ public sealed class EncodedPushTests
         var aggregator = new StepAggregator(1, Elements);
         float[] gradient = RandomGradient(3);
         gradient[StepAggregator.BlockElements + 5] = bad;
-        Store(aggregator.BufferFor(0).Span, gradient, dtype);
+        WireValues.StoreAsPushed(aggregator.BufferFor(0).Span, gradient, dtype);
         aggregator.SetEncoding(0, dtype);
 
         Assert.False(aggregator.IsFinite(0, 0, Elements));
@@ -149,7 +142,7 @@ public sealed class EncodedPushTests
             for (int rank = 0; rank < 2; rank++)
             {
                 float[] carried = WireValues.Carried(RandomGradient((int)step * 10 + rank), wire[rank]);
-                Store(encoded.BeginPush(rank, step, 32 + rank, wire[rank]).Span, carried, wire[rank]);
+                WireValues.StoreAsPushed(encoded.BeginPush(rank, step, 32 + rank, wire[rank]).Span, carried, wire[rank]);
                 encoded.Received(rank, Elements);
                 encoded.CompletePush(rank);
                 carried.CopyTo(decoded.BeginPush(rank, step, 32 + rank).Span);
@@ -189,7 +182,7 @@ public sealed class EncodedPushTests
                 // applied, yet its copy must hold it at the new version.
                 if (step == 1) gradient[Elements - 2] = float.NaN;
                 float[] carried = WireValues.Carried(gradient, DType.Bfloat16);
-                Store(job.BeginPush(rank, step, 32 + rank, DType.Bfloat16).Span, carried, DType.Bfloat16);
+                WireValues.StoreAsPushed(job.BeginPush(rank, step, 32 + rank, DType.Bfloat16).Span, carried, DType.Bfloat16);
                 job.Received(rank, Elements);
                 carried.CopyTo(decoded.BeginPush(rank, step, 32 + rank).Span);
                 decoded.Received(rank, Elements);
@@ -222,7 +215,7 @@ public sealed class EncodedPushTests
         float[] gradient = WireValues.Carried(RandomGradient(5, 3000), DType.Bfloat16);
 
         // The first part of the push gets through: partitions 0 and 1, kept as bfloat16.
-        Store(job.BeginPush(0, 0, 8, DType.Bfloat16).Span, gradient, DType.Bfloat16);
+        WireValues.StoreAsPushed(job.BeginPush(0, 0, 8, DType.Bfloat16).Span, gradient, DType.Bfloat16);
         job.Received(0, 2000);
         job.AbortPush(0);
 
@@ -234,7 +227,7 @@ public sealed class EncodedPushTests
         // The same wire type completes the step; the partitions already delivered are not taken from the retry.
         var retry = gradient.ToArray();
         retry[0] = 1000f;
-        Store(job.BeginPush(0, 0, 8, DType.Bfloat16).Span, retry, DType.Bfloat16);
+        WireValues.StoreAsPushed(job.BeginPush(0, 0, 8, DType.Bfloat16).Span, retry, DType.Bfloat16);
         job.Received(0, 3000);
         job.CompletePush(0);
         await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Cluster.Protos;
 using Cluster.Shared.Wire;
 
@@ -14,5 +15,12 @@ public static class WireValues
         var decoded = new float[values.Length];
         ElementCodec.Decode(bytes, decoded, dtype);
         return decoded;
+    }
+
+    /// <summary>Writes <paramref name="values"/> into a rank's buffer as a parameter server stores a dense push of <paramref name="dtype"/> (2-byte types as they came).</summary>
+    public static void StoreAsPushed(Span<float> buffer, float[] values, DType dtype)
+    {
+        if (dtype == DType.Float32) values.CopyTo(buffer);
+        else ElementCodec.Encode(values, MemoryMarshal.AsBytes(buffer)[..(values.Length * 2)], dtype);
     }
 }
