@@ -9,7 +9,10 @@ namespace Cluster.ParameterServer.DataPort;
 /// <summary>
 /// One authenticated data-port connection: serves its exchanges one at a time
 /// (parameter_server.proto, "The data port", step 2) through <see cref="ParameterTraffic"/>,
-/// the same code the gRPC service runs. A failed call is answered with an error frame carrying
+/// the same code the gRPC service runs. The connection has a thread of its own and its stream
+/// makes blocking calls (<see cref="BlockingSocketStream"/>), so a push's frames wake that thread
+/// directly, and a push is read, applied and answered on it; a pull, which waits for the update,
+/// is written from the thread pool while the connection's thread waits for the next exchange. A failed call is answered with an error frame carrying
 /// the gRPC status; a frame against the rules ends the connection (InvalidDataException).
 /// A worker on the same host may first ask for a shared region (<see cref="SharedRegion"/>),
 /// made in <paramref name="regionDirectory"/> (null: none offered) and at most <paramref name="regionBytesMax"/>.
@@ -39,13 +42,11 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
 
     private async Task ServeExchangesAsync(CancellationToken stopping)
     {
-        Task<bool>? nextLengths = null;
+        bool? nextLengths = null;
         bool first = true;
         while (true)
         {
-            bool more = nextLengths is null
-                ? await DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping)
-                : await nextLengths;
+            bool more = nextLengths ?? await DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping);
             nextLengths = null;
             if (!more) return;
             var (frame, _) = await ParameterDataProtocol.ReadHeaderAsync(_reader, _buffers, stopping);
@@ -119,27 +120,50 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
         await chunks.SkipRestAsync(header, stopping);
         await ParameterDataProtocol.WriteAsync(_writer, answer, stopping);
         await _writer.FlushAsync(stopping);
+        // Awake, with the step just completed: start applying it instead of waiting for an applier to wake.
+        traffic.ApplyQueued(header.JobId);
     }
 
     /// <summary>
-    /// Serves a pull; returns the read of the next exchange's lengths, started at once so that
-    /// a worker that goes away (the read ends) cancels a pull still waiting for its version.
+    /// Serves a pull on the thread pool (it waits for the version asked for) while this thread
+    /// reads the next exchange's lengths, which come only once the pull has ended, or end when a
+    /// worker goes away: that cancels a pull still waiting for its version. Returns whether a next
+    /// exchange came.
     /// </summary>
-    private async Task<Task<bool>> ServePullAsync(PullRequest request, CancellationToken stopping)
+    private async Task<bool> ServePullAsync(PullRequest request, CancellationToken stopping)
+    {
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+        var pull = Task.Run(() => PullAsync(request, cancel.Token, stopping), CancellationToken.None);
+        bool more;
+        try
+        {
+            more = await DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping);
+        }
+        catch
+        {
+            CancelQuietly(cancel);
+            // The connection is broken: the pull's own failure is not the one that counts.
+            try { await pull; }
+            catch (Exception) { }
+            throw;
+        }
+        if (!more) CancelQuietly(cancel);
+        // Blocks this thread, which serves the next exchange: a worker sends it only after the pull's end.
+        pull.GetAwaiter().GetResult();
+        return more;
+    }
+
+    private async Task PullAsync(PullRequest request, CancellationToken cancel, CancellationToken stopping)
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        using var pull = CancellationTokenSource.CreateLinkedTokenSource(stopping);
-        var nextLengths = DataFrames.ReadLengthsAsync(_reader, _buffers.Lengths, stopping).AsTask();
-        _ = nextLengths.ContinueWith(read => { if (!read.IsCompletedSuccessfully || !read.Result) CancelQuietly(pull); },
-            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
             var sink = new FrameSink(_writer, _buffers.Region?.StartExchange());
-            await traffic.PullAsync(request, sink, pull.Token);
-            await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { End = new DataEnd() }, pull.Token);
+            await traffic.PullAsync(request, sink, cancel);
+            await ParameterDataProtocol.WriteAsync(_writer, new DataFrame { End = new DataEnd() }, cancel);
             observer.Pulled(request, start, sink.FirstChunkTimestamp, sink.Bytes);
         }
-        catch (OperationCanceledException) when (pull.IsCancellationRequested)
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
             throw new IOException("data port: the worker closed its connection during a pull");
         }
@@ -148,7 +172,6 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
             await ParameterDataProtocol.WriteAsync(_writer, error, stopping);
         }
         await _writer.FlushAsync(stopping);
-        return nextLengths;
     }
 
     private static void CancelQuietly(CancellationTokenSource source)

@@ -12,7 +12,7 @@ namespace Cluster.ParameterServer.DataPort;
 /// </summary>
 public sealed class ParameterDataPort : IAsyncDisposable
 {
-    /// <summary>Connections served at once (each holds about 2 MiB of buffers once authenticated).</summary>
+    /// <summary>Connections served at once (each holds a thread of its own and about 2 MiB of buffers once authenticated).</summary>
     public const int ConnectionsMax = 1024;
     private readonly AuthenticatedListener _listener;
 
@@ -33,7 +33,8 @@ public sealed class ParameterDataPort : IAsyncDisposable
         if (regionDirectory is not null) SharedRegion.RemoveStale(regionDirectory);
         int regionMax = (int)Math.Clamp(regionBytesMax, 0, SharedRegion.BytesMax);
         var listener = new AuthenticatedListener(bindAddress, port, security, ParameterDataProtocol.Handshake, ConnectionsMax,
-            (stream, stopping) => new DataPortConnection(stream, traffic, observer, regionDirectory, regionMax).ServeAsync(stopping));
+            (stream, stopping) => new DataPortConnection(stream, traffic, observer, regionDirectory, regionMax).ServeAsync(stopping),
+            threadPerConnection: true);
         string host = advertiseHost.Contains(':') && !advertiseHost.StartsWith('[') ? $"[{advertiseHost}]" : advertiseHost;
         return new ParameterDataPort(listener, $"{ClusterEndpoints.Scheme(security)}://{host}:{listener.Port}");
     }

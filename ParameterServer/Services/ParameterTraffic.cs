@@ -76,6 +76,13 @@ public sealed class ParameterTraffic(ParameterStore store)
     }
 
     /// <summary>
+    /// Applies on the caller's thread what pushes of job <paramref name="jobId"/> queued and no
+    /// applier has taken yet (<see cref="JobParameters.ApplyQueuedPartitions"/>); for a thread that
+    /// has just answered a push, and would otherwise go to sleep.
+    /// </summary>
+    public void ApplyQueued(string jobId) => store.Find(jobId)?.ApplyQueuedPartitions();
+
+    /// <summary>
     /// Streams each partition as soon as it reaches min_version. From version 1 on the pull also
     /// says which ranks made up the steps applied: under BSP before the partitions, as soon as
     /// every push of step min_version - 1 is complete (the step is then certain to be applied

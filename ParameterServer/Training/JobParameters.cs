@@ -224,43 +224,69 @@ public sealed partial class JobParameters
 
     private async Task ApplyReadyPartitionsAsync()
     {
-        var block = new float[StepAggregator.BlockElements]; // this applier's combined gradient, a block at a time
-        await foreach (int partition in _ready.Reader.ReadAllAsync())
+        await foreach (int partition in _ready.Reader.ReadAllAsync()) ApplyPartition(partition);
+    }
+
+    /// <summary>
+    /// Applies, on the caller's thread, the partitions queued that no applier has taken yet: the
+    /// thread that completed a step (a data-port connection's, once it has answered the push) is
+    /// awake and starts on the first partition at once, while an applier is still being woken
+    /// for the next. A failure fails the job's waiters, as an applier's does.
+    /// </summary>
+    public void ApplyQueuedPartitions()
+    {
+        try
         {
-            int start = PartitionStart(partition), length = PartitionLength(partition);
-            long reached = 0;
-            var copyType = PullCopyType;
-            // A partition that every rank sent with NaN or Inf is not applied at all: not even
-            // weight decay or momentum moves it.
-            bool applied = !_aggregator.AllExcluded(_excluded[partition]);
-            // A block at a time: a combined or decoded block is consumed while it is in cache.
-            for (int offset = start; offset < start + length; offset += block.Length)
-                ApplyBlock(partition, offset, Math.Min(block.Length, start + length - offset), applied, copyType, block);
+            while (_ready.Reader.TryRead(out int partition)) ApplyPartition(partition);
+        }
+        catch (Exception e)
+        {
             lock (_gate)
             {
-                PullCopyReached(partition, _partitionVersions[partition] + 1, copyType);
-                _partitionVersions[partition]++;
-                _partitionArrivals[partition] = 0;
-                Array.Clear(_excluded[partition]);
-                if (++_partitionsAhead == PartitionCount)
-                {
-                    _partitionsAhead = 0;
-                    Version++;
-                    reached = Version;
-                    _stepQueued = false;
-                    _reachingVersion = true;
-                }
-                SignalProgress();
+                _failure = e;
+                _progress.TrySetException(e);
             }
-            if (reached == 0) continue;
-            // Every partition is at the new version and the next step is not queued until this
-            // ends, so no applier writes weights or optimizer state now: a snapshot taken here is consistent.
-            VersionReached?.Invoke(this, reached);
-            lock (_gate)
+        }
+    }
+
+    [ThreadStatic] private static float[]? t_block;    // the combined gradient of the partition this thread applies, a block at a time
+
+    private void ApplyPartition(int partition)
+    {
+        var block = t_block ??= new float[StepAggregator.BlockElements];
+        int start = PartitionStart(partition), length = PartitionLength(partition);
+        long reached = 0;
+        var copyType = PullCopyType;
+        // A partition that every rank sent with NaN or Inf is not applied at all: not even
+        // weight decay or momentum moves it.
+        bool applied = !_aggregator.AllExcluded(_excluded[partition]);
+        // A block at a time: a combined or decoded block is consumed while it is in cache.
+        for (int offset = start; offset < start + length; offset += block.Length)
+            ApplyBlock(partition, offset, Math.Min(block.Length, start + length - offset), applied, copyType, block);
+        lock (_gate)
+        {
+            PullCopyReached(partition, _partitionVersions[partition] + 1, copyType);
+            _partitionVersions[partition]++;
+            _partitionArrivals[partition] = 0;
+            Array.Clear(_excluded[partition]);
+            if (++_partitionsAhead == PartitionCount)
             {
-                _reachingVersion = false;
-                OnStepApplied();
+                _partitionsAhead = 0;
+                Version++;
+                reached = Version;
+                _stepQueued = false;
+                _reachingVersion = true;
             }
+            SignalProgress();
+        }
+        if (reached == 0) return;
+        // Every partition is at the new version and the next step is not queued until this
+        // ends, so no applier writes weights or optimizer state now: a snapshot taken here is consistent.
+        VersionReached?.Invoke(this, reached);
+        lock (_gate)
+        {
+            _reachingVersion = false;
+            OnStepApplied();
         }
     }
 
