@@ -199,11 +199,11 @@ public sealed partial class JobParameters
     }
 
     /// <summary>
-    /// One applier: applies partitions as they become complete, on its own task, so that the
-    /// optimizer works on partition p while the pushes of partition p + 1 are still being
-    /// received, and the other appliers on the partitions after it. The heavy work runs outside
-    /// the lock: nobody reads or writes a complete partition until its version moves on (the
-    /// class remarks give the BSP argument), and each partition is taken by one applier.
+    /// One applier: on its own task, applies the queued partitions of a complete step, one at a
+    /// time, while the other appliers work on the others and pulls stream those already done.
+    /// The heavy work runs outside the lock: nobody reads or writes a queued partition until its
+    /// version moves on (the class remarks give the BSP argument), and each partition is taken by
+    /// one applier.
     /// </summary>
     private async Task ApplyLoopAsync()
     {
@@ -213,12 +213,17 @@ public sealed partial class JobParameters
         }
         catch (Exception e)
         {
-            // A bug, not an input: make every waiter fail loudly instead of hanging to its deadline.
-            lock (_gate)
-            {
-                _failure = e;
-                _progress.TrySetException(e);
-            }
+            Fail(e);
+        }
+    }
+
+    /// <summary>Applying failed: a bug, not an input. Every waiter fails loudly instead of hanging to its deadline.</summary>
+    private void Fail(Exception e)
+    {
+        lock (_gate)
+        {
+            _failure = e;
+            _progress.TrySetException(e);
         }
     }
 
@@ -241,11 +246,7 @@ public sealed partial class JobParameters
         }
         catch (Exception e)
         {
-            lock (_gate)
-            {
-                _failure = e;
-                _progress.TrySetException(e);
-            }
+            Fail(e);
         }
     }
 
