@@ -87,6 +87,9 @@ public sealed class ParameterServerHost : IAsyncDisposable
 
     public ParameterStore Store { get; }
 
+    /// <summary>Data-port connections being served now; for tests.</summary>
+    public int DataPortConnections => _app.Services.GetRequiredService<DataPort.ParameterDataPort>().Open;
+
     /// <summary>Every endpoint the server serves, for tests that must cover them all.</summary>
     public IReadOnlyList<Microsoft.AspNetCore.Http.Endpoint> Endpoints =>
         _app.Services.GetRequiredService<Microsoft.AspNetCore.Routing.EndpointDataSource>().Endpoints;

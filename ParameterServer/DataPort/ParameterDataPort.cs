@@ -24,6 +24,9 @@ public sealed class ParameterDataPort : IAsyncDisposable
     /// <summary>Connections that proved the secret; for tests.</summary>
     public int Authenticated => _listener.Authenticated;
 
+    /// <summary>Connections being served now (each until its peer closes it, or it breaks); for tests.</summary>
+    public int Open => _listener.Open;
+
     /// <param name="regionDirectory">Where shared regions for workers on this host are made (null: none are offered).</param>
     /// <param name="regionBytesMax">Largest shared region one connection may ask for.</param>
     public static ParameterDataPort Start(string bindAddress, int port, string advertiseHost, ClusterSecurity security, ParameterTraffic traffic,

@@ -51,6 +51,9 @@ public sealed class AuthenticatedListener : IAsyncDisposable
     /// <summary>Connections that proved the secret; for tests.</summary>
     public int Authenticated => _authenticated;
 
+    /// <summary>Connections accepted and not yet closed.</summary>
+    public int Open => _connections.Count;
+
     private async Task AcceptLoopAsync()
     {
         while (!_stopping.IsCancellationRequested)

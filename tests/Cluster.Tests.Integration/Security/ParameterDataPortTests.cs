@@ -182,6 +182,11 @@ public sealed class ParameterDataPortTests
             Task.Run(() => client.PullAsync(never, new float[Elements], Timeout, cancel.Token)));
         Assert.InRange(waited.Elapsed.TotalSeconds, 0.2, 10);
 
+        // The server saw both connections close and gave up the pulls they left waiting: no connection is still served.
+        var deadline = DateTime.UtcNow + Timeout;
+        while (server.DataPortConnections > 0 && DateTime.UtcNow < deadline) await Task.Delay(20);
+        Assert.Equal(0, server.DataPortConnections);
+
         // Neither left a broken connection behind: the next pull gets version 0.
         float[] pulled = [.. Enumerable.Repeat(1f, Elements)];
         await client.PullAsync(new PullRequest { JobId = "job-blocked", MinVersion = 0, Dtype = DType.Float32 }, pulled, Timeout, CancellationToken.None);
