@@ -12,8 +12,9 @@ namespace Cluster.ParameterServer.DataPort;
 /// the same code the gRPC service runs. The connection has a thread of its own and its stream
 /// makes blocking calls (<see cref="BlockingSocketStream"/>), so a push's frames wake that thread
 /// directly, and a push is read, applied and answered on it; a pull, which waits for the update,
-/// is written from the thread pool while the connection's thread waits for the next exchange. A failed call is answered with an error frame carrying
-/// the gRPC status; a frame against the rules ends the connection (InvalidDataException).
+/// is written from the thread pool while the connection's thread waits for the next exchange. A
+/// failed call is answered with an error frame carrying the gRPC status; a frame against the
+/// rules ends the connection (InvalidDataException).
 /// A worker on the same host may first ask for a shared region (<see cref="SharedRegion"/>),
 /// made in <paramref name="regionDirectory"/> (null: none offered) and at most <paramref name="regionBytesMax"/>.
 /// </summary>
