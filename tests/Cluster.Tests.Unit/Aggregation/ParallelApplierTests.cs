@@ -1,9 +1,7 @@
-using System.Runtime.InteropServices;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.ParameterServer.Training;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
-using Cluster.Shared.Wire;
 using Cluster.Tests.Unit.Wire;
 
 namespace Cluster.Tests.Unit.Aggregation;
