@@ -3,6 +3,7 @@ using System.Text.Json;
 using Cluster.Bench;
 using Cluster.Bench.Suites;
 using Cluster.Protos;
+using Cluster.Shared.Security;
 using Cluster.Shared.Sharding;
 
 // bench/run [--quick] [--json PATH]: every figure measured in this one run, side by side
@@ -10,6 +11,11 @@ using Cluster.Shared.Sharding;
 if (args.Length == 4 && args[0] == Training.LocalBaselineArgument)
 {
     Training.RunLocalBaseline(args[1], int.Parse(args[2]), int.Parse(args[3]));
+    return;
+}
+if (args.Length == 2 && args[0] == ShapedLink.ServeArgument)
+{
+    await ShapedLink.ServeAsync(args[1]);
     return;
 }
 bool quick = args.Contains("--quick");
@@ -148,6 +154,50 @@ if (Run("ps-sync"))
     var small = await ParameterServerSync.MeasureAsync(mlpElements, 1, 1, DType.Float32, quick ? 30 : 300, Cluster.Worker.Training.ParameterServerTransport.Shm);
     Report(new("ps-sync", "2.1 MB model (the mlp's size), 1 worker(s), K=1, float32 through shared memory: time per step", small.SecondsPerStep * 1000, "ms",
         small.SecondsPerStep / mlpSyncSeconds, "the same over the data port's socket"));
+}
+
+// 4e. The 1-worker fp32/bf16 pair again over a 10 Gb/s link: the server in a network namespace of its
+// own, behind a veth pair that tc shapes to 10 Gb/s each way (Linux, as root). On loopback both syncs
+// are bound by this machine's memory (Adam's state, the codec, the socket copies); over a link like
+// the one between two hosts, the wire is the limit that bf16 halves. Alternates three times (full mode).
+if (Run("ps-link"))
+{
+    string? why = ShapedLink.Unavailable();
+    ShapedLink? made = null;
+    if (why is null)
+    {
+        try { made = await ShapedLink.CreateAsync(gigabitsPerSecond: 10); }
+        catch (InvalidOperationException e) { why = e.Message; } // a kernel without tc's tbf, say
+    }
+    if (made is null) Console.Error.WriteLine($"  ps-link: skipped: {why}");
+    else
+    {
+        await using var link = made;
+        var security = new ClusterSecurity { Secret = ClusterSecret.Generate(), AllowPlaintext = true };
+        double raw;
+        await using (var server = await link.StartServerAsync(security.Secret))
+            raw = await server.MeasureGigabytesPerSecondAsync(quick ? 128L << 20 : 1L << 30);
+        string linkName = $"{link.GigabitsPerSecond} Gb/s link (veth, tc tbf)";
+        Report(new("ps-link", $"{linkName}: raw TCP socket, one direction", raw, "GB/s", raw * 1e9 / link.BytesPerSecond, "the link's rate"));
+        var (fp32, bf16) = (new List<ParameterServerSync.Result>(), new List<ParameterServerSync.Result>());
+        for (int run = 0; run < (quick ? 1 : 3); run++)
+            foreach (var (dtype, runs) in new[] { (DType.Float32, fp32), (DType.Bfloat16, bf16) })
+            {
+                await using var server = await link.StartServerAsync(security.Secret);
+                runs.Add(await ParameterServerSync.MeasureAsync([server.Url], security, syncElements, 1, dtype, syncSteps,
+                    Cluster.Worker.Training.ParameterServerTransport.Tcp, () => server.Cpu));
+            }
+        double fp32LinkSeconds = MedianRun(fp32).SecondsPerStep;
+        foreach (var runs in new[] { fp32, bf16 })
+        {
+            var r = MedianRun(runs);
+            string name = $"{syncModel}, 1 worker(s), K=1, {r.Dtype} over the {linkName}";
+            Report(new("ps-link", name + ": effective bandwidth per worker", r.EffectiveGBps, "GB/s", r.EffectiveGBps / raw, "raw TCP over the link"));
+            Report(new("ps-link", name + ": time per step" + Spread([.. runs.Select(x => x.SecondsPerStep * 1000)]), r.SecondsPerStep * 1000, "ms",
+                r.SecondsPerStep / fp32LinkSeconds, "fp32 over the link"));
+            Report(new("ps-link", name + ": CPU time per step (worker and server processes together)", r.CpuSecondsPerStep * 1000, "ms"));
+        }
+    }
 }
 
 // 4d. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).

@@ -27,57 +27,67 @@ public static class ParameterServerSync
     {
         var security = new ClusterSecurity { Secret = ClusterSecret.Generate() };
         var hosts = new List<ParameterServerHost>();
-        for (int k = 0; k < servers; k++)
-            hosts.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { Security = security }, CancellationToken.None));
         try
         {
-            string jobId = $"bench-{Guid.NewGuid():N}";
-            var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1", Security = security, ParameterServerTransport = transport };
-            var clients = Enumerable.Range(0, workers).Select(rank =>
-            {
-                var assignment = new Assignment { JobId = jobId, Rank = rank, WorldSize = workers };
-                assignment.ParameterServers.AddRange(hosts.Select(h => h.Url));
-                return new ShardedParameterClient(assignment, elementCount, dtype, topKRatio: 0, options);
-            }).ToList();
-            var parameters = clients.Select(_ => new float[elementCount]).ToList();
-            var gradients = clients.Select(_ => Enumerable.Repeat(1e-3f, elementCount).ToArray()).ToList();
-            var pushed = gradients.Select(StepGradient.Of).ToList();
-            var header = new InitializeHeader { JobId = jobId, WorldSize = workers, Dtype = DType.Float32, Optimizer = new OptimizerSettings().ToProto() };
-            header.Layout = new TensorLayout();
-            header.Layout.Tensors.Add(new TensorSpec { Name = "weights", Shape = { elementCount }, Dtype = DType.Float32 });
-            await Task.WhenAll(clients.Select((c, r) => c.InitializeAsync(header, parameters[r], CancellationToken.None)));
-
-            // Warm up until the JIT has tiered up the hot loops (the first dozen 100 MB steps run
-            // partly in unoptimised code), then report the median step: one step in ten is slowed by
-            // a scheduling hiccup on 2 cores, and the median keeps those out of the comparison.
-            const int warmup = 20;
-            var stepSeconds = new List<double>();
-            TimeSpan cpuStart = TimeSpan.Zero;
-            long allocatedStart = 0;
-            int gen2Start = 0;
-            for (int step = 0; step < warmup + steps; step++)
-            {
-                if (step == warmup)
-                {
-                    cpuStart = Process.GetCurrentProcess().TotalProcessorTime;
-                    (allocatedStart, gen2Start) = (GC.GetTotalAllocatedBytes(precise: true), GC.CollectionCount(2));
-                }
-                long started = Stopwatch.GetTimestamp();
-                await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, pushed[r], parameters[r], CancellationToken.None)));
-                if (step >= warmup) stepSeconds.Add(Stopwatch.GetElapsedTime(started).TotalSeconds);
-            }
-            double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpuStart).TotalSeconds / steps;
-            double allocated = (double)(GC.GetTotalAllocatedBytes(precise: true) - allocatedStart) / steps;
-            int gen2 = GC.CollectionCount(2) - gen2Start;
-            stepSeconds.Sort();
-            double seconds = stepSeconds[steps / 2];
-            double bytes = 2.0 * elementCount * ElementCodec.ElementBytes(dtype);
-            foreach (var client in clients) client.Dispose();
-            return new Result(workers, servers, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9, cpuSeconds, allocated, gen2);
+            for (int k = 0; k < servers; k++)
+                hosts.Add(await ParameterServerHost.StartAsync(new ParameterServerOptions { Security = security }, CancellationToken.None));
+            return await MeasureAsync([.. hosts.Select(h => h.Url)], security, elementCount, workers, dtype, steps, transport, serverCpu: () => TimeSpan.Zero);
         }
         finally
         {
             foreach (var host in hosts) await host.DisposeAsync();
         }
+    }
+
+    /// <summary>
+    /// The same against servers already running at <paramref name="serverUrls"/>, in this process
+    /// or others; <paramref name="serverCpu"/> gives the CPU time those other processes have used.
+    /// </summary>
+    public static async Task<Result> MeasureAsync(IReadOnlyList<string> serverUrls, ClusterSecurity security, int elementCount, int workers, DType dtype, int steps,
+        ParameterServerTransport transport, Func<TimeSpan> serverCpu)
+    {
+        string jobId = $"bench-{Guid.NewGuid():N}";
+        var options = new WorkerOptions { CoordinatorUrl = "http://127.0.0.1:1", Security = security, ParameterServerTransport = transport };
+        var clients = Enumerable.Range(0, workers).Select(rank =>
+        {
+            var assignment = new Assignment { JobId = jobId, Rank = rank, WorldSize = workers };
+            assignment.ParameterServers.AddRange(serverUrls);
+            return new ShardedParameterClient(assignment, elementCount, dtype, topKRatio: 0, options);
+        }).ToList();
+        var parameters = clients.Select(_ => new float[elementCount]).ToList();
+        var gradients = clients.Select(_ => Enumerable.Repeat(1e-3f, elementCount).ToArray()).ToList();
+        var pushed = gradients.Select(StepGradient.Of).ToList();
+        var header = new InitializeHeader { JobId = jobId, WorldSize = workers, Dtype = DType.Float32, Optimizer = new OptimizerSettings().ToProto() };
+        header.Layout = new TensorLayout();
+        header.Layout.Tensors.Add(new TensorSpec { Name = "weights", Shape = { elementCount }, Dtype = DType.Float32 });
+        await Task.WhenAll(clients.Select((c, r) => c.InitializeAsync(header, parameters[r], CancellationToken.None)));
+
+        // Warm up until the JIT has tiered up the hot loops (the first dozen 100 MB steps run
+        // partly in unoptimised code), then report the median step: one step in ten is slowed by
+        // a scheduling hiccup on 2 cores, and the median keeps those out of the comparison.
+        const int warmup = 20;
+        var stepSeconds = new List<double>();
+        TimeSpan cpuStart = TimeSpan.Zero;
+        long allocatedStart = 0;
+        int gen2Start = 0;
+        for (int step = 0; step < warmup + steps; step++)
+        {
+            if (step == warmup)
+            {
+                cpuStart = Process.GetCurrentProcess().TotalProcessorTime + serverCpu();
+                (allocatedStart, gen2Start) = (GC.GetTotalAllocatedBytes(precise: true), GC.CollectionCount(2));
+            }
+            long started = Stopwatch.GetTimestamp();
+            await Task.WhenAll(clients.Select((c, r) => c.PushAndPullAsync(step, 64, pushed[r], parameters[r], CancellationToken.None)));
+            if (step >= warmup) stepSeconds.Add(Stopwatch.GetElapsedTime(started).TotalSeconds);
+        }
+        double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime + serverCpu() - cpuStart).TotalSeconds / steps;
+        double allocated = (double)(GC.GetTotalAllocatedBytes(precise: true) - allocatedStart) / steps;
+        int gen2 = GC.CollectionCount(2) - gen2Start;
+        stepSeconds.Sort();
+        double seconds = stepSeconds[steps / 2];
+        double bytes = 2.0 * elementCount * ElementCodec.ElementBytes(dtype);
+        foreach (var client in clients) client.Dispose();
+        return new Result(workers, serverUrls.Count, dtype.ToString().ToLowerInvariant(), seconds, bytes, bytes / seconds / 1e9, cpuSeconds, allocated, gen2);
     }
 }
