@@ -30,9 +30,10 @@ public sealed record CheckpointOptions
 }
 
 /// <summary>
-/// Writes each job's checkpoints on its schedule (on the job's applier task, so the snapshot is
-/// consistent and a crash loses fewer steps than the interval), and finds the newest valid
-/// checkpoint of every job at start; a corrupt one is reported and skipped.
+/// Writes each job's checkpoints on its schedule (on the thread that applied a step's last
+/// partition, so the snapshot is consistent and a crash loses fewer steps than the interval),
+/// and finds the newest valid checkpoint of every job at start; a corrupt one is reported and
+/// skipped.
 /// </summary>
 public sealed partial class JobCheckpoints(CheckpointOptions options, ILogger logger)
 {

@@ -106,23 +106,29 @@ internal sealed class DataPortConnection(Stream stream, ParameterTraffic traffic
     {
         var chunks = new PushChunks(this);
         var push = observer.PushStarted(header);
-        DataFrame answer;
         try
         {
-            answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks, stopping) };
-            push.Completed(chunks.Bytes);
+            DataFrame answer;
+            try
+            {
+                answer = new DataFrame { PushReply = await traffic.PushAsync(header, chunks, stopping, callerApplies: true) };
+                push.Completed(chunks.Bytes);
+            }
+            catch (Exception e) when (ErrorFrame(e) is { } error)
+            {
+                if (e is RpcException) observer.Refused(push);
+                answer = error;
+            }
+            // The worker writes its whole push before it reads the answer: read what the handler left.
+            await chunks.SkipRestAsync(header, stopping);
+            await ParameterDataProtocol.WriteAsync(_writer, answer, stopping);
+            await _writer.FlushAsync(stopping);
         }
-        catch (Exception e) when (ErrorFrame(e) is { } error)
+        finally
         {
-            if (e is RpcException) observer.Refused(push);
-            answer = error;
+            // Awake, with the step just completed and answered: wake the appliers and start applying it too.
+            traffic.ApplyQueued(header.JobId);
         }
-        // The worker writes its whole push before it reads the answer: read what the handler left.
-        await chunks.SkipRestAsync(header, stopping);
-        await ParameterDataProtocol.WriteAsync(_writer, answer, stopping);
-        await _writer.FlushAsync(stopping);
-        // Awake, with the step just completed: start applying it instead of waiting for an applier to wake.
-        traffic.ApplyQueued(header.JobId);
     }
 
     /// <summary>

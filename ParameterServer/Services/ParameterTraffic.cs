@@ -43,8 +43,13 @@ public interface IPushSource
 /// </summary>
 public sealed class ParameterTraffic(ParameterStore store)
 {
-    /// <summary>One worker's gradient for one step: the header, then its chunks in order.</summary>
-    public async Task<PushReply> PushAsync(PushHeader header, IPushSource chunks, CancellationToken cancellationToken)
+    /// <summary>
+    /// One worker's gradient for one step: the header, then its chunks in order. With
+    /// <paramref name="callerApplies"/>, the caller must call <see cref="ApplyQueued"/> after
+    /// answering, whatever happened: a step this push completes is applied from there (see
+    /// <see cref="JobParameters.Received"/>).
+    /// </summary>
+    public async Task<PushReply> PushAsync(PushHeader header, IPushSource chunks, CancellationToken cancellationToken, bool callerApplies = false)
     {
         var job = FindJob(header.JobId);
         if (header.SampleCount is < 0 or > Shared.Jobs.JobSpecification.BatchSizeMax)
@@ -57,7 +62,7 @@ public sealed class ParameterTraffic(ParameterStore store)
             while (await chunks.ReadNextAsync(header, buffer, received, cancellationToken) is { } total)
             {
                 received = total;
-                job.Received(header.Rank, (int)received);
+                job.Received(header.Rank, (int)received, callerApplies);
             }
             if (received != job.ElementCount)
                 throw CallErrors.Invalid($"chunks: {received} elements received; job {job.JobId} has {job.ElementCount}");
@@ -77,8 +82,9 @@ public sealed class ParameterTraffic(ParameterStore store)
 
     /// <summary>
     /// Applies on the caller's thread what pushes of job <paramref name="jobId"/> queued and no
-    /// applier has taken yet (<see cref="JobParameters.ApplyQueuedPartitions"/>); for a thread that
-    /// has just answered a push, and would otherwise go to sleep.
+    /// applier has taken yet, after waking the appliers a push of this caller left to it
+    /// (<see cref="JobParameters.ApplyQueuedPartitions"/>); for a thread that has just answered a
+    /// push, and would otherwise go to sleep.
     /// </summary>
     public void ApplyQueued(string jobId) => store.Find(jobId)?.ApplyQueuedPartitions();
 

@@ -7,8 +7,9 @@ namespace Cluster.ParameterServer.Training;
 public sealed partial class JobParameters
 {
     /// <summary>
-    /// Called on the applier's task each time every partition has reached a new version, with
-    /// that version; the state does not move while it runs (see <see cref="ApplyLoopAsync"/>).
+    /// Called on the thread that applied a step's last partition each time every partition has
+    /// reached a new version, with that version; the state does not move while it runs (the next
+    /// step is queued only after it returns).
     /// </summary>
     public Action<JobParameters, long>? VersionReached { get; set; }
 

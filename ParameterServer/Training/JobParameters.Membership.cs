@@ -131,11 +131,14 @@ public sealed partial class JobParameters
         EnqueueIfStepComplete();
     }
 
-    /// <summary>Queues every partition of the current step once each member's push is complete. Call under the lock.</summary>
-    private void EnqueueIfStepComplete()
+    /// <summary>
+    /// Queues every partition of the current step once each member's push is complete, and wakes
+    /// the appliers, or leaves them to the caller (<see cref="Received"/>). Call under the lock.
+    /// </summary>
+    private void EnqueueIfStepComplete(bool callerApplies = false)
     {
         // SSP and ASP apply each push on its own as it completes (JobParameters.Async.cs): no step barrier.
-        if (_stepQueued || _reachingVersion || IsAsync) return;
+        if (_stepQueued || _reachingVersion || IsAsync || _closed) return;
         var members = MembersOf(Version);
         if (members.Count == 0)
         {
@@ -157,8 +160,10 @@ public sealed partial class JobParameters
         {
             for (int rank = 0; rank < _ranks.Length; rank++)
                 if (samples == 0 || !members.Contains(rank)) _excluded[p][rank] = true;
-            _ready.Writer.TryWrite(p);
+            _ready.Enqueue(p);
         }
+        if (callerApplies) _appliersOwed = true;
+        else WakeAppliers(ApplierCount);
     }
 
     /// <summary>Makes room for joined ranks; only between steps, when no partition is being applied.</summary>

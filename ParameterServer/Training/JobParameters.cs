@@ -1,5 +1,5 @@
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
-using System.Threading.Channels;
 using Cluster.ParameterServer.Aggregation;
 using Cluster.Protos;
 using Cluster.Shared.Optimizers;
@@ -32,7 +32,9 @@ public sealed partial class JobParameters
     private TaskCompletionSource _progress = NewSignal();
     private Exception? _failure;
     private bool _reachingVersion;                // every partition is applied; the next step waits for VersionReached
-    private readonly Channel<int> _ready = Channel.CreateUnbounded<int>();
+    private bool _closed;
+    private bool _appliersOwed;                   // a step is queued, and the pusher that completed it wakes the appliers once it has answered
+    private readonly ConcurrentQueue<int> _ready = new();  // a complete step's partitions that no applier has taken yet
 
     public JobParameters(string jobId, int worldSize, TensorLayout layout, OptimizerSettings optimizer, float[] initialWeights,
         long rangeStart = 0, int partitionElements = DefaultPartitionElements, IReadOnlyList<OptimizerGroup>? groups = null, int appliers = 0)
@@ -51,7 +53,6 @@ public sealed partial class JobParameters
         _excluded = Enumerable.Range(0, PartitionCount).Select(_ => new bool[worldSize]).ToArray();
         _ranks = Enumerable.Range(0, worldSize).Select(_ => new RankPush()).ToArray();
         ApplierCount = Math.Clamp(appliers > 0 ? appliers : Environment.ProcessorCount, 1, PartitionCount);
-        for (int i = 0; i < ApplierCount; i++) _ = Task.Run(ApplyLoopAsync);
     }
 
     public const int DefaultPartitionElements = Shared.Sharding.KeyRanges.DefaultPartitionElements;
@@ -112,9 +113,12 @@ public sealed partial class JobParameters
     /// <summary>
     /// Rank has received its first <paramref name="receivedElements"/> elements: every partition
     /// they complete counts as delivered, and a partition delivered by every rank is applied.
-    /// A partition holding NaN or Inf is refused: it takes no part in the mean.
+    /// A partition holding NaN or Inf is refused: it takes no part in the mean. With
+    /// <paramref name="callerApplies"/>, a step this completes waits for the caller to answer
+    /// its push and call <see cref="ApplyQueuedPartitions"/>, which wakes the appliers then:
+    /// woken at once, they would take the cores from the answer.
     /// </summary>
-    public void Received(int rank, int receivedElements)
+    public void Received(int rank, int receivedElements, bool callerApplies = false)
     {
         lock (_gate)
         {
@@ -134,7 +138,7 @@ public sealed partial class JobParameters
                 _partitionArrivals[p]++;
             }
             push.Delivered = Math.Max(push.Delivered, delivered);
-            if (!IsAsync) EnqueueIfStepComplete();
+            if (!IsAsync) EnqueueIfStepComplete(callerApplies);
         }
     }
 
@@ -198,25 +202,6 @@ public sealed partial class JobParameters
         for (int p = 0; p < PartitionCount; p++) await WaitForPartitionAsync(p, minVersion, cancellationToken);
     }
 
-    /// <summary>
-    /// One applier: on its own task, applies the queued partitions of a complete step, one at a
-    /// time, while the other appliers work on the others and pulls stream those already done.
-    /// The heavy work runs outside the lock: nobody reads or writes a queued partition until its
-    /// version moves on (the class remarks give the BSP argument), and each partition is taken by
-    /// one applier.
-    /// </summary>
-    private async Task ApplyLoopAsync()
-    {
-        try
-        {
-            await ApplyReadyPartitionsAsync();
-        }
-        catch (Exception e)
-        {
-            Fail(e);
-        }
-    }
-
     /// <summary>Applying failed: a bug, not an input. Every waiter fails loudly instead of hanging to its deadline.</summary>
     private void Fail(Exception e)
     {
@@ -227,22 +212,42 @@ public sealed partial class JobParameters
         }
     }
 
-    private async Task ApplyReadyPartitionsAsync()
-    {
-        await foreach (int partition in _ready.Reader.ReadAllAsync()) ApplyPartition(partition);
-    }
-
     /// <summary>
-    /// Applies, on the caller's thread, the partitions queued that no applier has taken yet: the
-    /// thread that completed a step (a data-port connection's, once it has answered the push) is
-    /// awake and starts on the first partition at once, while an applier is still being woken
-    /// for the next. A failure fails the job's waiters, as an applier's does.
+    /// Applies, on the caller's thread, the queued partitions of a complete step that nobody has
+    /// taken yet, after waking the appliers a step completed by <see cref="Received"/> with
+    /// callerApplies owes (one fewer than otherwise: the caller is one). For the thread that
+    /// completed the step, once it has answered the push: it is awake and starts on the first
+    /// partition at once, while the appliers are still being woken.
     /// </summary>
     public void ApplyQueuedPartitions()
     {
+        int owed;
+        lock (_gate)
+        {
+            owed = _appliersOwed ? Math.Min(ApplierCount, PartitionCount - 1) : 0;
+            _appliersOwed = false;
+        }
+        WakeAppliers(owed);
+        ApplyUntilNoneQueued();
+    }
+
+    /// <summary>Asks <paramref name="count"/> applier threads (<see cref="ApplierThreads"/>) to apply queued partitions.</summary>
+    private void WakeAppliers(int count)
+    {
+        for (int i = 0; i < count; i++) ApplierThreads.Run(ApplyUntilNoneQueued);
+    }
+
+    /// <summary>
+    /// What an applier does: applies queued partitions, one at a time, until none is left. The
+    /// heavy work runs outside the lock: nobody reads or writes a queued partition until its
+    /// version moves on (the class remarks give the BSP argument), and each partition is taken by
+    /// one thread. A failure fails the job's waiters.
+    /// </summary>
+    private void ApplyUntilNoneQueued()
+    {
         try
         {
-            while (_ready.Reader.TryRead(out int partition)) ApplyPartition(partition);
+            while (_ready.TryDequeue(out int partition)) ApplyPartition(partition);
         }
         catch (Exception e)
         {
@@ -316,8 +321,11 @@ public sealed partial class JobParameters
         if (copyType != DType.Float32 && !copied) ElementCodec.Encode(weights, PullCopyBytes(offset, length, copyType), copyType);
     }
 
-    /// <summary>Stops the applier once the job is dropped.</summary>
-    public void Close() => _ready.Writer.TryComplete();
+    /// <summary>The job is dropped: no step of it is queued any more.</summary>
+    public void Close()
+    {
+        lock (_gate) _closed = true;
+    }
 
     /// <summary>Wakes whoever waits for a partition, a version or a step to complete. Call under the lock.</summary>
     private void SignalProgress()

@@ -48,11 +48,11 @@ public sealed class ParallelApplierTests
                     // Step 3: rank 0's partition 5 holds a NaN and is refused; the other ranks still make up the partition.
                     if (step == 3 && rank == 0) gradient[5 * Partition + 11] = float.NaN;
                     WireValues.StoreAsPushed(job.BeginPush(rank, step, 32 + rank, wire[rank]).Span, gradient, wire[rank]);
-                    job.Received(rank, Elements);
+                    job.Received(rank, Elements, callerApplies: pusherApplies && job == parallel);
                     try { job.CompletePush(rank); }
                     catch (NonFiniteGradientException) { Assert.Equal((3, 0), (step, rank)); }
                 }
-                // As a data-port connection does once it has answered the push that completed the step.
+                // As a data-port connection does once it has answered the push that completed the step: it wakes the appliers too.
                 if (pusherApplies && job == parallel) job.ApplyQueuedPartitions();
                 await job.WaitForVersionAsync(step + 1, CancellationToken.None).WaitAsync(Patience);
             }
@@ -100,6 +100,35 @@ public sealed class ParallelApplierTests
         await WaitUntil(() => { lock (snapshots) return snapshots.Count == 4; });
 
         foreach (var (version, weights) in expected) Assert.Equal(weights, snapshots[version]);
+    }
+
+    [Fact]
+    public async Task A_step_completed_by_a_pusher_that_applies_waits_for_its_answer_and_then_is_applied_whole()
+    {
+        var job = new JobParameters("job-c", 2, new TensorLayout(), Adam, Values(7, Elements), partitionElements: Partition, appliers: 4);
+        for (int rank = 0; rank < 2; rank++)
+        {
+            Values(20 + rank, Elements).CopyTo(job.BeginPush(rank, 0, 64).Span);
+            // Rank 1's push completes the step, on a thread that applies it once it has answered.
+            job.Received(rank, Elements, callerApplies: rank == 1);
+            job.CompletePush(rank);
+        }
+        Assert.True(await job.WaitForStepCompleteAsync(0, CancellationToken.None).WaitAsync(Patience).ContinueWith(t => t.IsCompletedSuccessfully));
+        // No applier was woken: nothing moves until the pusher's call, however long it takes.
+        await Task.Delay(300);
+        Assert.False(job.WaitForPartitionAsync(0, 1, CancellationToken.None).IsCompleted);
+        Assert.Equal(0, job.Version);
+
+        job.ApplyQueuedPartitions();
+        await job.WaitForVersionAsync(1, CancellationToken.None).WaitAsync(Patience);
+        // The next step's pushes, from threads that do not apply, wake the appliers themselves.
+        for (int rank = 0; rank < 2; rank++)
+        {
+            Values(30 + rank, Elements).CopyTo(job.BeginPush(rank, 1, 64).Span);
+            job.Received(rank, Elements);
+            job.CompletePush(rank);
+        }
+        await job.WaitForVersionAsync(2, CancellationToken.None).WaitAsync(Patience);
     }
 
     [Fact]
