@@ -215,7 +215,8 @@ public sealed partial class JobParameters
     /// <summary>
     /// Applies, on the caller's thread, the queued partitions of a complete step that nobody has
     /// taken yet, after waking the appliers a step completed by <see cref="Received"/> with
-    /// callerApplies owes (one fewer than otherwise: the caller is one). For the thread that
+    /// callerApplies owes (one fewer than otherwise: the caller is one; none for a step of at
+    /// most <see cref="PartitionsTheCallerAppliesAlone"/> partitions). For the thread that
     /// completed the step, once it has answered the push: it is awake and starts on the first
     /// partition at once, while the appliers are still being woken.
     /// </summary>
@@ -224,12 +225,20 @@ public sealed partial class JobParameters
         int owed;
         lock (_gate)
         {
-            owed = _appliersOwed ? Math.Min(ApplierCount, PartitionCount - 1) : 0;
+            owed = _appliersOwed && PartitionCount > PartitionsTheCallerAppliesAlone ? Math.Min(ApplierCount, PartitionCount - 1) : 0;
             _appliersOwed = false;
         }
         WakeAppliers(owed);
         ApplyUntilNoneQueued();
     }
+
+    /// <summary>
+    /// A step this small (the mlp's 3 partitions, the cnn's 2) is applied by the thread that
+    /// completed it alone: appliers woken for it came when it was nearly done, and the exchange of
+    /// a 1-worker mlp step took 0.08 ms longer with them (BENCHMARKS.md, "Appliers on threads of
+    /// their own").
+    /// </summary>
+    private const int PartitionsTheCallerAppliesAlone = 4;
 
     /// <summary>Asks <paramref name="count"/> applier threads (<see cref="ApplierThreads"/>) to apply queued partitions.</summary>
     private void WakeAppliers(int count)
