@@ -156,7 +156,7 @@ if (Run("ps-sync"))
         small.SecondsPerStep / mlpSyncSeconds, "the same over the data port's socket"));
 }
 
-// 4e. The 1-worker fp32/bf16 pair again over a 10 Gb/s link: the server in a network namespace of its
+// 4d. The 1-worker fp32/bf16 pair again over a 10 Gb/s link: the server in a network namespace of its
 // own, behind a veth pair that tc shapes to 10 Gb/s each way (Linux, as root). On loopback both syncs
 // are bound by this machine's memory (Adam's state, the codec, the socket copies); over a link like
 // the one between two hosts, the wire is the limit that bf16 halves. Alternates three times (full mode).
@@ -200,7 +200,7 @@ if (Run("ps-link"))
     }
 }
 
-// 4d. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
+// 4e. Where a sync step's CPU goes apart from the network (only on request: --only ps-phases).
 if (only == "ps-phases")
 {
     foreach (var (name, millis) in ServerPhases.Measure(syncElements, quick ? 3 : 10))
