@@ -6,8 +6,10 @@ namespace Cluster.ParameterServer.Training;
 /// The threads that apply BSP steps' partitions, one per core, shared by every job of the process
 /// (a job asks for up to its ApplierCount of them per step). They are not the .NET thread pool's:
 /// a pull that waits for a partition resumes on the thread pool, and with the appliers on it, a
-/// pull waited for the appliers to free a thread after its partition was done (5 to 9 ms a 100 MB
-/// step over a 10 Gb/s link; BENCHMARKS.md, "Appliers on threads of their own").
+/// pull waited for an applier to give a thread back after its partition was done (over a 10 Gb/s
+/// link, a 100 MB pull's first chunk came 9 ms after the push's answer, and 3 ms with these
+/// threads; BENCHMARKS.md, "The 100 MB sync over a 10 Gb/s link, and appliers on threads of
+/// their own").
 /// </summary>
 internal static class ApplierThreads
 {

@@ -235,8 +235,8 @@ public sealed partial class JobParameters
     /// <summary>
     /// A step this small (the mlp's 3 partitions, the cnn's 2) is applied by the thread that
     /// completed it alone: appliers woken for it came when it was nearly done, and the exchange of
-    /// a 1-worker mlp step took 0.08 ms longer with them (BENCHMARKS.md, "Appliers on threads of
-    /// their own").
+    /// a 1-worker mlp step took 0.08 ms longer with them (BENCHMARKS.md, "The 100 MB sync over a
+    /// 10 Gb/s link, and appliers on threads of their own").
     /// </summary>
     private const int PartitionsTheCallerAppliesAlone = 4;
 
